@@ -1,0 +1,160 @@
+"""A batch of image bytes -> a [N, dim] float32 array and an error per row. No Spark here.
+
+`get_featurizer(config, weights)` builds the network at most once per process and per
+configuration; Spark workers call it on every batch and get the cached one back.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from imgvec.decode import DEFAULT_MAX_PIXELS, decode_image
+from imgvec.models import ModelEntry, Preprocess, get_model
+from imgvec.weights import WeightsRef, build_network
+
+# An image longer than this many times its shorter side is first cropped to its centre:
+# a 1x100000 strip must not be resized to 256x25600000.
+_MAX_ASPECT = 4
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything a worker needs to compute features: small, frozen, picklable, hashable."""
+
+    model: str | ModelEntry = "resnet50"
+    device: str = "auto"
+    batch_size: int = 16
+    half: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    draft: bool = False  # reduced-size JPEG decoding: faster on large photos, not bit-identical
+
+    def __post_init__(self):
+        get_model(self.model)  # unknown names fail here, on the driver
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, not {self.batch_size!r}")
+        if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive int, not {self.max_pixels!r}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {self.device!r}")
+
+    @property
+    def entry(self) -> ModelEntry:
+        return get_model(self.model)
+
+
+def preprocess_image(image: Image.Image, p: Preprocess) -> np.ndarray:
+    """RGB image -> uint8 [crop, crop, 3], exactly as torchvision's Resize + CenterCrop do it."""
+    width, height = image.size
+    shorter = min(width, height)
+    if max(width, height) > _MAX_ASPECT * shorter:
+        side = _MAX_ASPECT * shorter  # keep the centre; the crop would discard the rest anyway
+        image = TF.center_crop(image, [min(height, side), min(width, side)])
+    image = TF.resize(image, p.resize, interpolation=InterpolationMode(p.interpolation), antialias=True)
+    image = TF.center_crop(image, p.crop)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto': the GPU Spark gave this task, else any CUDA device, else the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{_task_gpu() or 0}")
+    return torch.device("cpu")
+
+
+def _task_gpu() -> int | None:
+    try:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        gpus = context.resources().get("gpu") if context else None
+        return int(gpus.addresses[0]) if gpus and gpus.addresses else None
+    except Exception:  # not on a Spark worker
+        return None
+
+
+class Featurizer:
+    """One loaded network with its preprocessing, on one device."""
+
+    def __init__(self, config: FeatureConfig, weights: WeightsRef):
+        self.config = config
+        self.entry = config.entry
+        self.device = resolve_device(config.device)
+        self.dtype = torch.float16 if config.half and self.device.type == "cuda" else torch.float32
+        net = build_network(self.entry, weights)
+        self.net = net.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
+        p = self.entry.preprocess
+        self._mean = torch.tensor(p.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(p.std, device=self.device).view(1, 3, 1, 1)
+        self.dim = self.entry.dim
+
+    def embed(self, images: Sequence) -> tuple[np.ndarray, list[str | None]]:
+        """Features [N, dim] (NaN rows where the image was bad) and one error (or None) per row."""
+        draft = self.entry.preprocess.resize if self.config.draft else None
+        pixels: list[np.ndarray] = []
+        good: list[int] = []
+        errors: list[str | None] = [None] * len(images)
+        for i, data in enumerate(images):
+            image = decode_image(data, max_pixels=self.config.max_pixels, draft=draft)
+            if isinstance(image, str):
+                errors[i] = image
+                continue
+            try:
+                pixels.append(preprocess_image(image, self.entry.preprocess))
+                good.append(i)
+            except Exception as exc:  # a resampling failure costs one row, not the batch
+                errors[i] = f"corrupt: cannot resize ({type(exc).__name__}: {exc})"[:160]
+        out = self._forward(pixels)
+        if self.dim is None:
+            self.dim = out.shape[1] if len(out) else None
+        features = np.full((len(images), out.shape[1] if len(out) else (self.dim or 0)), np.nan, np.float32)
+        if good:
+            features[good] = out
+        return features, errors
+
+    @torch.inference_mode()
+    def _forward(self, pixels: list[np.ndarray]) -> np.ndarray:
+        outputs = []
+        step = self.config.batch_size
+        for start in range(0, len(pixels), step):
+            batch = torch.from_numpy(np.stack(pixels[start : start + step]))  # uint8 NHWC
+            # NHWC -> NCHW view: channels_last memory, no copy; then ToTensor + Normalize.
+            x = batch.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
+            x = ((x.float() / 255.0) - self._mean) / self._std
+            y = self.net(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+            outputs.append(y.float().flatten(1).cpu().numpy())
+        return np.concatenate(outputs) if outputs else np.empty((0, self.dim or 0), np.float32)
+
+
+# --- one network per process -------------------------------------------------------------
+
+_cache: dict[tuple[FeatureConfig, WeightsRef], Featurizer] = {}
+_cache_lock = threading.Lock()
+_loads = 0
+
+
+def get_featurizer(config: FeatureConfig, weights: WeightsRef) -> Featurizer:
+    """The process's featurizer for this configuration, built on first use."""
+    global _loads
+    key = (config, weights)
+    with _cache_lock:
+        featurizer = _cache.get(key)
+        if featurizer is None:
+            featurizer = _cache[key] = Featurizer(config, weights)
+            _loads += 1
+    return featurizer
+
+
+def model_loads() -> dict:
+    """How many networks this process has built: tests and benchmarks prove reuse with it."""
+    return {"pid": os.getpid(), "loads": _loads}

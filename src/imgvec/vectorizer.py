@@ -1,0 +1,87 @@
+"""ImageVectorizer: the seed article's class, done so that it works on Spark workers.
+
+It holds a configuration, never a SparkSession or a network: it pickles to a few hundred
+bytes, and each process that uses it builds the network once, on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from imgvec.decode import DEFAULT_MAX_PIXELS
+from imgvec.featurize import FeatureConfig, Featurizer, get_featurizer
+from imgvec.weights import WeightsRef, resolve_weights
+
+
+class ImageVectorizer:
+    """Feature vectors from image bytes.
+
+    model:      a registered name (`imgvec models`), 'torchscript:PATH' or a ModelEntry.
+    weights:    'default' (pretrained, from the torch hub cache), 'random' (deterministic,
+                for tests and benchmarks) or the path of a state_dict file.
+    device:     'auto' (the task's GPU, else CUDA, else CPU), 'cpu', 'cuda' or 'cuda:N'.
+    batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self,
+        model="resnet50",
+        weights: str = "default",
+        device: str = "auto",
+        batch_size: int = 16,
+        *,
+        half: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        draft: bool = False,
+    ):
+        self.config = FeatureConfig(model, device, batch_size, half, max_pixels, draft)
+        self.weights = weights
+        # Resolved here, on the driver: a missing file is an error now, not on a worker later.
+        self.weights_ref: WeightsRef = resolve_weights(self.config.entry, weights)
+
+    @property
+    def model_name(self) -> str:
+        return self.config.entry.name
+
+    @property
+    def dim(self) -> int | None:
+        """Feature length (None for a TorchScript model until it has run once)."""
+        return self.config.entry.dim
+
+    def _featurizer(self) -> Featurizer:
+        return get_featurizer(self.config, self.weights_ref)
+
+    def embed(self, images: Sequence[bytes | None]) -> tuple[np.ndarray, list[str | None]]:
+        """[N, dim] float32 features (NaN rows for bad images) and an error string or None per image."""
+        return self._featurizer().embed(list(images))
+
+    def extract_features(self, image_bytes: bytes | None) -> list[float] | None:
+        """The seed's method: one image's features as a list, or None when it cannot be decoded.
+
+        None (a null in Spark) rather than an exception: one bad image must not kill a job.
+        `embed([image_bytes])` says why.
+        """
+        return self.extract_features_batch([image_bytes])[0]
+
+    def extract_features_batch(self, images: Sequence[bytes | None]) -> list[list[float] | None]:
+        features, errors = self.embed(images)
+        return [None if error else row.tolist() for row, error in zip(features, errors)]
+
+    def process_images(self, df, input_col: str = "content", output_col: str = "features", error_col: str = "error"):
+        """The seed's method on Spark: adds `output_col` (array<float>) and `error_col` (string)."""
+        from imgvec.spark import featurize_dataframe
+
+        return featurize_dataframe(df, self.config, self.weights_ref, input_col, output_col, error_col)
+
+    # Pickle the configuration only: no session, no tensors.
+    def __getstate__(self):
+        return {"config": self.config, "weights": self.weights, "weights_ref": self.weights_ref}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __repr__(self):
+        c = self.config
+        return f"ImageVectorizer(model={self.model_name!r}, weights={self.weights!r}, device={c.device!r}, batch_size={c.batch_size})"
