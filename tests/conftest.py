@@ -58,3 +58,75 @@ def max_relative_difference(a, b) -> float:
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def classic_session(master: str = "local[2]", **conf):
+    """A fresh classic SparkSession; any earlier one in this process is stopped first."""
+    from pyspark.sql import SparkSession
+
+    from imgvec.spark import get_session
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+    os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)  # left behind by an earlier Spark Connect session
+    base = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+            "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"}
+    return get_session(master, app_name="imgvec-tests", conf={**base, **conf})
+
+
+@pytest.fixture(scope="module")
+def spark():
+    session = classic_session("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def image_dir(tmp_path, example_bytes):
+    """The example photos plus two broken files, in a nested folder."""
+    (tmp_path / "nested").mkdir()
+    for i, (name, data) in enumerate(sorted(example_bytes.items())):
+        (tmp_path / ("nested" if i % 2 else "") / name).write_bytes(data)
+    (tmp_path / "broken.jpg").write_bytes(example_bytes["chelsea.jpg"][:2000])
+    (tmp_path / "nested" / "notes.txt").write_bytes(b"not an image")
+    return tmp_path
+
+
+def reference_features(vectorizer, paths) -> dict:
+    """Single-process features for each file: what every distributed run must equal."""
+    import numpy as np
+
+    out = {}
+    for path in paths:
+        features, errors = vectorizer.embed([open(path, "rb").read()])
+        out[str(path)] = None if errors[0] else np.asarray(features[0])
+    return out
+
+
+def assert_same_features(rows, reference, path_col="path", features_col="features"):
+    """Every row's features equal the single-process reference (max relative difference <= 1e-4)."""
+    assert len(rows) == len(reference)
+    for row in rows:
+        path = row[path_col].removeprefix("file:")
+        expected = reference[path]
+        if expected is None:
+            assert row[features_col] is None and row["error"], path
+        else:
+            assert row["error"] is None, (path, row["error"])
+            assert max_relative_difference(row[features_col], expected) <= 1e-4, path
+
+
+def files_in(directory) -> list[str]:
+    return [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+
+
+def visible_on_workers(spark, path) -> set[bool]:
+    """Whether the executors can see `path` (a file of the driver's)."""
+    from pyspark.sql.functions import udf
+
+    @udf("boolean")
+    def exists(_):
+        return os.path.exists(path)
+
+    return {r[0] for r in spark.range(0, 4, numPartitions=4).select(exists("id")).collect()}

@@ -9,11 +9,10 @@ import torchvision
 from torch import nn
 
 import imgvec
+from corpus import encode, photo
 from imgvec.featurize import FeatureConfig, get_featurizer
 from imgvec.models import Preprocess, get_model, list_models
 from imgvec.weights import WeightsUnavailable, build_network, hub_checkpoint_path, resolve_weights
-
-from corpus import encode, photo
 
 
 @pytest.mark.parametrize("name,dim", [("resnet50", 2048), ("resnet18", 512), ("efficientnet_b0", 1280),

@@ -61,7 +61,7 @@ def test_every_valid_corpus_image_gets_finite_features():
     items = corpus()
     names = sorted(items)
     features, errors = v.embed([items[n][0] for n in names])
-    for name, row, error in zip(names, features, errors):
+    for name, row, error in zip(names, features, errors, strict=True):
         if items[name][1] == "ok":
             assert error is None and np.isfinite(row).all(), name
         else:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -140,21 +141,25 @@ class Featurizer:
 
 _cache: dict[tuple[FeatureConfig, WeightsRef], Featurizer] = {}
 _cache_lock = threading.Lock()
-_loads = 0
+_loads: Counter = Counter()
 
 
 def get_featurizer(config: FeatureConfig, weights: WeightsRef) -> Featurizer:
     """The process's featurizer for this configuration, built on first use."""
-    global _loads
     key = (config, weights)
     with _cache_lock:
         featurizer = _cache.get(key)
         if featurizer is None:
             featurizer = _cache[key] = Featurizer(config, weights)
-            _loads += 1
+            _loads[key] += 1
     return featurizer
 
 
-def model_loads() -> dict:
-    """How many networks this process has built: tests and benchmarks prove reuse with it."""
-    return {"pid": os.getpid(), "loads": _loads}
+def model_loads(config: FeatureConfig | None = None, weights: WeightsRef | None = None) -> dict:
+    """How many networks this process has built (for one configuration, if given).
+
+    Tests and benchmarks prove with it that a worker builds each model once, however many tasks it runs.
+    """
+    if config is None:
+        return {"pid": os.getpid(), "loads": sum(_loads.values())}
+    return {"pid": os.getpid(), "loads": _loads[(config, weights)]}

@@ -6,8 +6,8 @@ load strictly, then `to_features` removes the classifier. Nothing here touches S
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -6,7 +6,7 @@ bytes, and each process that uses it builds the network once, on first use.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class ImageVectorizer:
 
     def extract_features_batch(self, images: Sequence[bytes | None]) -> list[list[float] | None]:
         features, errors = self.embed(images)
-        return [None if error else row.tolist() for row, error in zip(features, errors)]
+        return [None if error else row.tolist() for row, error in zip(features, errors, strict=True)]
 
     def process_images(self, df, input_col: str = "content", output_col: str = "features", error_col: str = "error"):
         """The seed's method on Spark: adds `output_col` (array<float>) and `error_col` (string)."""
@@ -84,4 +84,5 @@ class ImageVectorizer:
 
     def __repr__(self):
         c = self.config
-        return f"ImageVectorizer(model={self.model_name!r}, weights={self.weights!r}, device={c.device!r}, batch_size={c.batch_size})"
+        return (f"ImageVectorizer(model={self.model_name!r}, weights={self.weights!r}, "
+                f"device={c.device!r}, batch_size={c.batch_size})")

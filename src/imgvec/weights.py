@@ -87,7 +87,8 @@ def local_path(ref: WeightsRef) -> str:
     if not os.path.isfile(path):
         raise WeightsUnavailable(f"weights file {path} is not on this machine")
     if file_sha256(path) != ref.sha256:
-        raise WeightsUnavailable(f"weights file {path} does not match sha256 {ref.sha256}: it changed after the job started")
+        raise WeightsUnavailable(
+            f"weights file {path} does not match sha256 {ref.sha256}: it changed after the job started")
     return path
 
 

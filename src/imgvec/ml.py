@@ -1,0 +1,47 @@
+"""ImageFeaturizer: imgvec as a Spark ML Transformer, for Pipelines, with save and load."""
+
+from __future__ import annotations
+
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+
+
+class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """Adds a features column (array<float>) and an error column (string) computed from image bytes."""
+
+    errorCol = Param(Params._dummy(), "errorCol", "column for the decode error (null when the image is good)",
+                     typeConverter=TypeConverters.toString)
+    model = Param(Params._dummy(), "model", "registered model name or 'torchscript:PATH'",
+                  typeConverter=TypeConverters.toString)
+    weights = Param(Params._dummy(), "weights", "'default', 'random' or a state_dict path",
+                    typeConverter=TypeConverters.toString)
+    batchSize = Param(Params._dummy(), "batchSize", "images per forward pass", typeConverter=TypeConverters.toInt)
+    device = Param(Params._dummy(), "device", "'auto', 'cpu', 'cuda' or 'cuda:N'",
+                   typeConverter=TypeConverters.toString)
+
+    @keyword_only
+    def __init__(self, *, inputCol="content", outputCol="features", errorCol="error", model="resnet50",
+                 weights="default", batchSize=16, device="auto"):
+        super().__init__()
+        self._setDefault(inputCol="content", outputCol="features", errorCol="error", model="resnet50",
+                         weights="default", batchSize=16, device="auto")
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, *, inputCol="content", outputCol="features", errorCol="error", model="resnet50",
+                  weights="default", batchSize=16, device="auto"):
+        return self._set(**self._input_kwargs)
+
+    def vectorizer(self):
+        from imgvec.vectorizer import ImageVectorizer
+
+        return ImageVectorizer(self.getOrDefault(self.model), weights=self.getOrDefault(self.weights),
+                               device=self.getOrDefault(self.device), batch_size=self.getOrDefault(self.batchSize))
+
+    def _transform(self, dataset):
+        return self.vectorizer().process_images(
+            dataset, input_col=self.getInputCol(), output_col=self.getOutputCol(),
+            error_col=self.getOrDefault(self.errorCol))

@@ -1,0 +1,193 @@
+"""Features on Spark: a DataFrame of image bytes in, feature and error columns out.
+
+The UDF closes over two small frozen dataclasses (FeatureConfig, WeightsRef) and nothing
+else: no SparkSession, SparkContext, DataFrame or nn.Module, so SPARK-5063 cannot happen
+and the same code runs on classic Spark and on Spark Connect.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
+
+from imgvec.featurize import FeatureConfig, get_featurizer
+from imgvec.weights import WeightsRef
+
+RESULT_TYPE = StructType([
+    StructField("features", ArrayType(FloatType(), containsNull=False)),
+    StructField("error", StringType()),
+])
+
+
+def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict | None = None) -> SparkSession:
+    """A SparkSession for `master`: a Spark master URL, or sc://host:port for Spark Connect.
+
+    Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
+    """
+    builder = SparkSession.builder.appName(app_name)
+    if master.startswith("sc://"):
+        builder = builder.remote(master)
+    else:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder = builder.master(master).config("spark.python.worker.reuse", "true")
+        if master.startswith("local"):
+            builder = builder.config("spark.driver.memory", "2g").config("spark.ui.showConsoleProgress", "false")
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def is_connect(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def read_images(spark: SparkSession, paths: str | Iterable[str], *, glob: str | None = None,
+                recursive: bool = True) -> DataFrame:
+    """Files, directories (recursively) and globs -> DataFrame[path, modificationTime, length, content].
+
+    Spark's binaryFile source reads the bytes on the executors; nothing passes through the driver.
+    """
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if not paths:
+        raise ValueError("no input paths given; pass files, directories or globs")
+    for path in paths:
+        if _is_local(path) and not any(c in path for c in "*?[{") and not os.path.exists(_strip_file(path)):
+            raise ValueError(f"input path {path} does not exist; check the path or quote the glob")
+    reader = spark.read.format("binaryFile")
+    if recursive:
+        reader = reader.option("recursiveFileLookup", "true")
+    if glob:
+        reader = reader.option("pathGlobFilter", glob)
+    return reader.load(paths)
+
+
+def featurize_dataframe(df: DataFrame, config: FeatureConfig, weights: WeightsRef, input_col: str = "content",
+                        output_col: str = "features", error_col: str = "error") -> DataFrame:
+    """`df` with `output_col` (array<float>, null for bad images) and `error_col` (string, null when good).
+
+    Lazy: nothing runs until an action. Configuration mistakes raise here, on the driver.
+    """
+    check_binary_column(df, input_col)
+    spark = df.sparkSession
+    shipped = ship_weights(spark, weights)
+    # One Arrow batch feeds one forward pass: bounded memory, no waiting to fill huge batches.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
+    result = "__imgvec_result"
+    return (
+        df.withColumn(result, features_column(F.col(_quoted(input_col)), config, shipped))
+        .withColumn(output_col, F.col(f"{result}.features"))
+        .withColumn(error_col, F.col(f"{result}.error"))
+        .drop(result)
+    )
+
+
+def check_binary_column(df: DataFrame, column: str) -> None:
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if column not in fields:
+        raise ValueError(f"input column {column!r} is not in the DataFrame (columns: {', '.join(fields)}); "
+                         "pass input_col= the column that holds the image bytes")
+    if not isinstance(fields[column], BinaryType):
+        raise ValueError(f"input column {column!r} is {fields[column].simpleString()}, not binary; "
+                         "image bytes must be a binary column (spark.read.format('binaryFile') gives one)")
+
+
+def features_column(image_bytes: Column, config: FeatureConfig, weights: WeightsRef) -> Column:
+    """A struct<features, error> column. `weights` must already be shipped (see ship_weights)."""
+
+    @pandas_udf(RESULT_TYPE)
+    def imgvec_features(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        _use_task_cpus()
+        featurizer = get_featurizer(config, weights)
+        for images in batches:
+            features, errors = featurizer.embed(images.tolist())
+            yield pd.DataFrame({
+                "features": [None if error else row for row, error in zip(features, errors, strict=True)],
+                "error": errors,
+            })
+
+    # Nondeterministic: the optimiser must never evaluate it twice (once per struct field).
+    return imgvec_features.asNondeterministic()(image_bytes)
+
+
+def _use_task_cpus() -> None:
+    """Torch intra-op threads = the CPUs Spark gave this task (spark.task.cpus)."""
+    import torch
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is not None:
+        torch.set_num_threads(max(1, int(context.cpus())))
+
+
+# --- weights to the executors --------------------------------------------------------------
+
+_shipped: set[tuple[str, str]] = set()
+_shipped_lock = threading.Lock()
+
+
+def ship_weights(spark: SparkSession, weights: WeightsRef) -> WeightsRef:
+    """Send the weights file with the job, so executors need neither the driver's disk nor the internet.
+
+    Classic Spark: SparkContext.addFile. Spark Connect: addArtifacts(file=True). Executors read it
+    with SparkFiles.get(name); the name carries the hash, so two files never collide.
+    """
+    if weights.kind != "file":
+        return weights
+    name = f"imgvec-{weights.sha256[:16]}-{os.path.basename(weights.path)}"
+    key = (_session_key(spark), name)
+    with _shipped_lock:
+        if key not in _shipped:
+            staged = os.path.join(_staging_dir(), name)
+            if not os.path.exists(staged):
+                _link_or_copy(weights.path, staged)
+            if is_connect(spark):
+                spark.addArtifacts(staged, file=True)
+            else:
+                spark.sparkContext.addFile(staged)
+            _shipped.add(key)
+    return replace(weights, shipped_name=name)
+
+
+def _session_key(spark: SparkSession) -> str:
+    return spark.session_id if is_connect(spark) else spark.sparkContext.applicationId
+
+
+_staging = None
+
+
+def _staging_dir() -> str:
+    global _staging
+    if _staging is None:
+        _staging = tempfile.mkdtemp(prefix="imgvec-weights-")
+    return _staging
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _strip_file(path: str) -> str:
+    return path.removeprefix("file://")
+
+
+def _quoted(column: str) -> str:
+    return f"`{column.replace('`', '``')}`"

@@ -1,0 +1,44 @@
+"""The same features on a standalone cluster (a master and two workers on 127.0.0.1) as in one process.
+
+The workers run where the driver's TORCH_HOME is an empty tmpfs, so the
+pretrained file can only reach them the way imgvec ships it.
+"""
+
+import os
+
+import pytest
+
+from conftest import assert_same_features, classic_session, files_in, reference_features, visible_on_workers
+from deployments import can_hide_directories, standalone_cluster
+from imgvec import ImageVectorizer, read_images
+
+pytestmark = pytest.mark.spark
+
+needs_hiding = pytest.mark.skipif(not can_hide_directories(), reason="needs unshare -m (root) to hide the cache")
+
+
+
+
+@pytest.fixture(scope="module")
+def cluster_session(tmp_path_factory, resnet18_default):
+    workdir = str(tmp_path_factory.mktemp("cluster"))
+    hidden = [os.environ["TORCH_HOME"]] if can_hide_directories() else []
+    with standalone_cluster(workdir, workers=2, hidden=hidden) as master:
+        session = classic_session(master, **{"spark.executor.cores": "1", "spark.executor.memory": "1g",
+                                             "spark.cores.max": "2"})
+        yield session
+        session.stop()
+
+
+@needs_hiding
+def test_standalone_cluster_with_an_empty_torch_cache(cluster_session, image_dir, resnet18_default):
+    spark = cluster_session
+    assert spark.sparkContext.master.startswith("spark://127.0.0.1:")
+    assert visible_on_workers(spark, resnet18_default) == {False}
+    v = ImageVectorizer("resnet18")  # 'default' weights, resolved from the driver's cache
+    rows = v.process_images(read_images(spark, str(image_dir))).drop("content").collect()
+    assert_same_features(rows, reference_features(v, files_in(image_dir)))
+    executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
+    assert executors == 2  # two worker JVMs, each with its own Python workers
+
+

@@ -1,0 +1,53 @@
+"""The same features on Spark Connect (a real server on 127.0.0.1) as in one process.
+
+The server runs where the driver's TORCH_HOME is an empty tmpfs, so the
+pretrained file can only reach them the way imgvec ships it.
+"""
+
+import os
+
+import pytest
+from pyspark.sql import SparkSession
+
+from conftest import assert_same_features, files_in, reference_features, visible_on_workers
+from deployments import can_hide_directories, connect_server
+from imgvec import ImageFeaturizer, ImageVectorizer, read_images
+
+pytestmark = pytest.mark.spark
+
+needs_hiding = pytest.mark.skipif(not can_hide_directories(), reason="needs unshare -m (root) to hide the cache")
+
+
+
+
+@pytest.fixture(scope="module")
+def connect_session(tmp_path_factory, resnet18_default):
+    workdir = str(tmp_path_factory.mktemp("connect"))
+    hidden = [os.environ["TORCH_HOME"]] if can_hide_directories() else []
+    classic = SparkSession.getActiveSession()
+    if classic is not None:  # a remote session cannot start beside a classic one
+        classic.stop()
+    with connect_server(workdir, hidden=hidden) as url:
+        session = SparkSession.builder.remote(url).getOrCreate()
+        yield session
+        session.stop()
+
+
+@needs_hiding
+def test_spark_connect_with_an_empty_torch_cache(connect_session, image_dir, resnet18_default):
+    spark = connect_session
+    assert type(spark).__module__.startswith("pyspark.sql.connect")
+    with pytest.raises(AttributeError):  # no SparkContext, no broadcast: the seed's fix cannot exist here
+        _ = spark.sparkContext
+    assert visible_on_workers(spark, resnet18_default) == {False}
+    v = ImageVectorizer("resnet18")
+    rows = v.process_images(read_images(spark, str(image_dir))).drop("content").collect()
+    assert_same_features(rows, reference_features(v, files_in(image_dir)))
+
+
+def test_image_featurizer_on_spark_connect(connect_session, image_dir):
+    df = read_images(connect_session, str(image_dir))
+    out = ImageFeaturizer(model="resnet18", weights="random", outputCol="vec").transform(df)
+    rows = out.select("path", "vec", "error").collect()
+    assert len(rows) == len(files_in(image_dir))
+    assert sum(r.vec is not None for r in rows) == len(rows) - 2
