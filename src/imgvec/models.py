@@ -39,8 +39,10 @@ class ModelEntry:
 
     build:           returns the network with untrained weights, in the layout its state_dict uses.
     to_features:     turns that network into one that returns a [N, dim] feature tensor.
-    default_weights: returns the local path of the recommended pretrained state_dict, fetching it
-                     into the torch hub cache if it can (None: the model has no pretrained weights).
+    default_weights: default_weights(download) returns the local path of the recommended pretrained
+                     state_dict, fetching it into the torch hub cache first when `download` is true
+                     and it is missing; raises WeightsUnavailable when it cannot be had.
+                     None: `weights="default"` means the weights `build()` gives.
     torchscript:     the weights file is a TorchScript archive holding the whole feature extractor.
     """
 
@@ -49,7 +51,7 @@ class ModelEntry:
     preprocess: Preprocess
     build: Callable[[], nn.Module] | None = None
     to_features: Callable[[nn.Module], nn.Module] | None = None
-    default_weights: Callable[[], str] | None = None
+    default_weights: Callable[[bool], str] | None = None
     torchscript: bool = False
     description: str = ""
 
@@ -64,7 +66,7 @@ def register_model(
     preprocess: Preprocess = Preprocess(),
     *,
     to_features: Callable[[nn.Module], nn.Module] | None = None,
-    default_weights: Callable[[], str] | None = None,
+    default_weights: Callable[[bool], str] | None = None,
     description: str = "",
     replace: bool = False,
 ) -> ModelEntry:
@@ -91,7 +93,7 @@ def torchscript_model(path: str, *, dim: int | None = None, preprocess: Preproce
     `model="torchscript:PATH"` or this function.
     """
     return ModelEntry(f"torchscript:{path}", dim, preprocess, torchscript=True,
-                      default_weights=lambda: path, description="TorchScript file")
+                      default_weights=lambda download=True: path, description="TorchScript file")
 
 
 def get_model(model: str | ModelEntry) -> ModelEntry:
@@ -136,7 +138,8 @@ def _torchvision_entry(name: str, weights_enum: str, dim: int, head: Callable[[n
         name=name, dim=dim, preprocess=preprocess,
         build=lambda: getattr(tvm, name)(weights=None),
         to_features=head,
-        default_weights=lambda: _weights_from_hub(weights.url, f"torchvision.models.{weights_enum}.{weights.name}"),
+        default_weights=lambda download=True: _weights_from_hub(
+            weights.url, f"torchvision.models.{weights_enum}.{weights.name}", download),
         description=f"torchvision {name}, {weights_enum}.{weights.name}",
     )
 
@@ -158,8 +161,8 @@ def _without(attribute: str) -> Callable[[nn.Module], nn.Module]:
     return head
 
 
-def _weights_from_hub(url: str, what: str) -> str:
-    """The torch hub cache file for `url`, downloaded there if missing and reachable."""
+def _weights_from_hub(url: str, what: str, download: bool = True) -> str:
+    """The torch hub cache file for `url`, downloaded there if missing, allowed and reachable."""
     import os
 
     from imgvec.weights import WeightsUnavailable, hub_checkpoint_path
@@ -168,6 +171,8 @@ def _weights_from_hub(url: str, what: str) -> str:
     if os.path.isfile(path):
         return path
     try:
+        if not download:
+            raise FileNotFoundError(path)
         torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu", weights_only=True)
     except Exception as exc:  # offline, proxy, disk: all mean the same thing to the user
         raise WeightsUnavailable(
@@ -188,7 +193,7 @@ def _lite0_build() -> nn.Module:
     return EfficientNet.from_name("efficientnet-lite0")
 
 
-def _lite0_weights() -> str:
+def _lite0_weights(download: bool = True) -> str:
     from imgvec.weights import WeightsUnavailable
 
     try:

@@ -30,10 +30,12 @@ RESULT_TYPE = StructType([
 ])
 
 
-def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict | None = None) -> SparkSession:
+def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict | None = None,
+                quiet: bool = False) -> SparkSession:
     """A SparkSession for `master`: a Spark master URL, or sc://host:port for Spark Connect.
 
     Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
+    quiet: the JVM this starts logs errors only.
     """
     builder = SparkSession.builder.appName(app_name)
     if master.startswith("sc://"):
@@ -44,6 +46,9 @@ def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict |
         builder = builder.master(master).config("spark.python.worker.reuse", "true")
         if master.startswith("local"):
             builder = builder.config("spark.driver.memory", "2g").config("spark.ui.showConsoleProgress", "false")
+        if quiet:
+            quiet_logs = os.path.join(os.path.dirname(__file__), "log4j2-quiet.properties")
+            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={quiet_logs}")
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
@@ -60,17 +65,22 @@ def read_images(spark: SparkSession, paths: str | Iterable[str], *, glob: str | 
     Spark's binaryFile source reads the bytes on the executors; nothing passes through the driver.
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
-    if not paths:
-        raise ValueError("no input paths given; pass files, directories or globs")
-    for path in paths:
-        if _is_local(path) and not any(c in path for c in "*?[{") and not os.path.exists(_strip_file(path)):
-            raise ValueError(f"input path {path} does not exist; check the path or quote the glob")
+    check_inputs_exist(paths)
     reader = spark.read.format("binaryFile")
     if recursive:
         reader = reader.option("recursiveFileLookup", "true")
     if glob:
         reader = reader.option("pathGlobFilter", glob)
     return reader.load(paths)
+
+
+def check_inputs_exist(paths: list[str]) -> None:
+    """Local inputs that are not globs must exist: say so on the driver, before any job."""
+    if not paths:
+        raise ValueError("no input paths given; pass files, directories or globs")
+    for path in paths:
+        if _is_local(path) and not any(c in path for c in "*?[{") and not os.path.exists(_strip_file(path)):
+            raise ValueError(f"input path {path} does not exist; check the path or quote the glob")
 
 
 def featurize_dataframe(df: DataFrame, config: FeatureConfig, weights: WeightsRef, input_col: str = "content",

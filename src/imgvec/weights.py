@@ -55,13 +55,23 @@ def resolve_weights(entry: ModelEntry, weights: str) -> WeightsRef:
     if weights == "default":
         if entry.default_weights is None:
             return WeightsRef("builder")
-        path = entry.default_weights()
+        path = entry.default_weights(True)
     else:
         path = weights
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
         raise WeightsUnavailable(f"weights file {path} does not exist; pass 'default', 'random' or an existing file")
     return WeightsRef("file", path, file_sha256(path))
+
+
+def available_offline(entry: ModelEntry) -> bool:
+    """Whether weights='default' works right now without a download."""
+    if entry.default_weights is None:
+        return True
+    try:
+        return os.path.isfile(entry.default_weights(False))
+    except WeightsUnavailable:
+        return False
 
 
 def file_sha256(path: str) -> str:

@@ -1,0 +1,158 @@
+"""The batch job behind `imgvec embed`: inputs -> a feature dataset, chunk by committed chunk.
+
+Spark does the reading and the inference; the driver receives only [path, features, error]
+and commits each chunk as one Parquet part. A killed run loses at most the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from imgvec.output import FeatureDataset
+from imgvec.progress import Progress
+from imgvec.sources import chunks, open_source
+from imgvec.spark import check_inputs_exist, get_session, is_connect
+from imgvec.vectorizer import ImageVectorizer
+
+DEFAULT_CHUNK_SIZE = 512
+
+
+@dataclass
+class EmbedSummary:
+    output: str
+    total: int = 0  # inputs, including those an earlier run had done
+    skipped: int = 0  # already in the output (--resume)
+    succeeded: int = 0
+    failed: int = 0
+    error_kinds: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def rate(self) -> float:
+        return self.processed / self.seconds if self.seconds else 0.0
+
+
+def identity(vectorizer: ImageVectorizer) -> dict:
+    """What made the features: recorded in the output, checked on --resume."""
+    import imgvec
+
+    ref = vectorizer.weights_ref
+    weights = vectorizer.weights if vectorizer.weights in ("default", "random") else ref.path
+    return {"model": vectorizer.model_name, "weights": weights, "weights_sha256": ref.sha256,
+            "dim": vectorizer.dim, "imgvec_version": imgvec.__version__, "format": "imgvec-features/1"}
+
+
+def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: str = "default",
+          batch_size: int = 16, device: str = "auto", master: str = "local[*]", glob: str | None = None,
+          table: bool | None = None, binary_col: str = "content", path_col: str = "path",
+          resume: bool = False, overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
+          quiet: bool = False, progress_stream=None, conf: dict | None = None, spark=None) -> EmbedSummary:
+    """Embed every input into `output`. Configuration mistakes raise ValueError before Spark starts."""
+    if chunk_size < 1:
+        raise ValueError(f"--chunk-size must be at least 1, not {chunk_size}")
+    vectorizer = ImageVectorizer(model, weights=weights, device=device, batch_size=batch_size)
+    source = open_source(inputs, glob=glob, binary_col=binary_col, path_col=path_col, table=table)
+    check_inputs_exist(inputs)
+    dataset = FeatureDataset(output)
+    dataset.prepare(identity(vectorizer), resume=resume, overwrite=overwrite)
+
+    spark = spark or get_session(master, conf=conf, quiet=True)
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel("ERROR")
+    started = time.monotonic()
+    items = source.list(spark)
+    done = dataset.done_paths()
+    todo = [item for item in items if item.path not in done]
+    summary = EmbedSummary(dataset.location, total=len(items), skipped=len(items) - len(todo))
+    progress = Progress(len(items), already=summary.skipped, stream=progress_stream, quiet=quiet)
+    try:
+        for chunk in chunks(todo, chunk_size):
+            committed = summary.skipped + summary.processed
+            with spark_progress(spark, lambda share: progress.update(committed + share * len(chunk))):  # noqa: B023
+                df = vectorizer.process_images(source.load(spark, chunk)).select("path", "features", "error")
+                table = _complete(df.toArrow(), chunk)
+            dataset.write_part(table)
+            errors = [e for e in table.column("error").to_pylist() if e is not None]
+            summary.failed += len(errors)
+            summary.succeeded += table.num_rows - len(errors)
+            summary.error_kinds.update(e.split(":", 1)[0] for e in errors)
+            progress.update(summary.skipped + summary.processed, force=True)
+            dataset.update_counts()
+    finally:
+        summary.seconds = time.monotonic() - started
+        progress.close()
+    if not todo:
+        dataset.update_counts()
+    return summary
+
+
+def _complete(table: pa.Table, chunk) -> pa.Table:
+    """One row per input: an input Spark returned no row for (deleted meanwhile) gets an error row."""
+    returned = set(table.column("path").to_pylist())
+    missing = [item.path for item in chunk if item.path not in returned]
+    if not missing:
+        return table
+    extra = pa.table({"path": missing, "features": pa.nulls(len(missing), table.schema.field("features").type),
+                      "error": ["missing: the input was listed but could not be read"] * len(missing)})
+    return pa.concat_tables([table, extra.cast(table.schema)])
+
+
+@contextmanager
+def spark_progress(spark, report):
+    """Calls report(share of finished tasks) while the block runs its Spark job; Ctrl-C cancels the job."""
+    if is_connect(spark):
+        def handler(stages=None, **_):
+            report(_fraction((s.num_completed_tasks, s.num_tasks) for s in stages or []))
+
+        spark.registerProgressHandler(handler)
+        try:
+            yield
+        except KeyboardInterrupt:
+            spark.interruptAll()
+            raise
+        finally:
+            spark.removeProgressHandler(handler)
+        return
+    context = spark.sparkContext
+    group = f"imgvec-{uuid.uuid4().hex[:12]}"
+    context.setJobGroup(group, "imgvec embed", interruptOnCancel=True)
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll, args=(context.statusTracker(), group, stop, report), daemon=True)
+    poller.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        context.cancelJobGroup(group)
+        raise
+    finally:
+        stop.set()
+        poller.join()
+        context.setLocalProperty("spark.jobGroup.id", None)
+
+
+def _poll(status, group: str, stop: threading.Event, report) -> None:
+    while not stop.wait(0.5):
+        try:
+            jobs = [status.getJobInfo(j) for j in status.getJobIdsForGroup(group)]
+            stages = [status.getStageInfo(s) for job in jobs if job for s in job.stageIds]
+            report(_fraction((s.numCompletedTasks, s.numTasks) for s in stages if s))
+        except Exception:  # progress is best effort; the job is what matters
+            pass
+
+
+def _fraction(pairs) -> float:
+    done = total = 0
+    for completed, tasks in pairs:
+        done, total = done + completed, total + tasks
+    return done / total if total else 0.0
