@@ -113,15 +113,17 @@ def test_info_and_models(embedded):
     assert models.returncode == 0
     lines = {line.split()[0]: line for line in models.stdout.splitlines()[1:]}
     assert set(lines) >= {"resnet50", "resnet18", "efficientnet_b0", "convnext_tiny", "efficientnet_lite0"}
-    assert " 1280  yes" in lines["efficientnet_lite0"] and " no " in lines["convnext_tiny"]
+    assert " 1280  yes" in lines["efficientnet_lite0"] and "  768  no " in lines["convnext_tiny"]
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["embed", "/no/such/folder", "-o", "{tmp}/o", "--model", "resnet18", "--weights", "random"], "does not exist"),
+    (["embed", "/no/such/folder", "-o", "{tmp}/o", "--model", "resnet18", "--weights", "random"],
+     "does not exist"),
     (["embed", "{photos}", "-o", "{tmp}/o", "--model", "resnet-50"], "unknown model 'resnet-50'"),
     (["embed", "{photos}", "-o", "{tmp}/o", "--model", "convnext_tiny"], "not in the torch hub cache"),
     (["embed", "{photos}", "-o", "{tmp}/o", "--weights", "/no/w.pt"], "does not exist"),
-    (["embed", "{photos}", "-o", "{existing}", "--model", "efficientnet_lite0"], "already exists; pass --resume"),
+    (["embed", "{photos}", "-o", "{existing}", "--model", "efficientnet_lite0"],
+     "already exists; pass --resume"),
     (["embed", "{photos}", "-o", "{existing}", "--resume", "--model", "resnet18", "--weights", "random"],
      "would mix two models"),
     (["embed", "{photos}", "-o", "{tmp}/o", "--max-error-rate", "5"], "--max-error-rate is a share"),

@@ -1,31 +1,42 @@
-"""imgvec: image feature vectors at scale on Apache Spark with PyTorch."""
+"""imgvec: image feature vectors at scale on Apache Spark with PyTorch.
 
+Public names load on first use, so `imgvec --help` does not wait for torch and pyspark.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-
-from imgvec.decode import decode_image
-from imgvec.ml import ImageFeaturizer
-from imgvec.models import ModelEntry, Preprocess, get_model, list_models, register_model, torchscript_model
-from imgvec.spark import get_session, read_images
-from imgvec.vectorizer import ImageVectorizer
-from imgvec.weights import WeightsUnavailable
 
 try:
     __version__ = version("imgvec")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = [
-    "ImageFeaturizer",
-    "ImageVectorizer",
-    "ModelEntry",
-    "Preprocess",
-    "WeightsUnavailable",
-    "__version__",
-    "decode_image",
-    "get_model",
-    "get_session",
-    "list_models",
-    "read_images",
-    "register_model",
-    "torchscript_model",
-]
+_PUBLIC = {
+    "ImageFeaturizer": "imgvec.ml",
+    "ImageVectorizer": "imgvec.vectorizer",
+    "ModelEntry": "imgvec.models",
+    "Preprocess": "imgvec.models",
+    "WeightsUnavailable": "imgvec.weights",
+    "decode_image": "imgvec.decode",
+    "embed": "imgvec.embed",
+    "get_model": "imgvec.models",
+    "get_session": "imgvec.spark",
+    "list_models": "imgvec.models",
+    "read_images": "imgvec.spark",
+    "register_model": "imgvec.models",
+    "torchscript_model": "imgvec.models",
+}
+
+__all__ = [*sorted(_PUBLIC), "__version__"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'imgvec' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

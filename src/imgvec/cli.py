@@ -189,10 +189,11 @@ def run_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'model':<20} {'dim':>5}  {'pretrained offline':<18}  description")
+        print(f"{'model':<20} {'dim':>5}  {'offline':<7}  description")
         for r in rows:
-            offline = "yes" if r["weights_offline"] else "no (download or cache)"
-            print(f"{r['name']:<20} {r['dim']:>5}  {offline:<18}  {r['description']}")
+            print(f"{r['name']:<20} {r['dim'] or '?':>5}  {'yes' if r['weights_offline'] else 'no':<7}  "
+                  f"{r['description']}")
+        print("offline: whether pretrained weights are on this machine now (else they download on first use)")
     return 0
 
 
