@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--weights", default="default", help="'default' (pretrained), 'random' or a state_dict file")
     embed.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     embed.add_argument("--device", default="auto", help="auto (the task's GPU, else CPU), cpu, cuda, cuda:N")
+    embed.add_argument("--max-pixels", type=int, default=120_000_000, help="larger images are errors, not decoded "
+                       "(default 120000000); bounds a worker's memory at about 7 bytes per pixel")
+    embed.add_argument("--draft", action="store_true", help="decode large JPEGs at a reduced scale: faster, "
+                       "features not bit-identical (see README)")
     embed.add_argument("--master", default="local[*]", help="Spark master URL, or sc://host:port for Spark Connect "
                        "(default local[*])")
     embed.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
@@ -113,7 +117,8 @@ def run_embed(args) -> int:
         raise UsageError("--max-error-rate is a share between 0 and 1, e.g. 0.05")
     summary = embed(
         args.inputs, args.output, model=args.model, weights=args.weights, batch_size=args.batch_size,
-        device=args.device, master=args.master, glob=args.glob, table=args.table, binary_col=args.binary_col,
+        device=args.device, max_pixels=args.max_pixels, draft=args.draft, master=args.master, glob=args.glob,
+        table=args.table, binary_col=args.binary_col,
         path_col=args.path_col, resume=args.resume, overwrite=args.overwrite, chunk_size=args.chunk_size,
         quiet=args.quiet, conf=conf)
     kinds = ", ".join(f"{kind} {n}" for kind, n in summary.error_kinds.most_common(5))

@@ -59,6 +59,8 @@ def decode_image(data, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | Non
         return f"corrupt: {type(exc).__name__}: {_short(str(exc))}"
 
 
+_ORIENTATION = 0x0112  # the EXIF tag
+
 _SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
     b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
@@ -78,9 +80,11 @@ def _draft_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
 
 def _upright(image: Image.Image) -> Image.Image:
     try:
-        return ImageOps.exif_transpose(image)
+        if image.getexif().get(_ORIENTATION, 1) in (2, 3, 4, 5, 6, 7, 8):
+            return ImageOps.exif_transpose(image)  # otherwise it would copy the whole image
     except Exception:  # corrupt EXIF: the pixels are still good, keep them as stored
-        return image
+        pass
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

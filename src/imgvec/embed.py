@@ -6,6 +6,7 @@ and commits each chunk as one Parquet part. A killed run loses at most the chunk
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from imgvec.decode import DEFAULT_MAX_PIXELS
 from imgvec.output import FeatureDataset
 from imgvec.progress import Progress
 from imgvec.sources import chunks, open_source
@@ -54,14 +56,16 @@ def identity(vectorizer: ImageVectorizer) -> dict:
 
 
 def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: str = "default",
-          batch_size: int = 16, device: str = "auto", master: str = "local[*]", glob: str | None = None,
+          batch_size: int = 16, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False,
+          master: str = "local[*]", glob: str | None = None,
           table: bool | None = None, binary_col: str = "content", path_col: str = "path",
           resume: bool = False, overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
           quiet: bool = False, progress_stream=None, conf: dict | None = None, spark=None) -> EmbedSummary:
     """Embed every input into `output`. Configuration mistakes raise ValueError before Spark starts."""
     if chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, not {chunk_size}")
-    vectorizer = ImageVectorizer(model, weights=weights, device=device, batch_size=batch_size)
+    vectorizer = ImageVectorizer(model, weights=weights, device=device, batch_size=batch_size,
+                                 max_pixels=max_pixels, draft=draft)
     source = open_source(inputs, glob=glob, binary_col=binary_col, path_col=path_col, table=table)
     check_inputs_exist(inputs)
     dataset = FeatureDataset(output)
@@ -104,8 +108,15 @@ def _complete(table: pa.Table, chunk) -> pa.Table:
     if not missing:
         return table
     extra = pa.table({"path": missing, "features": pa.nulls(len(missing), table.schema.field("features").type),
-                      "error": ["missing: the input was listed but could not be read"] * len(missing)})
+                      "error": [_why_missing(path) for path in missing]})
     return pa.concat_tables([table, extra.cast(table.schema)])
+
+
+def _why_missing(path: str) -> str:
+    local = path.removeprefix("file:")
+    if path.startswith("file:") and os.path.isfile(local) and os.path.getsize(local) == 0:
+        return "empty: 0 bytes"  # Spark's file sources skip empty files
+    return "missing: the input was listed but could not be read"
 
 
 @contextmanager

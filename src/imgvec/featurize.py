@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from imgvec.decode import DEFAULT_MAX_PIXELS, decode_image
-from imgvec.models import ModelEntry, Preprocess, get_model
+from imgvec.models import ModelEntry, Preprocess, get_model, is_builtin
 from imgvec.weights import WeightsRef, build_network
 
 # An image longer than this many times its shorter side is first cropped to its centre:
@@ -39,7 +39,10 @@ class FeatureConfig:
     draft: bool = False  # reduced-size JPEG decoding: faster on large photos, not bit-identical
 
     def __post_init__(self):
-        get_model(self.model)  # unknown names fail here, on the driver
+        entry = get_model(self.model)  # unknown names fail here, on the driver
+        if isinstance(self.model, str) and not is_builtin(entry) and not entry.torchscript:
+            # Registered in this process only: travel to the workers whole, not by name.
+            object.__setattr__(self, "model", entry)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, not {self.batch_size!r}")
         if not isinstance(self.max_pixels, int) or self.max_pixels < 1:

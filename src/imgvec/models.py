@@ -7,7 +7,7 @@ load strictly, then `to_features` removes the classifier. Nothing here touches S
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -49,11 +49,13 @@ class ModelEntry:
     name: str
     dim: int | None
     preprocess: Preprocess
-    build: Callable[[], nn.Module] | None = None
-    to_features: Callable[[nn.Module], nn.Module] | None = None
-    default_weights: Callable[[bool], str] | None = None
+    # Compared by name, not by function identity: an entry unpickled on a worker for every task
+    # must still find the network that worker built for the first one.
+    build: Callable[[], nn.Module] | None = field(default=None, compare=False)
+    to_features: Callable[[nn.Module], nn.Module] | None = field(default=None, compare=False)
+    default_weights: Callable[[bool], str] | None = field(default=None, compare=False)
     torchscript: bool = False
-    description: str = ""
+    description: str = field(default="", compare=False)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -5,6 +5,8 @@ Listing reads names only (Spark prunes the bytes); a chunk reads the bytes of it
 
 from __future__ import annotations
 
+import fnmatch
+import glob as pyglob
 import os
 import re
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from imgvec.spark import check_binary_column, read_images
+from imgvec.spark import check_binary_column, is_local_path, read_images
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,11 @@ class ImageFiles:
         self.inputs, self.glob = inputs, glob
 
     def list(self, spark: SparkSession) -> list[Item]:
-        rows = read_images(spark, self.inputs, glob=self.glob).select("path").collect()
-        return [Item(r.path, r.path) for r in sorted(rows, key=lambda r: r.path)]
+        if all(is_local_path(i) for i in self.inputs):
+            paths = _list_local(self.inputs, self.glob)  # Spark's listing skips zero-byte files
+        else:
+            paths = [r.path for r in read_images(spark, self.inputs, glob=self.glob).select("path").collect()]
+        return [Item(p, p) for p in sorted(set(paths))]
 
     def load(self, spark: SparkSession, items: list[Item]) -> DataFrame:
         # Each path is a literal file, never a pattern: escape what Hadoop would glob.
@@ -82,6 +87,31 @@ def chunks(items: list[Item], size: int) -> list[list[Item]]:
     if current:
         out.append(current)
     return out
+
+
+def _list_local(inputs: list[str], name_glob: str | None) -> list[str]:
+    """Files under local inputs, as Spark names them ('file:/abs/path'), skipping hidden ones as Spark does."""
+    found = []
+    for pattern in inputs:
+        pattern = pattern.removeprefix("file://").removeprefix("file:")
+        for top in sorted(pyglob.glob(pattern)) if pyglob.has_magic(pattern) else [pattern]:
+            if os.path.isfile(top):
+                found.append(top)
+                continue
+            for folder, dirs, files in os.walk(top):
+                dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+                found += [os.path.join(folder, f) for f in files if not f.startswith((".", "_"))
+                          and (name_glob is None or _name_matches(f, name_glob))]
+    return ["file:" + os.path.abspath(p) for p in found]
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    """Hadoop-style name globs, including one level of {a,b} alternatives."""
+    braces = re.search(r"\{([^{}]*)\}", pattern)
+    if braces:
+        return any(_name_matches(name, pattern[: braces.start()] + option + pattern[braces.end():])
+                   for option in braces.group(1).split(","))
+    return fnmatch.fnmatchcase(name, pattern)
 
 
 def _looks_like_parquet(path: str) -> bool:

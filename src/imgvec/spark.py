@@ -79,7 +79,7 @@ def check_inputs_exist(paths: list[str]) -> None:
     if not paths:
         raise ValueError("no input paths given; pass files, directories or globs")
     for path in paths:
-        if _is_local(path) and not any(c in path for c in "*?[{") and not os.path.exists(_strip_file(path)):
+        if is_local_path(path) and not any(c in path for c in "*?[{") and not os.path.exists(_strip_file(path)):
             raise ValueError(f"input path {path} does not exist; check the path or quote the glob")
 
 
@@ -191,7 +191,7 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copyfile(source, target)
 
 
-def _is_local(path: str) -> bool:
+def is_local_path(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
