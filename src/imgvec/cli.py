@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = embed.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="process only inputs not yet in OUTPUT")
     mode.add_argument("--overwrite", action="store_true", help="replace OUTPUT")
-    embed.add_argument("--chunk-size", type=int, default=512, help="images committed together (default 512): "
-                       "an interrupted run loses at most one chunk")
+    embed.add_argument("--chunk-size", type=int, help="images committed together (default: 128 per core, at "
+                       "least 512): an interrupted run loses at most one chunk in flight")
     embed.add_argument("--max-error-rate", type=float, help="exit 3 when more than this share of images fail")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -110,11 +110,11 @@ def _fail(message: str) -> int:
 
 
 def run_embed(args) -> int:
-    from imgvec.embed import embed
-
     conf = dict(_key_value(item) for item in args.conf)
     if args.max_error_rate is not None and not 0 <= args.max_error_rate <= 1:
         raise UsageError("--max-error-rate is a share between 0 and 1, e.g. 0.05")
+    from imgvec.embed import embed
+
     summary = embed(
         args.inputs, args.output, model=args.model, weights=args.weights, batch_size=args.batch_size,
         device=args.device, max_pixels=args.max_pixels, draft=args.draft, master=args.master, glob=args.glob,

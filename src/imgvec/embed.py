@@ -10,7 +10,8 @@ import os
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -59,10 +60,10 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
           batch_size: int = 16, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False,
           master: str = "local[*]", glob: str | None = None,
           table: bool | None = None, binary_col: str = "content", path_col: str = "path",
-          resume: bool = False, overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
+          resume: bool = False, overwrite: bool = False, chunk_size: int | None = None,
           quiet: bool = False, progress_stream=None, conf: dict | None = None, spark=None) -> EmbedSummary:
     """Embed every input into `output`. Configuration mistakes raise ValueError before Spark starts."""
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, not {chunk_size}")
     vectorizer = ImageVectorizer(model, weights=weights, device=device, batch_size=batch_size,
                                  max_pixels=max_pixels, draft=draft)
@@ -71,34 +72,98 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
     dataset = FeatureDataset(output)
     dataset.prepare(identity(vectorizer), resume=resume, overwrite=overwrite)
 
+    conf = conf or {}
     spark = spark or get_session(master, conf=conf, quiet=True)
     if not is_connect(spark):
         spark.sparkContext.setLogLevel("ERROR")
+    for key, value in CHUNK_SETTINGS.items():
+        if key not in conf:
+            spark.conf.set(key, value)
+    chunk_size = chunk_size or default_chunk_size(spark)
     started = time.monotonic()
     items = source.list(spark)
     done = dataset.done_paths()
     todo = [item for item in items if item.path not in done]
     summary = EmbedSummary(dataset.location, total=len(items), skipped=len(items) - len(todo))
+    counts = dataset.counts()
     progress = Progress(len(items), already=summary.skipped, stream=progress_stream, quiet=quiet)
+    in_flight: dict[int, float] = {}  # chunk number -> images done in it so far
+
+    def compute(number: int, chunk: list) -> pa.Table:
+        def report(share):
+            in_flight[number] = share * len(chunk)
+            progress.update(summary.skipped + summary.processed + sum(in_flight.values()))
+
+        with spark_progress(spark, report):
+            df = vectorizer.process_images(source.load(spark, chunk)).select("path", "features", "error")
+            return _complete(df.toArrow(), chunk)
+
+    # Two chunks in flight: the next chunk's tasks fill the cores while one finishes and is written.
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="imgvec-chunk")
+
+    def commit_oldest():
+        number, future = pending.popleft()
+        _commit(future.result(), dataset, summary, counts)
+        in_flight.pop(number, None)
+
     try:
-        for chunk in chunks(todo, chunk_size):
-            committed = summary.skipped + summary.processed
-            with spark_progress(spark, lambda share: progress.update(committed + share * len(chunk))):  # noqa: B023
-                df = vectorizer.process_images(source.load(spark, chunk)).select("path", "features", "error")
-                table = _complete(df.toArrow(), chunk)
-            dataset.write_part(table)
-            errors = [e for e in table.column("error").to_pylist() if e is not None]
-            summary.failed += len(errors)
-            summary.succeeded += table.num_rows - len(errors)
-            summary.error_kinds.update(e.split(":", 1)[0] for e in errors)
-            progress.update(summary.skipped + summary.processed, force=True)
-            dataset.update_counts()
+        pending: deque = deque()
+        for number, chunk in enumerate(chunks(todo, chunk_size)):
+            pending.append((number, pool.submit(compute, number, chunk)))
+            if len(pending) == 2:
+                commit_oldest()
+        while pending:
+            commit_oldest()
+        progress.update(summary.skipped + summary.processed, force=True)
+    except KeyboardInterrupt:
+        cancel_all(spark)
+        raise
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         summary.seconds = time.monotonic() - started
         progress.close()
-    if not todo:
-        dataset.update_counts()
+    dataset.update_counts(counts)
     return summary
+
+
+CHUNK_SETTINGS = {
+    # Each Spark task costs ~0.3 s on busy cores: with no byte cap, Spark splits a chunk into one
+    # task per core (spark.sql.files.minPartitionNum, by default the cluster's parallelism).
+    "spark.sql.files.maxPartitionBytes": str(1 << 40),
+    # A chunk names its files: list them on the driver, not with a job of one task per file.
+    "spark.sql.sources.parallelPartitionDiscovery.threshold": str(1 << 20),
+}
+
+
+def default_chunk_size(spark) -> int:
+    """128 images per core: tasks long enough to amortise Spark's per-task cost (Connect hides the cores: 512)."""
+    cores = 0 if is_connect(spark) else spark.sparkContext.defaultParallelism
+    return 128 * cores if cores else DEFAULT_CHUNK_SIZE
+
+
+def _commit(table: pa.Table, dataset: FeatureDataset, summary: EmbedSummary, counts: dict) -> None:
+    """Write one chunk's part, then record the counts: the part is the commit, the metadata follows."""
+    dataset.write_part(table)
+    errors = [e for e in table.column("error").to_pylist() if e is not None]
+    kinds = Counter(e.split(":", 1)[0] for e in errors)
+    summary.failed += len(errors)
+    summary.succeeded += table.num_rows - len(errors)
+    summary.error_kinds.update(kinds)
+    counts["total"] += table.num_rows
+    counts["failed"] += len(errors)
+    counts["succeeded"] += table.num_rows - len(errors)
+    counts["error_kinds"] = dict((Counter(counts["error_kinds"]) + kinds).most_common())
+    dataset.update_counts(counts)
+
+
+def cancel_all(spark) -> None:
+    try:
+        if is_connect(spark):
+            spark.interruptAll()
+        else:
+            spark.sparkContext.cancelAllJobs()
+    except Exception:  # already stopping
+        pass
 
 
 def _complete(table: pa.Table, chunk) -> pa.Table:
@@ -121,7 +186,7 @@ def _why_missing(path: str) -> str:
 
 @contextmanager
 def spark_progress(spark, report):
-    """Calls report(share of finished tasks) while the block runs its Spark job; Ctrl-C cancels the job."""
+    """Calls report(share of finished tasks) while the block (in this thread) runs its Spark job."""
     if is_connect(spark):
         def handler(stages=None, **_):
             report(_fraction((s.num_completed_tasks, s.num_tasks) for s in stages or []))
@@ -129,9 +194,6 @@ def spark_progress(spark, report):
         spark.registerProgressHandler(handler)
         try:
             yield
-        except KeyboardInterrupt:
-            spark.interruptAll()
-            raise
         finally:
             spark.removeProgressHandler(handler)
         return
@@ -143,9 +205,6 @@ def spark_progress(spark, report):
     poller.start()
     try:
         yield
-    except KeyboardInterrupt:
-        context.cancelJobGroup(group)
-        raise
     finally:
         stop.set()
         poller.join()
@@ -155,8 +214,9 @@ def spark_progress(spark, report):
 def _poll(status, group: str, stop: threading.Event, report) -> None:
     while not stop.wait(0.5):
         try:
-            jobs = [status.getJobInfo(j) for j in status.getJobIdsForGroup(group)]
-            stages = [status.getStageInfo(s) for job in jobs if job for s in job.stageIds]
+            jobs = sorted(status.getJobIdsForGroup(group))
+            job = status.getJobInfo(jobs[-1]) if jobs else None  # the newest: the chunk's own job
+            stages = [status.getStageInfo(s) for s in job.stageIds] if job else []
             report(_fraction((s.numCompletedTasks, s.numTasks) for s in stages if s))
         except Exception:  # progress is best effort; the job is what matters
             pass

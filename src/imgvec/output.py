@@ -95,10 +95,8 @@ class FeatureDataset:
             json.dump(metadata, f, indent=2, sort_keys=True)
         os.replace(temporary, self.metadata_path)
 
-    def update_counts(self, **extra) -> dict:
-        metadata = {**self.metadata(), **self.counts(), **extra, "updated": _now()}
-        self.write_metadata(metadata)
-        return metadata
+    def update_counts(self, counts: dict) -> None:
+        self.write_metadata({**self.metadata(), **counts, "updated": _now()})
 
     # --- reading -----------------------------------------------------------------------
 

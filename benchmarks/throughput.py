@@ -1,0 +1,286 @@
+"""Throughput of imgvec against the model-only limit, the seed's broadcast UDF and predict_batch_udf.
+
+    python benchmarks/throughput.py [--images 500] [--small 100] [--large 40] [--cores 2]
+
+One run, same photos, model and weights for every approach; prints images/s and ratios, model loads
+and peak memory per Python worker, and writes benchmarks/results/<date>.json. A measurement, never a
+pass/fail test: compare ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# Spark's Python workers import bench_models too (the seed's broadcast model is plain-pickled).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))
+from bench_models import CountedModel, build_features_model, log_load, torchvision_transform  # noqa: E402
+from photos import make_photos  # noqa: E402
+
+MODEL = "resnet50"
+
+
+# --- 1. the limit: pre-made tensors, one single-threaded process per core --------------------------------
+
+
+def _limit_worker(weights_file, batch_size, seconds, queue):
+    torch.set_num_threads(1)
+    net = build_features_model(weights_file).to(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(x)
+        started, done = time.monotonic(), 0
+        while time.monotonic() - started < seconds:
+            net(x)
+            done += batch_size
+    queue.put(done / (time.monotonic() - started))
+
+
+def model_only_limit(weights_file: str, cores: int, batch_size: int, seconds: float = 20) -> float:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_limit_worker, args=(weights_file, batch_size, seconds, queue))
+               for _ in range(cores)]
+    for w in workers:
+        w.start()
+    rates = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(rates)
+
+
+# --- 2. the approaches, each a Spark job: files in, features out ---------------------------------------
+
+
+def seed_broadcast(spark, folder: str, out: str, weights_file: str, loads_file: str):
+    """The seed article's fix: broadcast the nn.Module, score one image per Python call."""
+    from PIL import Image
+    from pyspark.sql.functions import udf
+    from pyspark.sql.types import ArrayType, FloatType
+
+    model = spark.sparkContext.broadcast(CountedModel(build_features_model(weights_file), loads_file))
+    transform = torchvision_transform()
+
+    def extract_features(image_binary):
+        image = Image.open(io.BytesIO(image_binary)).convert("RGB")
+        with torch.no_grad():
+            return model.value(transform(image).unsqueeze(0)).squeeze(0).tolist()
+
+    extract = udf(extract_features, ArrayType(FloatType()))
+    df = spark.read.format("binaryFile").load(folder)
+    df.select("path", extract("content").alias("features")).write.mode("overwrite").parquet(out)
+
+
+def predict_batch(spark, folder: str, out: str, weights_file: str, loads_file: str, batch_size: int):
+    """Spark's own predict_batch_udf, decoding inside the predict function, as its docs show."""
+    from PIL import Image
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import ArrayType, FloatType
+
+    def make_predict_fn():
+        log_load(loads_file)
+        net = build_features_model(weights_file)
+        transform = torchvision_transform()
+
+        def predict(inputs: np.ndarray) -> np.ndarray:
+            batch = torch.stack([transform(Image.open(io.BytesIO(b)).convert("RGB")) for b in inputs])
+            with torch.no_grad():
+                return net(batch).numpy()
+
+        return predict
+
+    features = predict_batch_udf(make_predict_fn, return_type=ArrayType(FloatType()), batch_size=batch_size)
+    df = spark.read.format("binaryFile").load(folder)
+    df.select("path", features("content").alias("features")).write.mode("overwrite").parquet(out)
+
+
+def imgvec_job(spark, folder: str, out: str, weights_file: str, batch_size: int, draft: bool = False):
+    from imgvec.embed import embed
+
+    embed([folder], out, model=MODEL, weights=weights_file, batch_size=batch_size, draft=draft,
+          overwrite=True, quiet=True, spark=spark)
+
+
+def worker_report(spark, cores: int) -> list[dict]:
+    """Peak memory and imgvec model loads of the Python workers (reused, so the same processes)."""
+
+    def report(batches):
+        import pandas as pd
+
+        from imgvec.featurize import model_loads
+
+        for _ in batches:
+            yield pd.DataFrame([{"pid": os.getpid(), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                 / 1024, "imgvec_loads": model_loads()["loads"]}])
+
+    rows = spark.range(0, cores, numPartitions=cores).mapInPandas(report, "pid long, peak_mb double, "
+                                                                         "imgvec_loads long").collect()
+    return [r.asDict() for r in rows]
+
+
+def run_in_fresh_session(cores: int, job, *args) -> dict:
+    """Time `job` in a new local Spark session (its Python workers start cold, as in a real run)."""
+    from imgvec.spark import get_session
+
+    spark = get_session(f"local[{cores}]", quiet=True, conf={"spark.ui.enabled": "false"})
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        started = time.monotonic()
+        job(spark, *args)
+        seconds = time.monotonic() - started
+        return {"seconds": seconds, "workers": worker_report(spark, cores)}
+    finally:
+        spark.stop()
+
+
+def loads_per_process(loads_file: str) -> dict:
+    if not os.path.exists(loads_file):
+        return {}
+    pids = open(loads_file).read().split()
+    return {pid: pids.count(pid) for pid in set(pids)}
+
+
+def cli_whole_command(folder: str, out: str, weights_file: str, cores: int, batch_size: int) -> float:
+    started = time.monotonic()
+    subprocess.run(["imgvec", "embed", folder, "-o", out, "--model", MODEL, "--weights", weights_file,
+                    "--batch-size", str(batch_size), "--master", f"local[{cores}]", "--overwrite", "-q"],
+                   check=True, capture_output=True)
+    return time.monotonic() - started
+
+
+# --- 3. agreement of the faster decoding mode, on real photos with real weights -------------------------
+
+
+def draft_agreement(large_folder: str) -> dict:
+    from imgvec import ImageVectorizer
+
+    images = [open(os.path.join(large_folder, f), "rb").read() for f in sorted(os.listdir(large_folder))]
+    exact = ImageVectorizer("efficientnet_lite0").embed(images)[0]
+    draft = ImageVectorizer("efficientnet_lite0", draft=True).embed(images)[0]
+    cosine = np.sum(exact * draft, 1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(draft, axis=1))
+    return {"model": "efficientnet_lite0", "images": len(images), "min_cosine": float(cosine.min()),
+            "mean_cosine": float(cosine.mean())}
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=500, help="photos in the large run (512x512 JPEG)")
+    parser.add_argument("--small", type=int, default=100, help="photos in the small run (for the steady state)")
+    parser.add_argument("--large", type=int, default=40, help="4000x3000 JPEG photos for the decoding cost")
+    parser.add_argument("--cores", type=int, default=os.cpu_count(), help="local[N]")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf"])
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "imgvec-bench"))
+    args = parser.parse_args()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+    work = args.workdir
+    small, big = os.path.join(work, f"photos{args.small}"), os.path.join(work, f"photos{args.images}")
+    make_photos(small, args.small)
+    make_photos(big, args.images)
+    large, matching = os.path.join(work, f"large{args.large}"), os.path.join(work, f"photos{args.large}")
+    make_photos(large, args.large, size=(4000, 3000))
+    make_photos(matching, args.large)
+    weights_file = os.path.join(work, "resnet50-deterministic.pt")
+    if not os.path.exists(weights_file):
+        import torchvision
+
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights_file)
+
+    results = {"date": datetime.date.today().isoformat(), "machine": _machine(), "cores": args.cores,
+               "model": MODEL, "batch_size": args.batch_size, "images": args.images, "small": args.small}
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+    say(f"machine: {results['machine']}; local[{args.cores}], {MODEL} fp32, batch {args.batch_size}")
+
+    limit = model_only_limit(weights_file, args.cores, args.batch_size)
+    results["limit"] = limit
+    say(f"model-only limit ({args.cores} single-threaded processes, pre-made tensors): {limit:.2f} images/s")
+
+    approaches = {
+        "seed": lambda n, f, o, lf: run_in_fresh_session(args.cores, seed_broadcast, f, o, weights_file, lf),
+        "predict_batch_udf": lambda n, f, o, lf: run_in_fresh_session(args.cores, predict_batch, f, o, weights_file,
+                                                                      lf, args.batch_size),
+        "imgvec": lambda n, f, o, lf: run_in_fresh_session(args.cores, imgvec_job, f, o, weights_file,
+                                                           args.batch_size),
+    }
+    for name, run in approaches.items():
+        if name in args.skip:
+            continue
+        entry = {}
+        for n, folder in ((args.small, small), (args.images, big)):
+            loads_file = os.path.join(work, f"loads-{name}-{n}.txt")
+            if os.path.exists(loads_file):
+                os.remove(loads_file)
+            measured = run(n, folder, os.path.join(work, f"out-{name}-{n}"), loads_file)
+            entry[n] = {**measured, "rate": n / measured["seconds"], "loads": loads_per_process(loads_file)}
+        steady = (args.images - args.small) / (entry[args.images]["seconds"] - entry[args.small]["seconds"])
+        results[name] = {"whole_rate": entry[args.images]["rate"], "steady_rate": steady, "runs": entry}
+        workers = entry[args.images]["workers"]
+        loads = entry[args.images]["loads"] or {w["pid"]: w["imgvec_loads"] for w in workers}
+        say(f"{name:18s} job on {args.images}: {entry[args.images]['rate']:6.2f} images/s; steady state "
+            f"{steady:6.2f} images/s ({steady / limit:.2f}x limit); model loads per worker process "
+            f"{sorted(loads.values())}; peak MB per worker {[round(w['peak_mb']) for w in workers]}")
+
+    whole = cli_whole_command(big, os.path.join(work, "out-cli"), weights_file, args.cores, args.batch_size)
+    results["imgvec_cli_whole_rate"] = args.images / whole
+    say(f"imgvec embed, the whole command on {args.images} photos (JVM start included): {whole:.1f} s, "
+        f"{args.images / whole:.2f} images/s ({args.images / whole / limit:.2f}x limit)")
+
+    for label, folder, draft in (("512x512", matching, False), ("4000x3000", large, False),
+                                 ("4000x3000 --draft", large, True)):
+        measured = run_in_fresh_session(args.cores, imgvec_job, folder, os.path.join(work, "out-large"),
+                                        weights_file, args.batch_size, draft)
+        results[f"imgvec {label}"] = args.large / measured["seconds"]
+        say(f"imgvec on {args.large} {label} photos: {args.large / measured['seconds']:.2f} images/s "
+            f"(peak MB per worker {[round(w['peak_mb']) for w in measured['workers']]})")
+    cost = 1 - results["imgvec 4000x3000"] / results["imgvec 512x512"]
+    cost_draft = 1 - results["imgvec 4000x3000 --draft"] / results["imgvec 512x512"]
+    results["large_decode_cost"], results["large_decode_cost_draft"] = cost, cost_draft
+    agreement = draft_agreement(large)
+    results["draft_agreement"] = agreement
+    say(f"decoding cost on 4000x3000 photos: {cost:.0%} of the rate exact, {cost_draft:.0%} with --draft "
+        f"(draft vs exact cosine on real weights: min {agreement['min_cosine']:.4f}, "
+        f"mean {agreement['mean_cosine']:.4f})")
+
+    for kind, key in (("steady state", "steady_rate"), ("whole job", "whole_rate")):
+        baselines = {"limit": limit, **{o: results[o][key] for o in ("seed", "predict_batch_udf") if o in results}}
+        say(f"ratios ({kind}): " + ", ".join(f"imgvec/{o} {results['imgvec'][key] / rate:.2f}"
+                                           for o, rate in baselines.items()))
+    if torch.cuda.is_available():
+        say("GPU found: run with --device cuda on the GPU machine (see README)")
+    else:
+        say("GPU: none on this machine, GPU part skipped")
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", f"{results['date']}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    say(f"results: {path}")
+
+
+def _machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor())
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    main()
