@@ -30,7 +30,7 @@ sys.path.insert(0, HERE)
 # Spark's Python workers import bench_models too (the seed's broadcast model is plain-pickled).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))
 from bench_models import CountedModel, build_features_model, log_load, torchvision_transform  # noqa: E402
-from photos import make_photos  # noqa: E402
+from photos import EXAMPLES, make_photos  # noqa: E402
 
 MODEL = "resnet50"
 
@@ -109,11 +109,23 @@ def predict_batch(spark, folder: str, out: str, weights_file: str, loads_file: s
     df.select("path", features("content").alias("features")).write.mode("overwrite").parquet(out)
 
 
-def imgvec_job(spark, folder: str, out: str, weights_file: str, batch_size: int, draft: bool = False):
+def imgvec_job(spark, folder: str, out: str, weights_file: str, batch_size: int, draft: bool = False,
+               precision: str = "fp32"):
     from imgvec.embed import embed
 
     embed([folder], out, model=MODEL, weights=weights_file, batch_size=batch_size, draft=draft,
-          overwrite=True, quiet=True, spark=spark)
+          precision=precision, overwrite=True, quiet=True, spark=spark)
+
+
+def imgvec_warm_rates(spark, runs, out: str, weights_file: str, batch_size: int) -> dict:
+    """images/s for each (label, folder, draft) run, after a warm-up run in the same session."""
+    imgvec_job(spark, runs[0][1], out, weights_file, batch_size)
+    rates = {}
+    for label, folder, draft in runs:
+        started = time.monotonic()
+        imgvec_job(spark, folder, out, weights_file, batch_size, draft)
+        rates[label] = len(os.listdir(folder)) / (time.monotonic() - started)
+    return rates
 
 
 def worker_report(spark, cores: int) -> list[dict]:
@@ -141,9 +153,9 @@ def run_in_fresh_session(cores: int, job, *args) -> dict:
     spark.sparkContext.setLogLevel("ERROR")
     try:
         started = time.monotonic()
-        job(spark, *args)
+        value = job(spark, *args)
         seconds = time.monotonic() - started
-        return {"seconds": seconds, "workers": worker_report(spark, cores)}
+        return {"seconds": seconds, "workers": worker_report(spark, cores), "rates": value}
     finally:
         spark.stop()
 
@@ -166,15 +178,29 @@ def cli_whole_command(folder: str, out: str, weights_file: str, cores: int, batc
 # --- 3. agreement of the faster decoding mode, on real photos with real weights -------------------------
 
 
-def draft_agreement(large_folder: str) -> dict:
+def agreement_on_real_photos(large_folder: str) -> dict:
+    """Cosine of --draft (on 4000x3000 photos) and --precision bf16 (on the examples) to the exact features."""
     from imgvec import ImageVectorizer
+    from imgvec.search import duplicate_groups
 
-    images = [open(os.path.join(large_folder, f), "rb").read() for f in sorted(os.listdir(large_folder))]
-    exact = ImageVectorizer("efficientnet_lite0").embed(images)[0]
-    draft = ImageVectorizer("efficientnet_lite0", draft=True).embed(images)[0]
-    cosine = np.sum(exact * draft, 1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(draft, axis=1))
-    return {"model": "efficientnet_lite0", "images": len(images), "min_cosine": float(cosine.min()),
-            "mean_cosine": float(cosine.mean())}
+    def cosine(a, b):
+        return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+    large = [open(os.path.join(large_folder, f), "rb").read() for f in sorted(os.listdir(large_folder))]
+    exact = ImageVectorizer("efficientnet_lite0").embed(large)[0]
+    draft = cosine(exact, ImageVectorizer("efficientnet_lite0", draft=True).embed(large)[0])
+    examples = [p.read_bytes() for p in sorted(EXAMPLES.iterdir())] + [
+        open(os.path.join(large_folder, f), "rb").read() for f in sorted(os.listdir(large_folder))[:20]]
+    fp32 = ImageVectorizer("efficientnet_lite0", device="cpu").embed(examples)[0]
+    bf16 = ImageVectorizer("efficientnet_lite0", device="cpu", precision="bf16").embed(examples)[0]
+    same_groups = [[i for i, _ in g] for g in duplicate_groups(fp32, 0.85)] == \
+        [[i for i, _ in g] for g in duplicate_groups(bf16, 0.85)]
+    bf16_cos = cosine(fp32, bf16)
+    text = (f"--draft min cosine {draft.min():.4f} (mean {draft.mean():.4f}, {len(large)} large photos); "
+            f"bf16 min cosine {bf16_cos.min():.4f} (mean {bf16_cos.mean():.4f}, {len(examples)} photos), "
+            f"near-duplicate groups at 0.85 {'identical' if same_groups else 'DIFFERENT'}")
+    return {"model": "efficientnet_lite0", "draft_min_cosine": float(draft.min()),
+            "bf16_min_cosine": float(bf16_cos.min()), "bf16_same_duplicate_groups": same_groups, "text": text}
 
 
 # --- the run ----------------------------------------------------------------------------------------------
@@ -245,21 +271,27 @@ def main() -> None:
     say(f"imgvec embed, the whole command on {args.images} photos (JVM start included): {whole:.1f} s, "
         f"{args.images / whole:.2f} images/s ({args.images / whole / limit:.2f}x limit)")
 
-    for label, folder, draft in (("512x512", matching, False), ("4000x3000", large, False),
-                                 ("4000x3000 --draft", large, True)):
-        measured = run_in_fresh_session(args.cores, imgvec_job, folder, os.path.join(work, "out-large"),
-                                        weights_file, args.batch_size, draft)
-        results[f"imgvec {label}"] = args.large / measured["seconds"]
-        say(f"imgvec on {args.large} {label} photos: {args.large / measured['seconds']:.2f} images/s "
-            f"(peak MB per worker {[round(w['peak_mb']) for w in measured['workers']]})")
+    # Large photos: one warm session (workers started, model built), so only per-image work is compared.
+    warm = run_in_fresh_session(args.cores, imgvec_warm_rates, [
+        ("512x512", matching, False), ("4000x3000", large, False), ("4000x3000 --draft", large, True)],
+        os.path.join(work, "out-large"), weights_file, args.batch_size)
+    for label, rate in warm["rates"].items():
+        results[f"imgvec {label}"] = rate
+        say(f"imgvec on {args.large} {label} photos, warm: {rate:.2f} images/s")
     cost = 1 - results["imgvec 4000x3000"] / results["imgvec 512x512"]
     cost_draft = 1 - results["imgvec 4000x3000 --draft"] / results["imgvec 512x512"]
     results["large_decode_cost"], results["large_decode_cost_draft"] = cost, cost_draft
-    agreement = draft_agreement(large)
-    results["draft_agreement"] = agreement
-    say(f"decoding cost on 4000x3000 photos: {cost:.0%} of the rate exact, {cost_draft:.0%} with --draft "
-        f"(draft vs exact cosine on real weights: min {agreement['min_cosine']:.4f}, "
-        f"mean {agreement['mean_cosine']:.4f})")
+    agreement = agreement_on_real_photos(large)
+    results["agreement"] = agreement
+    say(f"decoding cost on 4000x3000 photos: {cost:.0%} of the rate exact, {cost_draft:.0%} with --draft")
+    say(f"agreement with the exact features ({agreement['model']}, real weights): {agreement['text']}")
+
+    bf16 = {n: run_in_fresh_session(args.cores, imgvec_job, folder, os.path.join(work, f"out-bf16-{n}"),
+                                    weights_file, args.batch_size, False, "bf16")["seconds"]
+            for n, folder in ((args.small, small), (args.images, big))}
+    results["imgvec_bf16_steady_rate"] = (args.images - args.small) / (bf16[args.images] - bf16[args.small])
+    say(f"imgvec --precision bf16, steady state: {results['imgvec_bf16_steady_rate']:.2f} images/s "
+        f"({results['imgvec_bf16_steady_rate'] / limit:.2f}x the fp32 limit)")
 
     for kind, key in (("steady state", "steady_rate"), ("whole job", "whole_rate")):
         baselines = {"limit": limit, **{o: results[o][key] for o in ("seed", "predict_batch_udf") if o in results}}

@@ -20,6 +20,7 @@ import urllib.request
 from contextlib import contextmanager
 
 import pyspark
+import pytest
 
 SPARK_HOME = os.path.dirname(pyspark.__file__)
 
@@ -35,6 +36,14 @@ def can_hide_directories() -> bool:
         return False
     probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, check=False)
     return probe.returncode == 0
+
+
+needs_hiding = pytest.mark.skipif(not can_hide_directories(), reason="needs unshare -m (root) to hide the cache")
+
+
+def hidden_torch_cache() -> list[str]:
+    """The driver's TORCH_HOME, to hide from a deployment's processes where this machine can."""
+    return [os.environ["TORCH_HOME"]] if can_hide_directories() else []
 
 
 def hiding(command: list[str], hidden: list[str]) -> list[str]:

@@ -4,26 +4,18 @@ The workers run where the driver's TORCH_HOME is an empty tmpfs, so the
 pretrained file can only reach them the way imgvec ships it.
 """
 
-import os
-
 import pytest
 
 from conftest import assert_same_features, classic_session, files_in, reference_features, visible_on_workers
-from deployments import can_hide_directories, standalone_cluster
+from deployments import hidden_torch_cache, needs_hiding, standalone_cluster
 from imgvec import ImageVectorizer, read_images
 
 pytestmark = pytest.mark.spark
 
-needs_hiding = pytest.mark.skipif(not can_hide_directories(), reason="needs unshare -m (root) to hide the cache")
-
-
-
-
 @pytest.fixture(scope="module")
 def cluster_session(tmp_path_factory, resnet18_default):
     workdir = str(tmp_path_factory.mktemp("cluster"))
-    hidden = [os.environ["TORCH_HOME"]] if can_hide_directories() else []
-    with standalone_cluster(workdir, workers=2, hidden=hidden) as master:
+    with standalone_cluster(workdir, workers=2, hidden=hidden_torch_cache()) as master:
         session = classic_session(master, **{"spark.executor.cores": "1", "spark.executor.memory": "1g",
                                              "spark.cores.max": "2"})
         yield session

@@ -1,33 +1,25 @@
 """The same features on Spark Connect (a real server on 127.0.0.1) as in one process.
 
 The server runs where the driver's TORCH_HOME is an empty tmpfs, so the
-pretrained file can only reach them the way imgvec ships it.
+pretrained file can only reach it the way imgvec ships it.
 """
-
-import os
 
 import pytest
 from pyspark.sql import SparkSession
 
 from conftest import assert_same_features, files_in, reference_features, visible_on_workers
-from deployments import can_hide_directories, connect_server
+from deployments import connect_server, hidden_torch_cache, needs_hiding
 from imgvec import ImageFeaturizer, ImageVectorizer, read_images
 
 pytestmark = pytest.mark.spark
 
-needs_hiding = pytest.mark.skipif(not can_hide_directories(), reason="needs unshare -m (root) to hide the cache")
-
-
-
-
 @pytest.fixture(scope="module")
 def connect_session(tmp_path_factory, resnet18_default):
     workdir = str(tmp_path_factory.mktemp("connect"))
-    hidden = [os.environ["TORCH_HOME"]] if can_hide_directories() else []
     classic = SparkSession.getActiveSession()
     if classic is not None:  # a remote session cannot start beside a classic one
         classic.stop()
-    with connect_server(workdir, hidden=hidden) as url:
+    with connect_server(workdir, hidden=hidden_torch_cache()) as url:
         session = SparkSession.builder.remote(url).getOrCreate()
         yield session
         session.stop()

@@ -25,7 +25,7 @@ def test_gpu_features_match_the_cpu(example_bytes):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     gpu, _ = ImageVectorizer("resnet18", weights="random", device="cuda").embed(photos)
     assert max_relative_difference(gpu, cpu) <= 1e-3
-    half, _ = ImageVectorizer("resnet18", weights="random", device="cuda", half=True).embed(photos)
+    half, _ = ImageVectorizer("resnet18", weights="random", device="cuda", precision="fp16").embed(photos)
     assert max_relative_difference(half, cpu) <= 2e-2
 
 

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default="auto", help="auto (the task's GPU, else CPU), cpu, cuda, cuda:N")
     embed.add_argument("--max-pixels", type=int, default=120_000_000, help="larger images are errors, not decoded "
                        "(default 120000000); bounds a worker's memory at about 7 bytes per pixel")
+    embed.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                       help="fp32 (exact, default); bf16 (CPU or GPU) or fp16 (GPU): faster, see README")
     embed.add_argument("--draft", action="store_true", help="decode large JPEGs at a reduced scale: faster, "
                        "features not bit-identical (see README)")
     embed.add_argument("--master", default="local[*]", help="Spark master URL, or sc://host:port for Spark Connect "
@@ -117,8 +119,8 @@ def run_embed(args) -> int:
 
     summary = embed(
         args.inputs, args.output, model=args.model, weights=args.weights, batch_size=args.batch_size,
-        device=args.device, max_pixels=args.max_pixels, draft=args.draft, master=args.master, glob=args.glob,
-        table=args.table, binary_col=args.binary_col,
+        device=args.device, precision=args.precision, max_pixels=args.max_pixels, draft=args.draft,
+        master=args.master, glob=args.glob, table=args.table, binary_col=args.binary_col,
         path_col=args.path_col, resume=args.resume, overwrite=args.overwrite, chunk_size=args.chunk_size,
         quiet=args.quiet, conf=conf)
     kinds = ", ".join(f"{kind} {n}" for kind, n in summary.error_kinds.most_common(5))
@@ -210,8 +212,8 @@ def run_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
-        for key in ("location", "model", "dim", "weights", "weights_sha256", "imgvec_version", "created", "updated",
-                    "parts", "total", "succeeded", "failed"):
+        for key in ("location", "model", "dim", "weights", "weights_sha256", "precision", "draft", "imgvec_version",
+                    "created", "updated", "parts", "total", "succeeded", "failed"):
             print(f"{key:<15} {info.get(key)}")
         for kind, n in info["error_kinds"].items():
             print(f"  error {kind:<12} {n}")

@@ -52,12 +52,15 @@ def identity(vectorizer: ImageVectorizer) -> dict:
 
     ref = vectorizer.weights_ref
     weights = vectorizer.weights if vectorizer.weights in ("default", "random") else ref.path
+    config = vectorizer.config
     return {"model": vectorizer.model_name, "weights": weights, "weights_sha256": ref.sha256,
-            "dim": vectorizer.dim, "imgvec_version": imgvec.__version__, "format": "imgvec-features/1"}
+            "dim": vectorizer.dim, "precision": config.precision, "draft": config.draft,
+            "imgvec_version": imgvec.__version__, "format": "imgvec-features/1"}
 
 
 def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: str = "default",
-          batch_size: int = 16, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False,
+          batch_size: int = 16, device: str = "auto", precision: str = "fp32", max_pixels: int = DEFAULT_MAX_PIXELS,
+          draft: bool = False,
           master: str = "local[*]", glob: str | None = None,
           table: bool | None = None, binary_col: str = "content", path_col: str = "path",
           resume: bool = False, overwrite: bool = False, chunk_size: int | None = None,
@@ -66,7 +69,7 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, not {chunk_size}")
     vectorizer = ImageVectorizer(model, weights=weights, device=device, batch_size=batch_size,
-                                 max_pixels=max_pixels, draft=draft)
+                                 precision=precision, max_pixels=max_pixels, draft=draft)
     source = open_source(inputs, glob=glob, binary_col=binary_col, path_col=path_col, table=table)
     check_inputs_exist(inputs)
     dataset = FeatureDataset(output)

@@ -10,6 +10,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,9 @@ from imgvec.weights import WeightsRef, build_network
 _MAX_ASPECT = 4
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Everything a worker needs to compute features: small, frozen, picklable, hashable."""
@@ -34,7 +38,7 @@ class FeatureConfig:
     model: str | ModelEntry = "resnet50"
     device: str = "auto"
     batch_size: int = 16
-    half: bool = False
+    precision: str = "fp32"  # "bf16" (CPU or GPU) or "fp16" (GPU): autocast, faster, not bit-identical
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = False  # reduced-size JPEG decoding: faster on large photos, not bit-identical
 
@@ -49,6 +53,8 @@ class FeatureConfig:
             raise ValueError(f"max_pixels must be a positive int, not {self.max_pixels!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     @property
     def entry(self) -> ModelEntry:
@@ -94,9 +100,14 @@ class Featurizer:
         self.config = config
         self.entry = config.entry
         self.device = resolve_device(config.device)
-        self.dtype = torch.float16 if config.half and self.device.type == "cuda" else torch.float32
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a GPU; on the CPU use 'bf16'")
+        self.autocast = PRECISIONS[config.precision]
         net = build_network(self.entry, weights)
-        self.net = net.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
+        self.net = net.to(self.device, memory_format=torch.channels_last)
+        # Decoding in threads (Pillow releases the GIL) when the task has cores to spare, e.g. a GPU task.
+        threads = torch.get_num_threads() if self.device.type == "cuda" or torch.get_num_threads() > 1 else 1
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imgvec-decode") if threads > 1 else None
         p = self.entry.preprocess
         self._mean = torch.tensor(p.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(p.std, device=self.device).view(1, 3, 1, 1)
@@ -104,21 +115,10 @@ class Featurizer:
 
     def embed(self, images: Sequence) -> tuple[np.ndarray, list[str | None]]:
         """Features [N, dim] (NaN rows where the image was bad) and one error (or None) per row."""
-        draft = self.entry.preprocess.resize if self.config.draft else None
-        pixels: list[np.ndarray] = []
-        good: list[int] = []
-        errors: list[str | None] = [None] * len(images)
-        for i, data in enumerate(images):
-            image = decode_image(data, max_pixels=self.config.max_pixels, draft=draft)
-            if isinstance(image, str):
-                errors[i] = image
-                continue
-            try:
-                pixels.append(preprocess_image(image, self.entry.preprocess))
-                good.append(i)
-            except Exception as exc:  # a resampling failure costs one row, not the batch
-                errors[i] = f"corrupt: cannot resize ({type(exc).__name__}: {exc})"[:160]
-        out = self._forward(pixels)
+        prepared = list(self._pool.map(self._prepare, images) if self._pool else map(self._prepare, images))
+        good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+        errors = [p if isinstance(p, str) else None for p in prepared]
+        out = self._forward([prepared[i] for i in good])
         if self.dim is None:
             self.dim = out.shape[1] if len(out) else None
         features = np.full((len(images), out.shape[1] if len(out) else (self.dim or 0)), np.nan, np.float32)
@@ -126,16 +126,30 @@ class Featurizer:
             features[good] = out
         return features, errors
 
+    def _prepare(self, data) -> np.ndarray | str:
+        """Bytes -> uint8 [crop, crop, 3], or an error string."""
+        draft = self.entry.preprocess.resize if self.config.draft else None
+        image = decode_image(data, max_pixels=self.config.max_pixels, draft=draft)
+        if isinstance(image, str):
+            return image
+        try:
+            return preprocess_image(image, self.entry.preprocess)
+        except Exception as exc:  # a resampling failure costs one row, not the batch
+            return f"corrupt: cannot resize ({type(exc).__name__}: {exc})"[:160]
+
     @torch.inference_mode()
     def _forward(self, pixels: list[np.ndarray]) -> np.ndarray:
         outputs = []
         step = self.config.batch_size
         for start in range(0, len(pixels), step):
             batch = torch.from_numpy(np.stack(pixels[start : start + step]))  # uint8 NHWC
-            # NHWC -> NCHW view: channels_last memory, no copy; then ToTensor + Normalize.
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()  # lets the copy below run asynchronously
+            # NHWC -> NCHW view: channels_last memory, no copy; then ToTensor + Normalize on the device.
             x = batch.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
             x = ((x.float() / 255.0) - self._mean) / self._std
-            y = self.net(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                y = self.net(x.contiguous(memory_format=torch.channels_last))
             outputs.append(y.float().flatten(1).cpu().numpy())
         return np.concatenate(outputs) if outputs else np.empty((0, self.dim or 0), np.float32)
 

@@ -21,25 +21,28 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
     batchSize = Param(Params._dummy(), "batchSize", "images per forward pass", typeConverter=TypeConverters.toInt)
     device = Param(Params._dummy(), "device", "'auto', 'cpu', 'cuda' or 'cuda:N'",
                    typeConverter=TypeConverters.toString)
+    precision = Param(Params._dummy(), "precision", "'fp32' (exact), 'bf16' or 'fp16' (GPU)",
+                      typeConverter=TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, inputCol="content", outputCol="features", errorCol="error", model="resnet50",
-                 weights="default", batchSize=16, device="auto"):
+                 weights="default", batchSize=16, device="auto", precision="fp32"):
         super().__init__()
         self._setDefault(inputCol="content", outputCol="features", errorCol="error", model="resnet50",
-                         weights="default", batchSize=16, device="auto")
+                         weights="default", batchSize=16, device="auto", precision="fp32")
         self.setParams(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, *, inputCol="content", outputCol="features", errorCol="error", model="resnet50",
-                  weights="default", batchSize=16, device="auto"):
+                  weights="default", batchSize=16, device="auto", precision="fp32"):
         return self._set(**self._input_kwargs)
 
     def vectorizer(self):
         from imgvec.vectorizer import ImageVectorizer
 
         return ImageVectorizer(self.getOrDefault(self.model), weights=self.getOrDefault(self.weights),
-                               device=self.getOrDefault(self.device), batch_size=self.getOrDefault(self.batchSize))
+                               device=self.getOrDefault(self.device), batch_size=self.getOrDefault(self.batchSize),
+                               precision=self.getOrDefault(self.precision))
 
     def _transform(self, dataset):
         return self.vectorizer().process_images(

@@ -23,6 +23,8 @@ class ImageVectorizer:
                 for tests and benchmarks) or the path of a state_dict file.
     device:     'auto' (the task's GPU, else CUDA, else CPU), 'cpu', 'cuda' or 'cuda:N'.
     batch_size: images per forward pass.
+    precision:  'fp32' (exact, the default), 'bf16' (CPU or GPU) or 'fp16' (GPU): faster, see README.
+    draft:      decode large JPEGs at a reduced scale: faster, not bit-identical, see README.
     """
 
     def __init__(
@@ -32,11 +34,11 @@ class ImageVectorizer:
         device: str = "auto",
         batch_size: int = 16,
         *,
-        half: bool = False,
+        precision: str = "fp32",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: bool = False,
     ):
-        self.config = FeatureConfig(model, device, batch_size, half, max_pixels, draft)
+        self.config = FeatureConfig(model, device, batch_size, precision, max_pixels, draft)
         self.weights = weights
         # Resolved here, on the driver: a missing file is an error now, not on a worker later.
         self.weights_ref: WeightsRef = resolve_weights(self.config.entry, weights)
