@@ -62,6 +62,7 @@ def max_relative_difference(a, b) -> float:
 
 def classic_session(master: str = "local[2]", **conf):
     """A fresh classic SparkSession; any earlier one in this process is stopped first."""
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     from imgvec.spark import get_session
@@ -70,9 +71,18 @@ def classic_session(master: str = "local[2]", **conf):
     if active is not None:
         active.stop()
     os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)  # left behind by an earlier Spark Connect session
+    # The first session's settings become the JVM's system properties, which every later
+    # SparkContext in this process reads as defaults: forget the ones an earlier test chose.
+    if SparkContext._jvm is not None:
+        for key in _session_settings_set:
+            SparkContext._jvm.java.lang.System.clearProperty(key)
     base = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
             "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"}
+    _session_settings_set.update(conf)
     return get_session(master, app_name="imgvec-tests", conf={**base, **conf})
+
+
+_session_settings_set: set[str] = set()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ The server runs where the driver's TORCH_HOME is an empty tmpfs, so the
 pretrained file can only reach it the way imgvec ships it.
 """
 
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
@@ -14,15 +15,19 @@ from imgvec import ImageFeaturizer, ImageVectorizer, read_images
 pytestmark = pytest.mark.spark
 
 @pytest.fixture(scope="module")
-def connect_session(tmp_path_factory, resnet18_default):
-    workdir = str(tmp_path_factory.mktemp("connect"))
+def connect_url(tmp_path_factory, resnet18_default):
+    with connect_server(str(tmp_path_factory.mktemp("connect")), hidden=hidden_torch_cache()) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def connect_session(connect_url):
     classic = SparkSession.getActiveSession()
     if classic is not None:  # a remote session cannot start beside a classic one
         classic.stop()
-    with connect_server(workdir, hidden=hidden_torch_cache()) as url:
-        session = SparkSession.builder.remote(url).getOrCreate()
-        yield session
-        session.stop()
+    session = SparkSession.builder.remote(connect_url).getOrCreate()
+    yield session
+    session.stop()
 
 
 @needs_hiding
@@ -43,3 +48,16 @@ def test_image_featurizer_on_spark_connect(connect_session, image_dir):
     rows = out.select("path", "vec", "error").collect()
     assert len(rows) == len(files_in(image_dir))
     assert sum(r.vec is not None for r in rows) == len(rows) - 2
+
+
+def test_the_command_on_spark_connect(connect_url, image_dir, tmp_path, resnet18_default):
+    from test_cli import imgvec
+
+    inputs = files_in(image_dir)
+    result = imgvec("embed", image_dir, "-o", tmp_path / "out", "--master", connect_url, "--model", "resnet18",
+                    "--chunk-size", "4")
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "out")
+    assert sorted(table.column("path").to_pylist()) == sorted(f"file:{p}" for p in inputs)
+    assert table.column("error").null_count == len(inputs) - 2
+    assert f"succeeded {len(inputs) - 2}, failed 2" in result.stdout

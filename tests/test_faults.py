@@ -67,9 +67,10 @@ def test_a_python_worker_killed_mid_task_is_retried_and_nothing_is_lost_or_doubl
 
 
 def test_memory_stays_bounded_with_a_batch_of_very_large_photos(tmp_path):
-    """Decoding keeps one full-size image at a time; the batch holds only small crops."""
+    """Each decode thread holds one full-size image at a time; the batch holds only small crops."""
     script = textwrap.dedent("""
         import io, resource
+        import torch
         from PIL import Image
         from imgvec import ImageVectorizer
         def peak_mb():
@@ -79,6 +80,7 @@ def test_memory_stays_bounded_with_a_batch_of_very_large_photos(tmp_path):
             image = Image.linear_gradient("L").resize((7000, 5000)).convert("RGB").rotate(i)
             buffer = io.BytesIO(); image.save(buffer, "JPEG", quality=80); big.append(buffer.getvalue())
         del image, buffer
+        torch.set_num_threads(2)  # so two decode threads
         v = ImageVectorizer("resnet18", weights="random", batch_size=6, device="cpu")
         small = io.BytesIO(); Image.new("RGB", (640, 480)).save(small, "JPEG")
         v.embed([small.getvalue()] * 6)
@@ -91,7 +93,7 @@ def test_memory_stays_bounded_with_a_batch_of_very_large_photos(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
     baseline, peak, rejected = result.stdout.split(maxsplit=2)
     one_image_mb = 7000 * 5000 * 3 / 2**20  # 100 MB of RGB pixels
-    assert float(peak) - float(baseline) < 2.5 * one_image_mb, (baseline, peak)  # not 6 images at once
+    assert float(peak) - float(baseline) < 4 * one_image_mb, (baseline, peak)  # not 6 images at once
     assert rejected.strip() == "too_large: 7000x5000 pixels is over the limit of 30000000"
 
 

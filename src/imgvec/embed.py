@@ -1,7 +1,7 @@
 """The batch job behind `imgvec embed`: inputs -> a feature dataset, chunk by committed chunk.
 
 Spark does the reading and the inference; the driver receives only [path, features, error]
-and commits each chunk as one Parquet part. A killed run loses at most the chunk in flight.
+and commits each chunk as one Parquet part. A killed run loses at most the chunks in flight.
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
           table: bool | None = None, binary_col: str = "content", path_col: str = "path",
           resume: bool = False, overwrite: bool = False, chunk_size: int | None = None,
           quiet: bool = False, progress_stream=None, conf: dict | None = None, spark=None) -> EmbedSummary:
-    """Embed every input into `output`. Configuration mistakes raise ValueError before Spark starts."""
+    """Embed every input into `output`. Configuration mistakes raise ValueError before Spark starts.
+
+    With a session of your own (`spark=`), embed sets the CHUNK_SETTINGS below on it.
+    """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, not {chunk_size}")
     vectorizer = ImageVectorizer(model, weights=weights, device=device, batch_size=batch_size,
@@ -76,9 +79,10 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
     dataset.prepare(identity(vectorizer), resume=resume, overwrite=overwrite)
 
     conf = conf or {}
-    spark = spark or get_session(master, conf=conf, quiet=True)
-    if not is_connect(spark):
-        spark.sparkContext.setLogLevel("ERROR")
+    if spark is None:
+        spark = get_session(master, conf=conf, quiet=True)
+        if not is_connect(spark):
+            spark.sparkContext.setLogLevel("ERROR")
     for key, value in CHUNK_SETTINGS.items():
         if key not in conf:
             spark.conf.set(key, value)
@@ -102,7 +106,9 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
             return _complete(df.toArrow(), chunk)
 
     # Two chunks in flight: the next chunk's tasks fill the cores while one finishes and is written.
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="imgvec-chunk")
+    # Spark Connect reports progress per session, not per job: there, one chunk at a time.
+    depth = 1 if is_connect(spark) else 2
+    pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="imgvec-chunk")
 
     def commit_oldest():
         number, future = pending.popleft()
@@ -113,7 +119,7 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
         pending: deque = deque()
         for number, chunk in enumerate(chunks(todo, chunk_size)):
             pending.append((number, pool.submit(compute, number, chunk)))
-            if len(pending) == 2:
+            if len(pending) == depth:
                 commit_oldest()
         while pending:
             commit_oldest()
