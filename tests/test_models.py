@@ -10,7 +10,7 @@ from torch import nn
 
 import imgvec
 from corpus import encode, photo
-from imgvec.featurize import FeatureConfig, get_featurizer
+from imgvec.featurize import FeatureConfig, get_featurizer, model_loads
 from imgvec.models import Preprocess, get_model, list_models
 from imgvec.weights import WeightsUnavailable, build_network, hub_checkpoint_path, resolve_weights
 
@@ -126,7 +126,14 @@ def test_a_torchscript_file_is_loaded_only_when_asked_for(tmp_path):
         imgvec.ImageVectorizer("resnet18", weights=str(path)).extract_features(encode(photo(), "PNG"))
 
 
-def test_the_model_is_built_once_per_configuration():
+def test_the_network_is_built_once_per_model_weights_and_device(tmp_path):
     config = FeatureConfig("resnet18", device="cpu")
     ref = resolve_weights(config.entry, "random")
     assert get_featurizer(config, ref) is get_featurizer(FeatureConfig("resnet18", device="cpu"), ref)
+    # Decoding settings, batch size and precision share the network: no second copy in memory.
+    other = FeatureConfig("resnet18", device="cpu", batch_size=3, draft=True, max_pixels=10**6, precision="bf16")
+    assert get_featurizer(other, ref).net is get_featurizer(config, ref).net
+    assert model_loads(other, ref)["loads"] == 1
+    torch.save(get_featurizer(config, ref).net.state_dict(), tmp_path / "copy.pt")
+    from_file = resolve_weights(config.entry, str(tmp_path / "copy.pt"))
+    assert get_featurizer(config, from_file).net is not get_featurizer(config, ref).net

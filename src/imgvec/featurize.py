@@ -94,17 +94,16 @@ def _task_gpu() -> int | None:
 
 
 class Featurizer:
-    """One loaded network with its preprocessing, on one device."""
+    """A loaded network with its preprocessing, on one device, under one configuration."""
 
-    def __init__(self, config: FeatureConfig, weights: WeightsRef):
+    def __init__(self, config: FeatureConfig, network: torch.nn.Module, device: torch.device):
         self.config = config
         self.entry = config.entry
-        self.device = resolve_device(config.device)
+        self.device = device
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a GPU; on the CPU use 'bf16'")
         self.autocast = PRECISIONS[config.precision]
-        net = build_network(self.entry, weights)
-        self.net = net.to(self.device, memory_format=torch.channels_last)
+        self.net = network
         # Decoding in threads (Pillow releases the GIL) when the task has cores to spare, e.g. a GPU task.
         threads = torch.get_num_threads() if self.device.type == "cuda" or torch.get_num_threads() > 1 else 1
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imgvec-decode") if threads > 1 else None
@@ -155,21 +154,33 @@ class Featurizer:
 
 
 # --- one network per process -------------------------------------------------------------
+# Networks are keyed by what makes them (model, weights, device); decoding settings, batch size
+# and precision only make a new, light Featurizer around the same network.
 
-_cache: dict[tuple[FeatureConfig, WeightsRef], Featurizer] = {}
+_networks: dict[tuple, torch.nn.Module] = {}
+_featurizers: dict[tuple, Featurizer] = {}
 _cache_lock = threading.Lock()
 _loads: Counter = Counter()
 
 
 def get_featurizer(config: FeatureConfig, weights: WeightsRef) -> Featurizer:
-    """The process's featurizer for this configuration, built on first use."""
-    key = (config, weights)
+    """The process's featurizer for this configuration; the network is built on first use."""
+    device = resolve_device(config.device)  # "auto" may mean a different GPU for each task
     with _cache_lock:
-        featurizer = _cache.get(key)
+        featurizer = _featurizers.get((config, weights, device))
         if featurizer is None:
-            featurizer = _cache[key] = Featurizer(config, weights)
-            _loads[key] += 1
+            key = _network_key(config, weights, device)
+            network = _networks.get(key)
+            if network is None:
+                network = build_network(config.entry, weights).to(device, memory_format=torch.channels_last)
+                _networks[key] = network
+                _loads[key] += 1
+            featurizer = _featurizers[(config, weights, device)] = Featurizer(config, network, device)
     return featurizer
+
+
+def _network_key(config: FeatureConfig, weights: WeightsRef, device: torch.device) -> tuple:
+    return config.model, weights, device
 
 
 def model_loads(config: FeatureConfig | None = None, weights: WeightsRef | None = None) -> dict:
@@ -179,4 +190,4 @@ def model_loads(config: FeatureConfig | None = None, weights: WeightsRef | None 
     """
     if config is None:
         return {"pid": os.getpid(), "loads": sum(_loads.values())}
-    return {"pid": os.getpid(), "loads": _loads[(config, weights)]}
+    return {"pid": os.getpid(), "loads": _loads[_network_key(config, weights, resolve_device(config.device))]}
