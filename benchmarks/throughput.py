@@ -1,10 +1,11 @@
 """Throughput of imgvec against the model-only limit, the seed's broadcast UDF and predict_batch_udf.
 
-    python benchmarks/throughput.py [--images 500] [--small 100] [--large 40] [--cores 2]
+    python benchmarks/throughput.py [--images 500] [--small 100] [--large 80] [--cores 2]
 
 One run, same photos, model and weights for every approach; prints images/s and ratios, model loads
 and peak memory per Python worker, and writes benchmarks/results/<date>.json. A measurement, never a
-pass/fail test: compare ratios measured in the same run.
+pass/fail test: compare ratios measured in the same run. Where CUDA is present it also measures
+the GPU: the network alone on it, and imgvec with one task that owns the GPU and every core.
 """
 
 from __future__ import annotations
@@ -38,24 +39,38 @@ MODEL = "resnet50"
 # --- 1. the limit: pre-made tensors, one single-threaded process per core --------------------------------
 
 
-def _limit_worker(weights_file, batch_size, seconds, queue):
-    torch.set_num_threads(1)
-    net = build_features_model(weights_file).to(memory_format=torch.channels_last)
-    x = torch.randn(batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        net(x)
+def _limit_worker(weights_file, batch_size, seconds, queue, device="cpu", precision=None):
+    if device == "cpu":
+        torch.set_num_threads(1)
+    net = build_features_model(weights_file).to(device, memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        for _ in range(3):
+            net(x)
+        _synchronize(device)
         started, done = time.monotonic(), 0
         while time.monotonic() - started < seconds:
             net(x)
             done += batch_size
+        _synchronize(device)
     queue.put(done / (time.monotonic() - started))
 
 
-def model_only_limit(weights_file: str, cores: int, batch_size: int, seconds: float = 20) -> float:
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)  # GPU work is asynchronous: count only what has finished
+
+
+def model_only_limit(weights_file: str, cores: int, batch_size: int, seconds: float = 20,
+                     device: str = "cpu", precision: str | None = None) -> float:
+    """images/s of the bare network: one single-threaded process per core, or one process on a GPU."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    workers = [context.Process(target=_limit_worker, args=(weights_file, batch_size, seconds, queue))
-               for _ in range(cores)]
+    processes = cores if device == "cpu" else 1
+    workers = [context.Process(target=_limit_worker, args=(weights_file, batch_size, seconds, queue, device,
+                                                           precision))
+               for _ in range(processes)]
     for w in workers:
         w.start()
     rates = [queue.get() for _ in workers]
@@ -110,11 +125,11 @@ def predict_batch(spark, folder: str, out: str, weights_file: str, loads_file: s
 
 
 def imgvec_job(spark, folder: str, out: str, weights_file: str, batch_size: int, draft: bool = False,
-               precision: str = "fp32"):
+               precision: str = "fp32", device: str = "auto"):
     from imgvec.embed import embed
 
     embed([folder], out, model=MODEL, weights=weights_file, batch_size=batch_size, draft=draft,
-          precision=precision, overwrite=True, quiet=True, spark=spark)
+          precision=precision, device=device, overwrite=True, quiet=True, spark=spark)
 
 
 def imgvec_warm_rates(spark, runs, out: str, weights_file: str, batch_size: int) -> dict:
@@ -145,11 +160,11 @@ def worker_report(spark, cores: int) -> list[dict]:
     return [r.asDict() for r in rows]
 
 
-def run_in_fresh_session(cores: int, job, *args) -> dict:
+def run_in_fresh_session(cores: int, job, *args, conf: dict | None = None) -> dict:
     """Time `job` in a new local Spark session (its Python workers start cold, as in a real run)."""
     from imgvec.spark import get_session
 
-    spark = get_session(f"local[{cores}]", quiet=True, conf={"spark.ui.enabled": "false"})
+    spark = get_session(f"local[{cores}]", quiet=True, conf={"spark.ui.enabled": "false", **(conf or {})})
     spark.sparkContext.setLogLevel("ERROR")
     try:
         started = time.monotonic()
@@ -213,7 +228,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=80, help="4000x3000 JPEG photos for the decoding cost")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="local[N]")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf"])
+    parser.add_argument("--gpu-batch-size", type=int, default=128)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf", "gpu"])
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "imgvec-bench"))
     args = parser.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -304,15 +320,36 @@ def main() -> None:
         baselines = {"limit": limit, **{o: results[o][key] for o in ("seed", "predict_batch_udf") if o in results}}
         say(f"ratios ({kind}): " + ", ".join(f"imgvec/{o} {results['imgvec'][key] / rate:.2f}"
                                            for o, rate in baselines.items()))
-    if torch.cuda.is_available():
-        say("GPU found: run with --device cuda on the GPU machine (see README)")
+    if torch.cuda.is_available() and "gpu" not in args.skip:
+        results["gpu"] = gpu_part(args, weights_file, small, big, say)
     else:
-        say("GPU: none on this machine, GPU part skipped")
+        say("GPU: none on this machine, GPU part skipped" if not torch.cuda.is_available() else "GPU part skipped")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results", f"{results['date']}.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=str)
     say(f"results: {path}")
+
+
+def gpu_part(args, weights_file: str, small: str, big: str, say) -> dict:
+    """On a GPU: the network alone on the GPU against imgvec with one task that owns the GPU and
+    every core (so decoding runs in as many threads as there are cores), fp32 and fp16."""
+    name = torch.cuda.get_device_name(0)
+    say(f"GPU: {name}; imgvec as one task with {args.cores} CPUs, batch {args.gpu_batch_size}")
+    results = {"device": name, "batch_size": args.gpu_batch_size}
+    for precision in ("fp32", "fp16"):
+        limit = model_only_limit(weights_file, 1, args.gpu_batch_size, device="cuda",
+                                 precision=None if precision == "fp32" else precision)
+        seconds = {n: run_in_fresh_session(args.cores, imgvec_job, folder, os.path.join(args.workdir, f"out-gpu-{n}"),
+                                           weights_file, args.gpu_batch_size, False, precision, "cuda",
+                                           conf={"spark.task.cpus": str(args.cores)})["seconds"]
+                   for n, folder in ((args.small, small), (args.images, big))}
+        steady = (args.images - args.small) / (seconds[args.images] - seconds[args.small])
+        whole = args.images / seconds[args.images]
+        results[precision] = {"limit": limit, "steady_rate": steady, "whole_rate": whole}
+        say(f"GPU {precision}: model-only limit {limit:.1f} images/s; imgvec steady state {steady:.1f} "
+            f"({steady / limit:.2f}x), job on {args.images} {whole:.1f} ({whole / limit:.2f}x)")
+    return results
 
 
 def _machine() -> str:

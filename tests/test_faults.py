@@ -128,24 +128,3 @@ def test_no_shell_is_ever_built_from_inputs_or_arguments():
     for path in source.glob("*.py"):
         found = risky.search(path.read_text())
         assert found is None, f"{path.name} uses {found.group(0)}"
-
-
-
-@pytest.mark.spark
-def test_torch_threads_follow_the_tasks_cpus_not_the_environment(example_bytes):
-    spark = classic_session("local[2]", **{"spark.task.cpus": "2", "spark.executorEnv.OMP_NUM_THREADS": "7"})
-    try:
-        df = spark.createDataFrame([(n, b) for n, b in example_bytes.items()], "name string, content binary")
-        assert ImageVectorizer("resnet18", weights="random").process_images(df).filter("error is null").count() == 10
-
-        def threads(batches):
-            import pandas as pd
-            import torch
-
-            for _ in batches:
-                yield pd.DataFrame({"threads": [torch.get_num_threads()], "omp": [os.environ.get("OMP_NUM_THREADS")]})
-
-        rows = spark.range(0, 1, numPartitions=1).mapInPandas(threads, "threads int, omp string").collect()
-        assert (rows[0].threads, rows[0].omp) == (2, "7")  # the worker's environment said 7; the task has 2
-    finally:
-        spark.stop()

@@ -67,7 +67,7 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
           quiet: bool = False, progress_stream=None, conf: dict | None = None, spark=None) -> EmbedSummary:
     """Embed every input into `output`. Configuration mistakes raise ValueError before Spark starts.
 
-    With a session of your own (`spark=`), embed sets the CHUNK_SETTINGS below on it.
+    With a session of your own (`spark=`), embed sets the chunk_settings below on it.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, not {chunk_size}")
@@ -83,7 +83,7 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
         spark = get_session(master, conf=conf, quiet=True)
         if not is_connect(spark):
             spark.sparkContext.setLogLevel("ERROR")
-    for key, value in CHUNK_SETTINGS.items():
+    for key, value in chunk_settings(spark).items():
         if key not in conf:
             spark.conf.set(key, value)
     chunk_size = chunk_size or default_chunk_size(spark)
@@ -135,13 +135,27 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
     return summary
 
 
-CHUNK_SETTINGS = {
-    # Each Spark task costs ~0.3 s on busy cores: with no byte cap, Spark splits a chunk into one
-    # task per core (spark.sql.files.minPartitionNum, by default the cluster's parallelism).
-    "spark.sql.files.maxPartitionBytes": str(1 << 40),
-    # A chunk names its files: list them on the driver, not with a job of one task per file.
-    "spark.sql.sources.parallelPartitionDiscovery.threshold": str(1 << 20),
-}
+def chunk_settings(spark) -> dict[str, str]:
+    """Spark settings that split each chunk into one task per task slot, and list it on the driver."""
+    settings = {
+        # Each Spark task costs ~0.3 s on busy cores: with no byte cap, Spark splits a chunk into
+        # spark.sql.files.minPartitionNum tasks (by default the cluster's cores).
+        "spark.sql.files.maxPartitionBytes": str(1 << 40),
+        # A chunk names its files: list them on the driver, not with a job of one task per file.
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": str(1 << 20),
+    }
+    slots = task_slots(spark)
+    if slots:  # one task per slot: per core, or per task of several CPUs (a GPU task)
+        settings["spark.sql.files.minPartitionNum"] = str(slots)
+    return settings
+
+
+def task_slots(spark) -> int | None:
+    """How many tasks run at once: cores / spark.task.cpus (None on Spark Connect, which hides both)."""
+    if is_connect(spark):
+        return None
+    context = spark.sparkContext
+    return max(1, context.defaultParallelism // int(context.getConf().get("spark.task.cpus", "1")))
 
 
 def default_chunk_size(spark) -> int:
