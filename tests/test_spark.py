@@ -44,6 +44,12 @@ def test_lazy_until_an_action(spark, image_dir):
     assert out.count() == len(files_in(image_dir))
 
 
+def test_the_jvm_imgvec_starts_skips_the_optimising_jit_compiler(spark):
+    # The JVM only moves bytes: C2 would take CPU seconds from the model on every run.
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    assert "-XX:TieredStopAtLevel=1" in list(runtime.getInputArguments())
+
+
 def test_the_model_is_built_once_per_python_worker(spark, example_bytes):
     images = [(f"img{i}", data) for i, data in enumerate(list(example_bytes.values()) * 3)]
     df = spark.createDataFrame(images, "name string, content binary").repartition(8)
