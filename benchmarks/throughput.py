@@ -125,7 +125,7 @@ def predict_batch(spark, folder: str, out: str, weights_file: str, loads_file: s
 
 
 def imgvec_job(spark, folder: str, out: str, weights_file: str, batch_size: int, draft: bool = False,
-               precision: str = "fp32", device: str = "auto"):
+               precision: str = "fp32", device: str = "cpu"):
     from imgvec.embed import embed
 
     embed([folder], out, model=MODEL, weights=weights_file, batch_size=batch_size, draft=draft,
@@ -188,7 +188,8 @@ def cli_whole_command(folder: str, out: str, weights_file: str, cores: int, batc
     started = time.monotonic()
     with tempfile.TemporaryFile() as log:
         done = subprocess.run(["imgvec", "embed", folder, "-o", out, "--model", MODEL, "--weights", weights_file,
-                               "--batch-size", str(batch_size), "--master", f"local[{cores}]", "--overwrite", "-q"],
+                               "--batch-size", str(batch_size), "--master", f"local[{cores}]", "--device", "cpu",
+                               "--overwrite", "-q"],
                               stdout=log, stderr=log)
         seconds = time.monotonic() - started
         if done.returncode:
