@@ -175,6 +175,18 @@ def run_in_fresh_session(cores: int, job, *args, conf: dict | None = None) -> di
         spark.stop()
 
 
+def imgvec_seconds(cores: int, sizes, out: str, *job_args, conf: dict | None = None) -> dict[int, float]:
+    """Seconds of an imgvec job in a fresh session, for each (images, folder) of `sizes`."""
+    return {n: run_in_fresh_session(cores, imgvec_job, folder, f"{out}-{n}", *job_args, conf=conf)["seconds"]
+            for n, folder in sizes}
+
+
+def steady_rate(seconds: dict[int, float]) -> float:
+    """images/s from two sizes of input: (big - small) / (their time difference) cancels start-up."""
+    (small, small_seconds), (big, big_seconds) = sorted(seconds.items())
+    return (big - small) / (big_seconds - small_seconds)
+
+
 def loads_per_process(loads_file: str) -> dict:
     if not os.path.exists(loads_file):
         return {}
@@ -246,6 +258,7 @@ def main() -> None:
     small, big = os.path.join(work, f"photos{args.small}"), os.path.join(work, f"photos{args.images}")
     make_photos(small, args.small)
     make_photos(big, args.images)
+    sizes = ((args.small, small), (args.images, big))
     large, matching = os.path.join(work, f"large{args.large}"), os.path.join(work, f"photos{args.large}")
     make_photos(large, args.large, size=(4000, 3000))
     make_photos(matching, args.large)
@@ -276,13 +289,13 @@ def main() -> None:
         if name in args.skip:
             continue
         entry = {}
-        for n, folder in ((args.small, small), (args.images, big)):
+        for n, folder in sizes:
             loads_file = os.path.join(work, f"loads-{name}-{n}.txt")
             if os.path.exists(loads_file):
                 os.remove(loads_file)
             measured = run(n, folder, os.path.join(work, f"out-{name}-{n}"), loads_file)
             entry[n] = {**measured, "rate": n / measured["seconds"], "loads": loads_per_process(loads_file)}
-        steady = (args.images - args.small) / (entry[args.images]["seconds"] - entry[args.small]["seconds"])
+        steady = steady_rate({n: run["seconds"] for n, run in entry.items()})
         results[name] = {"whole_rate": entry[args.images]["rate"], "steady_rate": steady, "runs": entry}
         workers = entry[args.images]["workers"]
         loads = entry[args.images]["loads"] or {w["pid"]: w["imgvec_loads"] for w in workers}
@@ -313,10 +326,9 @@ def main() -> None:
     say(f"decoding cost on 4000x3000 photos: {cost:.0%} of the rate exact, {cost_draft:.0%} with --draft")
     say(f"agreement with the exact features ({agreement['model']}, real weights): {agreement['text']}")
 
-    bf16 = {n: run_in_fresh_session(args.cores, imgvec_job, folder, os.path.join(work, f"out-bf16-{n}"),
-                                    weights_file, args.batch_size, False, "bf16")["seconds"]
-            for n, folder in ((args.small, small), (args.images, big))}
-    results["imgvec_bf16_steady_rate"] = (args.images - args.small) / (bf16[args.images] - bf16[args.small])
+    bf16 = imgvec_seconds(args.cores, sizes, os.path.join(work, "out-bf16"), weights_file, args.batch_size, False,
+                          "bf16")
+    results["imgvec_bf16_steady_rate"] = steady_rate(bf16)
     say(f"imgvec --precision bf16, steady state: {results['imgvec_bf16_steady_rate']:.2f} images/s "
         f"({results['imgvec_bf16_steady_rate'] / limit:.2f}x the fp32 limit)")
 
@@ -332,7 +344,7 @@ def main() -> None:
         say(f"ratios ({kind}): " + ", ".join(f"imgvec/{o} {results['imgvec'][key] / rate:.2f}"
                                            for o, rate in baselines.items()))
     if torch.cuda.is_available() and "gpu" not in args.skip:
-        results["gpu"] = gpu_part(args, weights_file, small, big, say)
+        results["gpu"] = gpu_part(args, weights_file, sizes, say)
     else:
         say("GPU: none on this machine, GPU part skipped" if not torch.cuda.is_available() else "GPU part skipped")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
@@ -342,7 +354,7 @@ def main() -> None:
     say(f"results: {path}")
 
 
-def gpu_part(args, weights_file: str, small: str, big: str, say) -> dict:
+def gpu_part(args, weights_file: str, sizes, say) -> dict:
     """On a GPU: the network alone on the GPU against imgvec with one task that owns the GPU and
     every core (so decoding runs in as many threads as there are cores), fp32 and fp16."""
     name = torch.cuda.get_device_name(0)
@@ -351,11 +363,10 @@ def gpu_part(args, weights_file: str, small: str, big: str, say) -> dict:
     for precision in ("fp32", "fp16"):
         limit = model_only_limit(weights_file, 1, args.gpu_batch_size, device="cuda",
                                  precision=None if precision == "fp32" else precision)
-        seconds = {n: run_in_fresh_session(args.cores, imgvec_job, folder, os.path.join(args.workdir, f"out-gpu-{n}"),
-                                           weights_file, args.gpu_batch_size, False, precision, "cuda",
-                                           conf={"spark.task.cpus": str(args.cores)})["seconds"]
-                   for n, folder in ((args.small, small), (args.images, big))}
-        steady = (args.images - args.small) / (seconds[args.images] - seconds[args.small])
+        seconds = imgvec_seconds(args.cores, sizes, os.path.join(args.workdir, "out-gpu"), weights_file,
+                                 args.gpu_batch_size, False, precision, "cuda",
+                                 conf={"spark.task.cpus": str(args.cores)})
+        steady = steady_rate(seconds)
         whole = args.images / seconds[args.images]
         results[precision] = {"limit": limit, "steady_rate": steady, "whole_rate": whole}
         say(f"GPU {precision}: model-only limit {limit:.1f} images/s; imgvec steady state {steady:.1f} "

@@ -41,5 +41,5 @@ def test_a_chunk_is_one_task_per_slot_not_per_core(two_cpu_tasks, image_dir, tmp
     summary = embed([str(image_dir)], str(tmp_path_factory.mktemp("out")), model="resnet18", weights="random",
                     quiet=True, spark=spark)
     assert summary.processed == len(files_in(image_dir))
-    chunk = ImageFiles([str(image_dir)]).list(spark)
-    assert ImageFiles([str(image_dir)]).load(spark, chunk).rdd.getNumPartitions() == 1
+    source = ImageFiles([str(image_dir)])
+    assert source.load(spark, source.list(spark)).rdd.getNumPartitions() == 1

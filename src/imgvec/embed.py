@@ -150,17 +150,22 @@ def chunk_settings(spark) -> dict[str, str]:
     return settings
 
 
+def cluster_cores(spark) -> int | None:
+    """The cores Spark schedules tasks on (None on Spark Connect, which hides them)."""
+    return None if is_connect(spark) else spark.sparkContext.defaultParallelism
+
+
 def task_slots(spark) -> int | None:
-    """How many tasks run at once: cores / spark.task.cpus (None on Spark Connect, which hides both)."""
-    if is_connect(spark):
+    """How many tasks run at once: cores / spark.task.cpus (None on Spark Connect)."""
+    cores = cluster_cores(spark)
+    if cores is None:
         return None
-    context = spark.sparkContext
-    return max(1, context.defaultParallelism // int(context.getConf().get("spark.task.cpus", "1")))
+    return max(1, cores // int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
 
 
 def default_chunk_size(spark) -> int:
     """128 images per core: tasks long enough to amortise Spark's per-task cost (Connect hides the cores: 512)."""
-    cores = 0 if is_connect(spark) else spark.sparkContext.defaultParallelism
+    cores = cluster_cores(spark)
     return 128 * cores if cores else DEFAULT_CHUNK_SIZE
 
 

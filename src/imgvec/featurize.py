@@ -166,16 +166,17 @@ _loads: Counter = Counter()
 def get_featurizer(config: FeatureConfig, weights: WeightsRef) -> Featurizer:
     """The process's featurizer for this configuration; the network is built on first use."""
     device = resolve_device(config.device)  # "auto" may mean a different GPU for each task
+    key = (config, weights, device)
     with _cache_lock:
-        featurizer = _featurizers.get((config, weights, device))
+        featurizer = _featurizers.get(key)
         if featurizer is None:
-            key = _network_key(config, weights, device)
-            network = _networks.get(key)
+            network_key = _network_key(config, weights, device)
+            network = _networks.get(network_key)
             if network is None:
                 network = build_network(config.entry, weights).to(device, memory_format=torch.channels_last)
-                _networks[key] = network
-                _loads[key] += 1
-            featurizer = _featurizers[(config, weights, device)] = Featurizer(config, network, device)
+                _networks[network_key] = network
+                _loads[network_key] += 1
+            featurizer = _featurizers[key] = Featurizer(config, network, device)
     return featurizer
 
 
