@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -11,6 +14,23 @@ import pytest
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="imgvec-test-torch-home-")
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples" / "images"
+
+
+IMGVEC = shutil.which("imgvec", path=os.path.dirname(sys.executable)) or shutil.which("imgvec")
+SPARK = ["--master", "local[2]"]
+
+
+def imgvec(*args, timeout=300, **kwargs):
+    """The real `imgvec` command in a subprocess."""
+    return subprocess.run([IMGVEC, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def assert_usage_error(result, fragment):
+    """Exit 2 and one line that says what is wrong, with no traceback and no terminal escape codes."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("imgvec: error:") and fragment in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr and "\x1b" not in result.stderr
 
 
 def seed_default_weights(model_name: str, seed: int = 1234) -> str:

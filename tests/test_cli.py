@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,22 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec
+from imgvec.output import FeatureDataset, OutputError
 from imgvec.progress import Progress
-
-IMGVEC = shutil.which("imgvec", path=os.path.dirname(sys.executable)) or shutil.which("imgvec")
-SPARK = ["--master", "local[2]"]
-
-
-def imgvec(*args, timeout=300, **kwargs):
-    return subprocess.run([IMGVEC, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def assert_usage_error(result, fragment):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("imgvec: error:") and fragment in lines[-1], result.stderr
-    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +157,13 @@ def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_byte
     process = subprocess.Popen([IMGVEC, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 240
+    while not list(output.glob("part-*.parquet")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    metadata = json.loads((output / "_imgvec.json").read_text())
+    second = FeatureDataset(str(output)).writing(metadata, resume=True, overwrite=False)  # a run meanwhile
+    with pytest.raises(OutputError, match="being written by another imgvec run"), second:
+        pass
+    assert process.poll() is None
     while len(list(output.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # the driver, its JVM and its Python workers, mid-run
@@ -178,12 +171,13 @@ def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_byte
     done = pq.read_table(output).column("path").to_pylist()  # readable right after the kill
     assert 6 <= len(done) < 30 and len(done) == len(set(done))
 
+    assert (output / "_imgvec.lock").exists()  # left by the killed run, whose process is gone
     result = imgvec(*args[:-2], "--resume", *SPARK)
     assert result.returncode == 0, result.stderr
     assert f"{len(done)} already in the output (resumed)" in result.stdout
     paths = pq.read_table(output).column("path").to_pylist()
     assert len(paths) == 30 and len(set(paths)) == 30
-    assert not list(output.glob(".tmp-*"))
+    assert not list(output.glob(".tmp-*")) and not (output / "_imgvec.lock").exists()
     assert json.loads((output / "_imgvec.json").read_text())["total"] == 30
 
 

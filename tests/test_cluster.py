@@ -6,7 +6,13 @@ pretrained file can only reach them the way imgvec ships it.
 
 import pytest
 
-from conftest import assert_same_features, classic_session, files_in, reference_features, visible_on_workers
+from conftest import (
+    assert_same_features,
+    classic_session,
+    files_in,
+    reference_features,
+    visible_on_workers,
+)
 from deployments import hidden_torch_cache, needs_hiding, standalone_cluster
 from imgvec import ImageVectorizer, read_images
 
@@ -34,3 +40,19 @@ def test_standalone_cluster_with_an_empty_torch_cache(cluster_session, image_dir
     assert executors == 2  # two worker JVMs, each with its own Python workers
 
 
+
+
+@needs_hiding
+def test_the_seeds_lambda_pattern_on_the_cluster(cluster_session, image_dir, resnet18_default):
+    """`udf(lambda b: v.extract_features(b))`: the vectorizer is pickled into the UDF, and its weights go along."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import udf
+    from pyspark.sql.types import ArrayType, FloatType
+
+    spark = cluster_session
+    assert visible_on_workers(spark, resnet18_default) == {False}
+    v = ImageVectorizer("resnet18")
+    extract = udf(lambda b: v.extract_features(b), ArrayType(FloatType()))
+    rows = read_images(spark, str(image_dir)).withColumn("features", extract("content")) \
+        .withColumn("error", F.when(F.col("features").isNull(), "bad")).drop("content").collect()
+    assert_same_features(rows, reference_features(v, files_in(image_dir)))

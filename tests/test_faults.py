@@ -15,7 +15,7 @@ import pytest
 from pyspark import cloudpickle
 from torch import nn
 
-from conftest import classic_session
+from conftest import SPARK, classic_session, imgvec
 from corpus import corpus
 from imgvec import ImageVectorizer, ModelEntry, Preprocess
 
@@ -99,7 +99,6 @@ def test_memory_stays_bounded_with_a_batch_of_very_large_photos(tmp_path):
 
 @pytest.mark.spark
 def test_the_bad_input_corpus_through_the_real_command(tmp_path):
-    from test_cli import SPARK, imgvec
 
     items = corpus()
     folder = tmp_path / "inputs"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import warnings
 
 EXIT_USAGE, EXIT_ERROR_RATE, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -106,9 +109,25 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+_library_show_warning = warnings.showwarning
+
+
+def _show_warning(message, category, *args, **kwargs):
+    """imgvec's own warnings in one line, like its errors; others as Python prints them."""
+    if category.__module__.startswith("imgvec"):
+        print(f"imgvec: warning: {message}", file=sys.stderr)
+    else:
+        _library_show_warning(message, category, *args, **kwargs)
+
+
 def _fail(message: str) -> int:
-    print(f"imgvec: error: {message.strip().splitlines()[0]}", file=sys.stderr)
+    line = (message.strip().splitlines() or ["failed"])[0]
+    line = "".join(c for c in _TERMINAL_CODES.sub("", line) if c.isprintable())
+    print(f"imgvec: error: {line}", file=sys.stderr)
     return EXIT_USAGE
+
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def run_embed(args) -> int:

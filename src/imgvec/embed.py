@@ -76,20 +76,25 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
     source = open_source(inputs, glob=glob, binary_col=binary_col, path_col=path_col, table=table)
     check_inputs_exist(inputs)
     dataset = FeatureDataset(output)
-    dataset.prepare(identity(vectorizer), resume=resume, overwrite=overwrite)
+    dataset.check_apart_from(inputs)
+    with dataset.writing(identity(vectorizer), resume=resume, overwrite=overwrite):
+        done = dataset.done_paths()  # a damaged part is an error now, before Spark starts
+        conf = conf or {}
+        if spark is None:
+            spark = get_session(master, conf=conf, quiet=True)
+            if not is_connect(spark):
+                spark.sparkContext.setLogLevel("ERROR")
+        for key, value in chunk_settings(spark).items():
+            if key not in conf:
+                spark.conf.set(key, value)
+        return _run(spark, vectorizer, source, dataset, done, chunk_size or default_chunk_size(spark), quiet,
+                    progress_stream)
 
-    conf = conf or {}
-    if spark is None:
-        spark = get_session(master, conf=conf, quiet=True)
-        if not is_connect(spark):
-            spark.sparkContext.setLogLevel("ERROR")
-    for key, value in chunk_settings(spark).items():
-        if key not in conf:
-            spark.conf.set(key, value)
-    chunk_size = chunk_size or default_chunk_size(spark)
+
+def _run(spark, vectorizer: ImageVectorizer, source, dataset: FeatureDataset, done: set[str], chunk_size: int,
+         quiet: bool, progress_stream) -> EmbedSummary:
     started = time.monotonic()
     items = source.list(spark)
-    done = dataset.done_paths()
     todo = [item for item in items if item.path not in done]
     summary = EmbedSummary(dataset.location, total=len(items), skipped=len(items) - len(todo))
     counts = dataset.counts()

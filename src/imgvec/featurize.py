@@ -73,6 +73,40 @@ def preprocess_image(image: Image.Image, p: Preprocess) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+class SpeedWarning(UserWarning):
+    """A setting asked for speed that this machine will not give."""
+
+
+# bf16 / fp32 images/s on CPUs without native bf16, measured by benchmarks/precision.py (ResNet-50).
+BF16_SPEED = {"AVX2": 0.18, "AVX512": 0.34}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), rather than emulating it slowly.
+
+    oneDNN, which runs the model, says no on AVX2 but yes on any AVX-512 CPU, where it emulates
+    bf16; Linux's CPU flags tell the two apart.
+    """
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: trust oneDNN
+        return True
+    return not flags or "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def precision_warning(precision: str, device: str) -> str | None:
+    """One line when `precision` would run slower than fp32 on this machine, else None."""
+    if precision != "bf16" or resolve_device(device).type != "cpu" or native_bf16():
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    speed = BF16_SPEED["AVX512" if capability.startswith("AVX512") else "AVX2"]
+    return (f"this CPU ({capability}) has no native bf16: --precision bf16 runs at about {speed:.2f}x the speed "
+            "of fp32 on such CPUs (measured); use fp32 unless the workers have GPUs")
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto': the GPU Spark gave this task, else any CUDA device, else the CPU."""
     if device != "auto":

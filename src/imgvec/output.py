@@ -1,8 +1,9 @@
-"""The feature dataset on disk: Parquet parts [path, features, error] plus `_imgvec.json`.
+"""The feature dataset: Parquet parts [path, features, error], `_imgvec.json`, and a lock while a run writes.
 
-Every part is written to a hidden temporary name and renamed into place, so a reader (Spark,
-pyarrow, pandas: all skip names starting with '_' or '.') sees whole parts or nothing, and a
-run killed at any moment leaves a readable dataset that `--resume` can complete.
+Every part appears whole (a rename on a local disk), so a reader (Spark, pyarrow, pandas: all
+skip names starting with '_' or '.') sees whole parts or nothing, and a run killed at any moment
+leaves a readable dataset that `--resume` can complete. imgvec deletes only what it wrote: its
+metadata, its lock and its parts; a folder holding anything else is never replaced.
 """
 
 from __future__ import annotations
@@ -11,89 +12,138 @@ import datetime
 import glob
 import json
 import os
-import shutil
+import re
+import socket
+import threading
+import time
+import uuid
 from collections import Counter
+from contextlib import contextmanager, suppress
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from imgvec.storage import Location, local_path, open_location
+
 METADATA = "_imgvec.json"
+LOCK = "_imgvec.lock"
+FORMAT = "imgvec-features/1"
 SCHEMA = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", pa.string())])
+_PART = re.compile(r"part-[0-9]+\.parquet")
+_TEMPORARY = re.compile(r"\.tmp-.*|_imgvec\.(json|lock)\.tmp-[0-9]+")
 
 
 class OutputError(ValueError):
-    """The output cannot be used as asked (exists, belongs to another model, ...)."""
+    """The output cannot be used as asked (exists, belongs to another model, is damaged, is busy...)."""
 
 
 class FeatureDataset:
     def __init__(self, location: str):
-        self.location = os.path.abspath(location)
+        self.where = open_location(location)
+        self.location = self.where.uri
 
-    @property
-    def metadata_path(self) -> str:
-        return os.path.join(self.location, METADATA)
+    # --- what is there -----------------------------------------------------------------
 
-    def exists(self) -> bool:
-        return os.path.isdir(self.location) and any(not n.startswith(".") for n in os.listdir(self.location))
+    def names(self) -> list[str]:
+        return sorted(os.path.basename(e.path) for e in self.where.entries())
 
-    def parts(self) -> list[str]:
-        return sorted(glob.glob(os.path.join(glob.escape(self.location), "part-*.parquet")))
+    def parts(self) -> list[Location]:
+        return [self.where.child(n) for n in self.names() if _PART.fullmatch(n)]
 
     def metadata(self) -> dict:
-        if not os.path.exists(self.metadata_path):
+        """The metadata, or an OutputError that says what is wrong with it."""
+        where = self.where.child(METADATA)
+        if not where.is_file():
             raise OutputError(f"{self.location} is not an imgvec output (no {METADATA})")
-        with open(self.metadata_path) as f:
-            return json.load(f)
+        try:
+            metadata = json.loads(where.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            raise OutputError(f"{where.uri} is damaged (not JSON); embed again into a new output") from None
+        if not isinstance(metadata, dict):
+            raise OutputError(f"{where.uri} is damaged (not a JSON object); embed again into a new output")
+        made = metadata.get("format")
+        if made != FORMAT:
+            newer = isinstance(made, str) and made.startswith("imgvec-features/")
+            raise OutputError(f"{self.location} has format {made!r}, which this imgvec ({_version()}) cannot read"
+                              + ("; upgrade imgvec" if newer else ""))
+        return metadata
 
     # --- starting a run ----------------------------------------------------------------
 
-    def prepare(self, identity: dict, *, resume: bool, overwrite: bool) -> None:
-        """Make the folder ready for a run that writes features made by `identity` (model, weights)."""
-        if os.path.exists(self.location) and not os.path.isdir(self.location):
+    @contextmanager
+    def writing(self, identity: dict, *, resume: bool, overwrite: bool):
+        """Hold the output for one run that writes features made by `identity` (model, weights)."""
+        if self.where.is_file():
             raise OutputError(f"output {self.location} is a file; give a folder")
-        if self.exists():
+        lock = Lock(self.where.child(LOCK))
+        lock.check_free()
+        present = [n for n in self.names() if n != LOCK]
+        if present:
+            if METADATA not in present:
+                raise OutputError(f"output {self.location} holds files but is not an imgvec output "
+                                  f"(no {METADATA}); give a new or empty folder")
             if overwrite:
-                shutil.rmtree(self.location)
+                self._check_only_ours(present)
             elif not resume:
                 raise OutputError(f"output {self.location} already exists; pass --resume to complete it "
                                   "or --overwrite to replace it")
             else:
-                held = self.metadata()
-                for key in ("model", "weights_sha256", "dim"):
-                    if identity.get(key) is not None and held.get(key) != identity[key]:
-                        raise OutputError(
-                            f"output {self.location} holds features from {held.get('model')} "
-                            f"({held.get('weights')}); resuming with {identity['model']} ({identity['weights']}) "
-                            "would mix two models: use another output or --overwrite")
-        os.makedirs(self.location, exist_ok=True)
-        for stale in glob.glob(os.path.join(glob.escape(self.location), ".tmp-*")):
-            os.remove(stale)  # a part that a killed run was writing
-        if not os.path.exists(self.metadata_path):
-            self.write_metadata({**identity, "created": _now()})
+                self._check_same_maker(self.metadata(), identity)
+        self.where.make_folder()
+        with lock.held():
+            for name in present:
+                if overwrite or _TEMPORARY.fullmatch(name):  # a temporary: what a killed run was writing
+                    self.where.child(name).delete()
+            if overwrite or not present:
+                self.write_metadata({**identity, "created": _now()})
+            yield self
+
+    def _check_only_ours(self, present: list[str]) -> None:
+        foreign = [n for n in present if n != METADATA and not _PART.fullmatch(n) and not _TEMPORARY.fullmatch(n)]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputError(f"output {self.location} also holds files imgvec did not write ({shown}); "
+                              "--overwrite replaces only an imgvec output: give a new folder")
+
+    def _check_same_maker(self, held: dict, identity: dict) -> None:
+        for key in ("model", "weights_sha256", "dim"):
+            if identity.get(key) is not None and held.get(key) != identity[key]:
+                raise OutputError(
+                    f"output {self.location} holds features from {held.get('model')} ({held.get('weights')}); "
+                    f"resuming with {identity['model']} ({identity['weights']}) would mix two models: "
+                    "use another output or --overwrite")
+
+    def check_apart_from(self, inputs: list[str]) -> None:
+        """OUTPUT must not be an input, lie inside one, or hold one: its own parts would be read as images."""
+        if not self.where.is_local:
+            return
+        output = os.path.realpath(self.where.path)
+        for text in inputs:
+            if "://" in text and not text.startswith("file://"):
+                continue
+            root = os.path.realpath(_fixed_prefix(local_path(text)))
+            if os.path.commonpath([output, root]) in (output, root):
+                raise OutputError(f"output {self.location} overlaps input {text}; write the output to a folder "
+                                  "outside the inputs")
 
     def done_paths(self) -> set[str]:
-        if not self.parts():
-            return set()
-        return set(pq.read_table(self.parts(), columns=["path"]).column("path").to_pylist())
+        return set(self.read(["path"]).column("path").to_pylist())
 
     # --- writing -----------------------------------------------------------------------
 
     def write_part(self, table: pa.Table) -> str:
         """Commit one chunk's rows atomically; returns the part's path."""
-        table = table.select(["path", "features", "error"]).cast(SCHEMA)
-        number = 1 + max((int(os.path.basename(p)[5:10]) for p in self.parts()), default=-1)
-        final = os.path.join(self.location, f"part-{number:05d}.parquet")
-        temporary = os.path.join(self.location, f".tmp-part-{number:05d}.parquet")
-        pq.write_table(table, temporary)
-        os.replace(temporary, final)
-        return final
+        table = table.select(SCHEMA.names).cast(SCHEMA)
+        number = 1 + max((int(p.path.rsplit("part-", 1)[1][:-8]) for p in self.parts()), default=-1)
+        final = self.where.child(f"part-{number:05d}.parquet")
+        temporary = self.where.child(f".tmp-part-{number:05d}.parquet")
+        pq.write_table(table, temporary.path, filesystem=self.where.fs)
+        self.where.fs.move(temporary.path, final.path)
+        return final.uri
 
     def write_metadata(self, metadata: dict) -> None:
-        temporary = self.metadata_path + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=True)
-        os.replace(temporary, self.metadata_path)
+        self.where.child(METADATA).write_bytes(json.dumps(metadata, indent=2, sort_keys=True).encode())
 
     def update_counts(self, counts: dict) -> None:
         self.write_metadata({**self.metadata(), **counts, "updated": _now()})
@@ -101,9 +151,21 @@ class FeatureDataset:
     # --- reading -----------------------------------------------------------------------
 
     def read(self, columns=("path", "features", "error")) -> pa.Table:
-        if not self.parts():
-            return SCHEMA.empty_table().select(list(columns))
-        return pq.read_table(self.parts(), columns=list(columns))
+        """The parts' rows; a damaged part is an OutputError that names it and what to do."""
+        tables = [SCHEMA.empty_table().select(list(columns))]
+        for part in self.parts():
+            try:
+                with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
+                    schema = parquet.schema_arrow
+                    problem = None if schema.equals(SCHEMA) else f"schema {_schema_text(schema)}"
+                    if not problem:
+                        tables.append(parquet.read(columns=list(columns)))
+            except (pa.ArrowException, OSError) as exc:
+                problem = " ".join(str(exc).split())[:100]
+            if problem:
+                raise OutputError(f"part {part.uri} is damaged ({problem}); delete it and run imgvec embed "
+                                  "with --resume to embed its images again")
+        return pa.concat_tables(tables)
 
     def counts(self) -> dict:
         table = self.read(["error"])
@@ -119,7 +181,103 @@ class FeatureDataset:
         if table.num_rows == 0:
             return [], np.empty((0, 0), np.float32)
         flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        if flat.size % table.num_rows:
+            raise OutputError(f"{self.location} holds features of different lengths; embed again into a new output")
         return table.column("path").to_pylist(), flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
+
+
+class Lock:
+    """One run writes an output at a time: a lock file naming the run, refreshed while it lives.
+
+    A run killed with SIGKILL cannot remove it: a lock whose process is gone (same host) or that
+    has not been refreshed for STALE seconds (another host) is taken over.
+    """
+
+    REFRESH = 10.0
+    STALE = 60.0
+
+    def __init__(self, where: Location):
+        self.where = where
+        self.mine = {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+
+    def read(self) -> dict | None:
+        try:
+            held = json.loads(self.where.read_bytes())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return held if isinstance(held, dict) else None
+
+    def check_free(self) -> None:
+        held = self.read()
+        if held and held.get("run") != self.mine["run"] and _alive(held):
+            raise OutputError(
+                f"output {self.where.uri.rsplit('/', 1)[0]} is being written by another imgvec run "
+                f"(pid {held.get('pid')} on {held.get('host')}, since {held.get('started')}); wait for it to "
+                "finish or use another output")
+
+    @contextmanager
+    def held(self):
+        self.mine["started"] = _now()
+        self._write()
+        if (self.read() or {}).get("run") != self.mine["run"]:  # another run wrote its lock at the same moment
+            self.check_free()
+        stop = threading.Event()
+        refresher = threading.Thread(target=self._refresh, args=(stop,), daemon=True, name="imgvec-lock")
+        refresher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            refresher.join()
+            if (self.read() or {}).get("run") == self.mine["run"]:
+                self.where.delete()
+
+    def _write(self) -> None:
+        self.where.write_bytes(json.dumps({**self.mine, "refreshed": time.time()}).encode())
+
+    def _refresh(self, stop: threading.Event) -> None:
+        while not stop.wait(self.REFRESH):
+            with suppress(OSError):  # a passing storage hiccup; the next refresh tries again
+                self._write()
+
+
+def _alive(held: dict) -> bool:
+    """Whether the run that wrote a lock may still be running."""
+    refreshed = held.get("refreshed")
+    if not isinstance(refreshed, (int, float)) or time.time() - refreshed > Lock.STALE:
+        return False
+    if held.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(held.get("pid")), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        pass
+    return True
+
+
+def _fixed_prefix(path: str) -> str:
+    """The folder a glob starts from ('photos/*/x?.jpg' -> 'photos'), or the path itself."""
+    if not glob.has_magic(path):
+        return path
+    parts = path.split(os.sep)
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return os.sep.join(fixed) or "."
+
+
+def _schema_text(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} {f.type}" for f in schema)
+
+
+def _version() -> str:
+    import imgvec
+
+    return imgvec.__version__
 
 
 def _now() -> str:

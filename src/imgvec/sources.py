@@ -5,16 +5,14 @@ Listing reads names only (Spark prunes the bytes); a chunk reads the bytes of it
 
 from __future__ import annotations
 
-import fnmatch
-import glob as pyglob
 import os
-import re
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from imgvec.spark import check_binary_column, is_local_path, read_images
+from imgvec.spark import check_binary_column, hadoop_literal, is_local_path, read_images
+from imgvec.storage import list_local_files
 
 
 @dataclass(frozen=True)
@@ -31,14 +29,14 @@ class ImageFiles:
 
     def list(self, spark: SparkSession) -> list[Item]:
         if all(is_local_path(i) for i in self.inputs):
-            paths = _list_local(self.inputs, self.glob)  # Spark's listing skips zero-byte files
+            paths = list_local_files(self.inputs, self.glob)  # Spark's listing skips zero-byte files
         else:
             paths = [r.path for r in read_images(spark, self.inputs, glob=self.glob).select("path").collect()]
         return [Item(p, p) for p in sorted(set(paths))]
 
     def load(self, spark: SparkSession, items: list[Item]) -> DataFrame:
         # Each path is a literal file, never a pattern: escape what Hadoop would glob.
-        return spark.read.format("binaryFile").load([_escape_glob(i.source) for i in items]).select("path", "content")
+        return spark.read.format("binaryFile").load([hadoop_literal(i.source) for i in items]).select("path", "content")
 
 
 class ParquetTable:
@@ -58,7 +56,7 @@ class ParquetTable:
 
     def load(self, spark: SparkSession, items: list[Item]) -> DataFrame:
         files = sorted({i.source for i in items})
-        df = spark.read.parquet(*[_escape_glob(f) for f in files]).select(
+        df = spark.read.parquet(*[hadoop_literal(f) for f in files]).select(
             F.col(self.path_col).cast("string").alias("path"), F.col(self.binary_col).alias("content"))
         return df.filter(F.col("path").isin([i.path for i in items]))
 
@@ -89,31 +87,6 @@ def chunks(items: list[Item], size: int) -> list[list[Item]]:
     return out
 
 
-def _list_local(inputs: list[str], name_glob: str | None) -> list[str]:
-    """Files under local inputs, as Spark names them ('file:/abs/path'), skipping hidden ones as Spark does."""
-    found = []
-    for pattern in inputs:
-        pattern = pattern.removeprefix("file://").removeprefix("file:")
-        for top in sorted(pyglob.glob(pattern)) if pyglob.has_magic(pattern) else [pattern]:
-            if os.path.isfile(top):
-                found.append(top)
-                continue
-            for folder, dirs, files in os.walk(top):
-                dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-                found += [os.path.join(folder, f) for f in files if not f.startswith((".", "_"))
-                          and (name_glob is None or _name_matches(f, name_glob))]
-    return ["file:" + os.path.abspath(p) for p in found]
-
-
-def _name_matches(name: str, pattern: str) -> bool:
-    """Hadoop-style name globs, including one level of {a,b} alternatives."""
-    braces = re.search(r"\{([^{}]*)\}", pattern)
-    if braces:
-        return any(_name_matches(name, pattern[: braces.start()] + option + pattern[braces.end():])
-                   for option in braces.group(1).split(","))
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def _looks_like_parquet(path: str) -> bool:
     if path.endswith(".parquet"):
         return True
@@ -121,7 +94,3 @@ def _looks_like_parquet(path: str) -> bool:
         return False
     names = [n for n in os.listdir(path) if not n.startswith((".", "_"))]
     return bool(names) and all(n.endswith(".parquet") or "=" in n for n in names)
-
-
-def _escape_glob(path: str) -> str:
-    return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)

@@ -8,6 +8,7 @@ and the same code runs on classic Spark and on Spark Connect.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,9 +20,19 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    FloatType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from imgvec.featurize import FeatureConfig, get_featurizer
+from imgvec.storage import list_local_files
 from imgvec.weights import WeightsRef
 
 RESULT_TYPE = StructType([
@@ -67,15 +78,29 @@ def read_images(spark: SparkSession, paths: str | Iterable[str], *, glob: str | 
     """Files, directories (recursively) and globs -> DataFrame[path, modificationTime, length, content].
 
     Spark's binaryFile source reads the bytes on the executors; nothing passes through the driver.
+    Local folders are listed by imgvec (hidden names skipped, links followed, link loops not), since
+    Spark's own listing never ends in a folder that links to its parent.
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
     check_inputs_exist(paths)
     reader = spark.read.format("binaryFile")
+    if recursive and all(is_local_path(p) for p in paths):
+        files = list_local_files(paths, glob)
+        return reader.load([hadoop_literal(f) for f in files]) if files else spark.createDataFrame([], BINARY_FILE)
     if recursive:
         reader = reader.option("recursiveFileLookup", "true")
     if glob:
         reader = reader.option("pathGlobFilter", glob)
     return reader.load(paths)
+
+
+BINARY_FILE = StructType([StructField("path", StringType()), StructField("modificationTime", TimestampType()),
+                          StructField("length", LongType()), StructField("content", BinaryType())])
+
+
+def hadoop_literal(path: str) -> str:
+    """`path` for Spark's readers as one literal file, never a pattern: escape what Hadoop would glob."""
+    return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
 
 
 def check_inputs_exist(paths: list[str]) -> None:
@@ -172,6 +197,18 @@ def ship_weights(spark: SparkSession, weights: WeightsRef) -> WeightsRef:
                 spark.sparkContext.addFile(staged)
             _shipped.add(key)
     return replace(weights, shipped_name=name)
+
+
+def ship_with_active_session(weights: WeightsRef) -> WeightsRef:
+    """`weights` shipped with the session this driver is using, if there is one.
+
+    For an ImageVectorizer pickled into a user's own UDF (the seed's `udf(lambda b: v.extract_features(b))`):
+    its workers then read the shipped copy, as with process_images.
+    """
+    if weights.kind != "file" or weights.shipped_name:
+        return weights
+    spark = SparkSession.getActiveSession()  # the Spark Connect one too; None on an executor
+    return weights if spark is None else ship_weights(spark, weights)
 
 
 def _session_key(spark: SparkSession) -> str:

@@ -6,12 +6,14 @@ bytes, and each process that uses it builds the network once, on first use.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from imgvec.decode import DEFAULT_MAX_PIXELS
-from imgvec.featurize import FeatureConfig, Featurizer, get_featurizer
+from imgvec.featurize import FeatureConfig, Featurizer, SpeedWarning, get_featurizer, precision_warning
 from imgvec.weights import WeightsRef, resolve_weights
 
 
@@ -39,6 +41,9 @@ class ImageVectorizer:
         draft: bool = False,
     ):
         self.config = FeatureConfig(model, device, batch_size, precision, max_pixels, draft)
+        slower = precision_warning(precision, device)
+        if slower:
+            warnings.warn(slower, SpeedWarning, stacklevel=2)
         self.weights = weights
         # Resolved here, on the driver: a missing file is an error now, not on a worker later.
         self.weights_ref: WeightsRef = resolve_weights(self.config.entry, weights)
@@ -79,7 +84,12 @@ class ImageVectorizer:
 
     # Pickle the configuration only: no session, no tensors.
     def __getstate__(self):
-        return {"config": self.config, "weights": self.weights, "weights_ref": self.weights_ref}
+        weights_ref = self.weights_ref
+        if "pyspark.sql" in sys.modules:  # pickled for a Spark job, perhaps: the weights go with it
+            from imgvec.spark import ship_with_active_session
+
+            weights_ref = ship_with_active_session(weights_ref)
+        return {"config": self.config, "weights": self.weights, "weights_ref": weights_ref}
 
     def __setstate__(self, state):
         self.__dict__.update(state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -61,7 +62,30 @@ def resolve_weights(entry: ModelEntry, weights: str) -> WeightsRef:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
         raise WeightsUnavailable(f"weights file {path} does not exist; pass 'default', 'random' or an existing file")
-    return WeightsRef("file", path, file_sha256(path))
+    ref = WeightsRef("file", path, file_sha256(path))
+    check_weights(entry, ref)
+    return ref
+
+
+def check_weights(entry: ModelEntry, ref: WeightsRef) -> None:
+    """Raise WeightsUnavailable now, on the driver, for a file no worker could load into `entry`."""
+    if entry.torchscript:
+        if not _is_torchscript(ref.path):
+            raise WeightsUnavailable(f"{ref.path} is not a TorchScript archive; save one with "
+                                     "torch.jit.save(torch.jit.script(model), PATH)")
+        return
+    _check_fits(entry, ref.path, ref.sha256)
+
+
+@lru_cache(maxsize=32)
+def _check_fits(entry: ModelEntry, path: str, sha256: str) -> None:  # sha256 keys the cache
+    state = load_state_dict(path, mmap=True)
+    try:
+        with torch.device("meta"):  # the architecture's shapes without allocating or initialising weights
+            net = entry.build()
+    except Exception:  # a user's builder that cannot run on the meta device
+        net = entry.build()
+    _load_into(net, entry, state, path)
 
 
 def available_offline(entry: ModelEntry) -> bool:
@@ -91,15 +115,23 @@ def local_path(ref: WeightsRef) -> str:
     """The file to read in this process: the shipped copy when there is one, checked by hash."""
     path = ref.path
     if ref.shipped_name:
-        from pyspark import SparkFiles
-
-        path = SparkFiles.get(ref.shipped_name)
+        path = _shipped_copy(ref.shipped_name) or path  # unpickled outside a Spark job: the original file
     if not os.path.isfile(path):
         raise WeightsUnavailable(f"weights file {path} is not on this machine")
     if file_sha256(path) != ref.sha256:
         raise WeightsUnavailable(
             f"weights file {path} does not match sha256 {ref.sha256}: it changed after the job started")
     return path
+
+
+def _shipped_copy(name: str) -> str | None:
+    from pyspark import SparkFiles
+
+    try:
+        path = SparkFiles.get(name)
+    except Exception:  # no Spark job here
+        return None
+    return path if os.path.isfile(path) else None
 
 
 def build_network(entry: ModelEntry, ref: WeightsRef) -> nn.Module:
@@ -114,34 +146,45 @@ def build_network(entry: ModelEntry, ref: WeightsRef) -> nn.Module:
             net = entry.build()
     else:
         net = entry.build()
+    if ref.kind == "file":
+        return _load_into(net, entry, load_state_dict(local_path(ref)), ref.path).eval()
+    return (entry.to_features(net) if entry.to_features is not None else net).eval()
+
+
+def _load_into(net: nn.Module, entry: ModelEntry, state: dict, path: str) -> nn.Module:
+    """The feature extractor of `net` (the full architecture) holding `state`; the classifier's keys may be absent."""
     full_keys = set(net.state_dict())
     if entry.to_features is not None:
         net = entry.to_features(net)
-    if ref.kind == "file":
-        state = load_state_dict(local_path(ref))
-        head_keys = full_keys - set(net.state_dict())
-        try:
-            missing, unexpected = net.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # tensors of the wrong shape
-            raise WeightsUnavailable(f"{ref.path} does not fit model {entry.name!r}: {_first_line(exc)}") from None
-        unexpected = [k for k in unexpected if k not in head_keys]
-        if missing or unexpected:
-            raise WeightsUnavailable(
-                f"{ref.path} does not fit model {entry.name!r}: "
-                f"missing {_few(missing)}, unexpected {_few(unexpected)}"
-            )
-    return net.eval()
+    expected = net.state_dict()
+    head_keys = full_keys - set(expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and k not in head_keys]
+    reshaped = [k for k, t in state.items() if k in expected and tuple(t.shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        raise WeightsUnavailable(
+            f"{path} does not fit model {entry.name!r} (a state_dict for another model?): missing {_few(missing)}, "
+            f"unexpected {_few(unexpected)}, other shape {_few(reshaped)}")
+    net.load_state_dict(state, strict=False, assign=_on_meta(net))
+    return net
 
 
-def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+def _on_meta(net: nn.Module) -> bool:
+    return any(t.is_meta for t in net.state_dict().values())
+
+
+def load_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Tensors only (weights_only=True): a file holding pickled code or objects is refused."""
     if _is_torchscript(path):  # torch.load would hand it to torch.jit.load: code, not tensors
         raise WeightsUnavailable(
             f"{path} is a TorchScript archive, not a state_dict; load it explicitly with model='torchscript:PATH'"
         )
+    if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
+        raise WeightsUnavailable(f"{path} is not a PyTorch checkpoint; save the weights with "
+                                 "torch.save(model.state_dict(), PATH)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError) as exc:
         raise WeightsUnavailable(
             f"{path} is not a plain state_dict and was not loaded, because loading it would run "
             f"pickled code ({_first_line(exc)}). Save the weights with "
@@ -161,8 +204,19 @@ def _is_torchscript(path: str) -> bool:
         return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
+def _is_legacy_torch_file(path: str) -> bool:
+    """torch.save's pre-1.6 format: a pickle stream (protocol 2+ starts with 0x80)."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    """The first line of an exception's text, without the terminal escape codes torch puts in it."""
+    text = _TERMINAL_CODES.sub("", str(exc)).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:160]
 
 
 def _few(keys: list[str]) -> str:

@@ -1,0 +1,232 @@
+"""Nothing destroyed, nothing misleading: what --overwrite may delete, outputs that overlap inputs,
+damaged outputs, weights checked on the driver, and speed modes that would be slower here.
+
+The command runs in this process (`cli.main`) where it must stop before Spark starts, and in a
+subprocess where the output of the real console script matters.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torchvision
+
+from conftest import EXAMPLES, assert_usage_error, imgvec
+from imgvec import ImageVectorizer
+from imgvec.cli import main
+from imgvec.embed import identity as identity_of
+from imgvec.output import FeatureDataset, OutputError
+
+# No Spark master listens here: a command that got as far as starting a job would fail differently.
+NO_SPARK = ["--master", "spark://127.0.0.1:9"]
+RANDOM = ["--model", "resnet18", "--weights", "random"]
+
+
+class Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def run(capsys, *args) -> Result:
+    code = main([str(a) for a in args])
+    return Result(code, capsys.readouterr().err)
+
+
+def tree(folder) -> dict:
+    """Every file under `folder` with its bytes: to prove a refused command touched nothing."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def small_output(folder, rows=3) -> FeatureDataset:
+    """An imgvec output of resnet18 with random weights, written by imgvec's own writer without the model."""
+    dataset = FeatureDataset(str(folder))
+    identity = identity_of(ImageVectorizer("resnet18", weights="random"))
+    dim = identity["dim"]
+    with dataset.writing(identity, resume=False, overwrite=False):
+        dataset.write_part(pa.table({"path": [f"file:/p/{i}.jpg" for i in range(rows)],
+                                     "features": [[float(i + j) for j in range(dim)] for i in range(rows)],
+                                     "error": pa.nulls(rows, pa.string())}))
+    return dataset
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea.jpg", "rocket.jpg"):
+        shutil.copy(EXAMPLES / name, folder / name)
+    return folder
+
+
+# --- --overwrite deletes only an imgvec output -----------------------------------------------
+
+
+def test_overwrite_refuses_a_folder_imgvec_did_not_write(capsys, photos, tmp_path):
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "todo.txt").write_text("mine")
+    (notes / "sub" / "x.txt").write_text("also mine")
+    before = tree(notes)
+    result = run(capsys, "embed", photos, "-o", notes, "--overwrite", *RANDOM, *NO_SPARK)
+    assert_usage_error(result, "is not an imgvec output")
+    assert tree(notes) == before
+
+
+def test_overwrite_refuses_an_imgvec_output_that_also_holds_foreign_files(capsys, photos, tmp_path):
+    small_output(tmp_path / "o")
+    (tmp_path / "o" / "report.csv").write_text("a,b")
+    before = tree(tmp_path / "o")
+    result = run(capsys, "embed", photos, "-o", tmp_path / "o", "--overwrite", *RANDOM, *NO_SPARK)
+    assert_usage_error(result, "also holds files imgvec did not write (report.csv)")
+    assert tree(tmp_path / "o") == before
+
+
+def test_overwrite_deletes_exactly_what_imgvec_wrote(tmp_path):
+    dataset = small_output(tmp_path / "o")
+    small = {"model": "resnet18", "weights": "random", "weights_sha256": None, "dim": 2, "format": "x"}
+    with dataset.writing(small, resume=False, overwrite=True):
+        assert sorted(os.listdir(tmp_path / "o")) == ["_imgvec.json", "_imgvec.lock"]
+        assert dataset.read().num_rows == 0
+    assert os.listdir(tmp_path / "o") == ["_imgvec.json"]  # the lock goes with the run
+
+
+@pytest.mark.parametrize("where", ["{photos}", "{photos}/vectors", "{photos}/../", "{glob_root}"])
+def test_an_output_that_overlaps_an_input_is_refused(capsys, photos, tmp_path, where):
+    output = where.format(photos=photos, glob_root=photos)
+    inputs = [photos] if where != "{glob_root}" else [f"{photos}/*.jpg"]
+    before = tree(tmp_path)
+    result = run(capsys, "embed", *inputs, "-o", output, "--overwrite", *RANDOM, *NO_SPARK)
+    assert_usage_error(result, "overlaps input")
+    assert tree(tmp_path) == before
+
+
+# --- damaged outputs: one line, never a traceback ---------------------------------------------
+
+
+def _truncated_part(folder):
+    part = next(folder.glob("part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:40])
+
+
+def _wrong_schema_part(folder):
+    pq.write_table(pa.table({"path": ["x"], "vector": [1.0]}), folder / "part-00007.parquet")
+
+
+def _no_metadata(folder):
+    (folder / "_imgvec.json").unlink()
+
+
+def _newer_metadata(folder):
+    metadata = json.loads((folder / "_imgvec.json").read_text())
+    (folder / "_imgvec.json").write_text(json.dumps({**metadata, "format": "imgvec-features/9"}))
+
+
+def _not_json(folder):
+    (folder / "_imgvec.json").write_text("{half")
+
+
+DAMAGE = {"truncated part": (_truncated_part, "is damaged"), "wrong schema": (_wrong_schema_part, "is damaged"),
+          "no metadata": (_no_metadata, "not an imgvec output"), "newer format": (_newer_metadata, "upgrade imgvec"),
+          "not JSON": (_not_json, "not JSON")}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("command", ["similar", "dupes", "info", "resume"])
+def test_a_damaged_output_is_one_line_for_every_command(capsys, tmp_path, photos, damage, command):
+    damage_it, fragment = DAMAGE[damage]
+    output = tmp_path / "o"
+    small_output(output)
+    damage_it(output)
+    args = {"similar": ["similar", output, "file:/p/1.jpg"], "dupes": ["dupes", output], "info": ["info", output],
+            "resume": ["embed", photos, "-o", output, "--resume", *RANDOM, *NO_SPARK]}[command]
+    assert_usage_error(run(capsys, *args), fragment)
+
+
+@pytest.mark.parametrize("command", ["similar", "dupes", "info"])
+def test_an_empty_folder_is_not_an_output(capsys, tmp_path, command):
+    args = [command, tmp_path] + (["file:/p/1.jpg"] if command == "similar" else [])
+    assert_usage_error(run(capsys, *args), "not an imgvec output")
+
+
+def test_a_stray_file_next_to_the_parts_is_never_fatal(capsys, tmp_path):
+    small_output(tmp_path / "o")
+    (tmp_path / "o" / "README.txt").write_text("notes")
+    (tmp_path / "o" / ".DS_Store").write_bytes(b"\0\1")
+    assert run(capsys, "info", tmp_path / "o").returncode == 0
+    assert run(capsys, "dupes", tmp_path / "o", "--threshold", "0.999").returncode == 0
+    assert run(capsys, "similar", tmp_path / "o", "file:/p/1.jpg", "-k", "1").returncode == 0
+
+
+# --- one run at a time ------------------------------------------------------------------------
+
+
+def test_a_live_run_holds_the_output_and_a_dead_one_does_not(capsys, tmp_path, photos):
+    dataset = small_output(tmp_path / "o")
+    identity = dataset.metadata()
+    with dataset.writing(identity, resume=True, overwrite=False):  # a run of this process, alive
+        assert_usage_error(run(capsys, "embed", photos, "-o", tmp_path / "o", "--resume", *RANDOM, *NO_SPARK),
+                           "is being written by another imgvec run")
+        with pytest.raises(OutputError, match="another imgvec run"), dataset.writing(identity, resume=False,
+                                                                                     overwrite=True):
+            pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = {"run": "gone", "host": os.uname().nodename, "pid": int(dead.stdout), "refreshed": 4e9, "started": "x"}
+    (tmp_path / "o" / "_imgvec.lock").write_text(json.dumps(lock))
+    with dataset.writing(identity, resume=True, overwrite=False):  # its process is gone: taken over
+        pass
+    assert not (tmp_path / "o" / "_imgvec.lock").exists()
+
+
+# --- weights are checked on the driver, before Spark --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save(torchvision.models.resnet18(), folder / "pickled_module.pt")
+    torch.save(torchvision.models.resnet18().state_dict(), folder / "resnet18_state.pt")
+    torch.jit.save(torch.jit.script(torchvision.models.resnet18()), folder / "scripted.pt")
+    (folder / "notes.txt").write_text("not weights")
+    return folder
+
+
+@pytest.mark.parametrize("model,weights,fragment", [
+    ("resnet50", "pickled_module.pt", "is not a plain state_dict"),
+    ("resnet50", "scripted.pt", "is a TorchScript archive, not a state_dict"),
+    ("resnet50", "resnet18_state.pt", "does not fit model 'resnet50'"),
+    ("resnet50", "notes.txt", "is not a PyTorch checkpoint"),
+    ("torchscript:{folder}/notes.txt", "default", "is not a TorchScript archive"),
+])
+def test_weights_problems_are_one_line_before_spark_starts(capsys, bad_weights, photos, tmp_path, model, weights,
+                                                           fragment):
+    weights = weights if weights == "default" else bad_weights / weights
+    result = run(capsys, "embed", photos, "-o", tmp_path / "o", "--model", model.format(folder=bad_weights),
+                 "--weights", weights, *NO_SPARK)
+    assert_usage_error(result, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+# --- speed modes say what they cost here ---------------------------------------------------------
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_named_in_one_line_before_any_job(tmp_path, photos):
+    small_output(tmp_path / "o")  # exists: the command stops with exit 2 right after its checks
+    args = ["embed", photos, "-o", tmp_path / "o", "--precision", "bf16", "--device", "cpu", *RANDOM, *NO_SPARK]
+    avx2 = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # as on an AVX2-only CPU
+    capped = imgvec(*args, env=avx2)
+    warning = [line for line in capped.stderr.splitlines() if line.startswith("imgvec: warning:")]
+    assert len(warning) == 1 and "has no native bf16" in warning[0] and "0.18x the speed of fp32" in warning[0]
+    assert_usage_error(capped, "already exists")
+    native = subprocess.run([sys.executable, "-c", "from imgvec.featurize import native_bf16; print(native_bf16())"],
+                            capture_output=True, text=True, check=True).stdout.strip() == "True"
+    as_is = imgvec(*args)
+    assert ("imgvec: warning:" in as_is.stderr) is not native
+    fp32 = imgvec(*[a if a != "bf16" else "fp32" for a in args], env=avx2)
+    assert "warning" not in fp32.stderr
