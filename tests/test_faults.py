@@ -106,7 +106,7 @@ def test_the_bad_input_corpus_through_the_real_command(tmp_path):
     for name, (data, _) in items.items():
         (folder / f"{name}.jpg").write_bytes(data)  # every file claims to be a JPEG
     result = imgvec("embed", folder, "-o", tmp_path / "out", "--model", "resnet18", "--weights", "random",
-                    "--chunk-size", "16", "-q", *SPARK, timeout=600)
+                    "--shard-size", "16", "-q", *SPARK, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = {os.path.basename(r["path"])[:-4]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
     assert len(rows) == pq.read_table(tmp_path / "out").num_rows == len(items)

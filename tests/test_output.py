@@ -17,25 +17,14 @@ import pytest
 import torch
 import torchvision
 
-from conftest import EXAMPLES, assert_usage_error, imgvec
+from conftest import EXAMPLES, assert_usage_error, imgvec, imgvec_here
 from imgvec import ImageVectorizer
-from imgvec.cli import main
 from imgvec.embed import identity as identity_of
 from imgvec.output import FeatureDataset, OutputError
 
 # No Spark master listens here: a command that got as far as starting a job would fail differently.
 NO_SPARK = ["--master", "spark://127.0.0.1:9"]
 RANDOM = ["--model", "resnet18", "--weights", "random"]
-
-
-class Result:
-    def __init__(self, returncode, stderr):
-        self.returncode, self.stderr = returncode, stderr
-
-
-def run(capsys, *args) -> Result:
-    code = main([str(a) for a in args])
-    return Result(code, capsys.readouterr().err)
 
 
 def tree(folder) -> dict:
@@ -74,7 +63,7 @@ def test_overwrite_refuses_a_folder_imgvec_did_not_write(capsys, photos, tmp_pat
     (notes / "todo.txt").write_text("mine")
     (notes / "sub" / "x.txt").write_text("also mine")
     before = tree(notes)
-    result = run(capsys, "embed", photos, "-o", notes, "--overwrite", *RANDOM, *NO_SPARK)
+    result = imgvec_here(capsys, "embed", photos, "-o", notes, "--overwrite", *RANDOM, *NO_SPARK)
     assert_usage_error(result, "is not an imgvec output")
     assert tree(notes) == before
 
@@ -83,7 +72,7 @@ def test_overwrite_refuses_an_imgvec_output_that_also_holds_foreign_files(capsys
     small_output(tmp_path / "o")
     (tmp_path / "o" / "report.csv").write_text("a,b")
     before = tree(tmp_path / "o")
-    result = run(capsys, "embed", photos, "-o", tmp_path / "o", "--overwrite", *RANDOM, *NO_SPARK)
+    result = imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--overwrite", *RANDOM, *NO_SPARK)
     assert_usage_error(result, "also holds files imgvec did not write (report.csv)")
     assert tree(tmp_path / "o") == before
 
@@ -102,7 +91,7 @@ def test_an_output_that_overlaps_an_input_is_refused(capsys, photos, tmp_path, w
     output = where.format(photos=photos, glob_root=photos)
     inputs = [photos] if where != "{glob_root}" else [f"{photos}/*.jpg"]
     before = tree(tmp_path)
-    result = run(capsys, "embed", *inputs, "-o", output, "--overwrite", *RANDOM, *NO_SPARK)
+    result = imgvec_here(capsys, "embed", *inputs, "-o", output, "--overwrite", *RANDOM, *NO_SPARK)
     assert_usage_error(result, "overlaps input")
     assert tree(tmp_path) == before
 
@@ -146,22 +135,22 @@ def test_a_damaged_output_is_one_line_for_every_command(capsys, tmp_path, photos
     damage_it(output)
     args = {"similar": ["similar", output, "file:/p/1.jpg"], "dupes": ["dupes", output], "info": ["info", output],
             "resume": ["embed", photos, "-o", output, "--resume", *RANDOM, *NO_SPARK]}[command]
-    assert_usage_error(run(capsys, *args), fragment)
+    assert_usage_error(imgvec_here(capsys, *args), fragment)
 
 
 @pytest.mark.parametrize("command", ["similar", "dupes", "info"])
 def test_an_empty_folder_is_not_an_output(capsys, tmp_path, command):
     args = [command, tmp_path] + (["file:/p/1.jpg"] if command == "similar" else [])
-    assert_usage_error(run(capsys, *args), "not an imgvec output")
+    assert_usage_error(imgvec_here(capsys, *args), "not an imgvec output")
 
 
 def test_a_stray_file_next_to_the_parts_is_never_fatal(capsys, tmp_path):
     small_output(tmp_path / "o")
     (tmp_path / "o" / "README.txt").write_text("notes")
     (tmp_path / "o" / ".DS_Store").write_bytes(b"\0\1")
-    assert run(capsys, "info", tmp_path / "o").returncode == 0
-    assert run(capsys, "dupes", tmp_path / "o", "--threshold", "0.999").returncode == 0
-    assert run(capsys, "similar", tmp_path / "o", "file:/p/1.jpg", "-k", "1").returncode == 0
+    assert imgvec_here(capsys, "info", tmp_path / "o").returncode == 0
+    assert imgvec_here(capsys, "dupes", tmp_path / "o", "--threshold", "0.999").returncode == 0
+    assert imgvec_here(capsys, "similar", tmp_path / "o", "file:/p/1.jpg", "-k", "1").returncode == 0
 
 
 # --- one run at a time ------------------------------------------------------------------------
@@ -171,7 +160,7 @@ def test_a_live_run_holds_the_output_and_a_dead_one_does_not(capsys, tmp_path, p
     dataset = small_output(tmp_path / "o")
     identity = dataset.metadata()
     with dataset.writing(identity, resume=True, overwrite=False):  # a run of this process, alive
-        assert_usage_error(run(capsys, "embed", photos, "-o", tmp_path / "o", "--resume", *RANDOM, *NO_SPARK),
+        assert_usage_error(imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--resume", *RANDOM, *NO_SPARK),
                            "is being written by another imgvec run")
         with pytest.raises(OutputError, match="another imgvec run"), dataset.writing(identity, resume=False,
                                                                                      overwrite=True):
@@ -207,7 +196,7 @@ def bad_weights(tmp_path_factory):
 def test_weights_problems_are_one_line_before_spark_starts(capsys, bad_weights, photos, tmp_path, model, weights,
                                                            fragment):
     weights = weights if weights == "default" else bad_weights / weights
-    result = run(capsys, "embed", photos, "-o", tmp_path / "o", "--model", model.format(folder=bad_weights),
+    result = imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--model", model.format(folder=bad_weights),
                  "--weights", weights, *NO_SPARK)
     assert_usage_error(result, fragment)
     assert not (tmp_path / "o").exists()

@@ -1,4 +1,4 @@
-"""Listing and chunking inputs, and file names from real photo collections through the whole job."""
+"""Listing inputs and planning shards, and file names from real photo collections through the whole job."""
 
 import os
 import unicodedata
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import EXAMPLES, SPARK, imgvec, max_relative_difference
 from imgvec import ImageVectorizer, read_images
-from imgvec.sources import Item, chunks
+from imgvec.sources import Item, shards
 from imgvec.storage import list_local_files
 
 
@@ -26,11 +26,11 @@ def test_local_listing_is_recursive_skips_hidden_files_and_keeps_empty_ones(tmp_
         "_meta.jpg", "a.jpg", "d.jpg", "empty.jpg"]
 
 
-def test_chunks_never_split_a_source_file():
-    items = [Item(f"p{i}", f"file{i // 4}") for i in range(10)]  # 4 rows per table file
-    sizes = [len(c) for c in chunks(items, 3)]
-    assert sizes == [4, 4, 2] and sum(sizes) == 10
-    assert [len(c) for c in chunks([Item(str(i), str(i)) for i in range(7)], 3)] == [3, 3, 1]
+def test_shards_never_split_a_row_group():
+    items = [Item(f"p{i}", f"file{i // 8}", i // 4 % 2) for i in range(16)]  # 2 row groups of 4 rows per file
+    sizes = [len(c) for c in shards(items, 3)]
+    assert sizes == [4, 4, 4, 4] and sum(sizes) == 16
+    assert [len(c) for c in shards([Item(str(i), str(i)) for i in range(7)], 3)] == [3, 3, 1]
 
 
 NAMES = ["a b.jpg", "a#b.jpg", "100%.jpg", "a%20b.jpg", "what?.jpg", "star*.jpg", "[x].jpg", "{y}.jpg", "c,d.jpg",

@@ -1,13 +1,11 @@
-"""Tasks of several CPUs (how a GPU task is given): torch threads and the split of each chunk."""
+"""Tasks of several CPUs (how a GPU task is given): torch threads follow the task, not the environment."""
 
 import os
 
 import pytest
 
-from conftest import classic_session, files_in
+from conftest import classic_session
 from imgvec import ImageVectorizer
-from imgvec.embed import chunk_settings, embed
-from imgvec.sources import ImageFiles
 
 pytestmark = pytest.mark.spark
 
@@ -33,13 +31,3 @@ def test_torch_threads_follow_the_tasks_cpus_not_the_environment(two_cpu_tasks, 
 
     rows = spark.range(0, 1, numPartitions=1).mapInPandas(threads, "threads int, omp string").collect()
     assert (rows[0].threads, rows[0].omp) == (2, "7")  # the worker's environment said 7; the task has 2
-
-
-def test_a_chunk_is_one_task_per_slot_not_per_core(two_cpu_tasks, image_dir, tmp_path_factory):
-    spark = two_cpu_tasks
-    assert chunk_settings(spark)["spark.sql.files.minPartitionNum"] == "1"  # 2 cores / 2 CPUs per task
-    summary = embed([str(image_dir)], str(tmp_path_factory.mktemp("out")), model="resnet18", weights="random",
-                    quiet=True, spark=spark)
-    assert summary.processed == len(files_in(image_dir))
-    source = ImageFiles([str(image_dir)])
-    assert source.load(spark, source.list(spark)).rdd.getNumPartitions() == 1

@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="embed images (files, folders, globs or a Parquet table)",
                                 description="Embed images into a Parquet dataset [path, features, error].")
     embed.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs, "
-                       "or one Parquet table with a binary column")
-    embed.add_argument("-o", "--output", required=True, help="output folder (a Parquet dataset)")
+                       "or one Parquet table with a binary column; local paths or URIs (s3://, gs://, hdfs://, "
+                       "abfss://, file://)")
+    embed.add_argument("-o", "--output", required=True, help="output folder (a Parquet dataset): a local path or URI")
     embed.add_argument("--model", default="resnet50", help="model name (see 'imgvec models') or torchscript:PATH")
     embed.add_argument("--weights", default="default", help="'default' (pretrained), 'random' or a state_dict file")
     embed.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = embed.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="process only inputs not yet in OUTPUT")
     mode.add_argument("--overwrite", action="store_true", help="replace OUTPUT")
-    embed.add_argument("--chunk-size", type=int, help="images committed together (default: 128 per core, at "
-                       "least 512): an interrupted run loses at most one chunk in flight")
+    embed.add_argument("--shard-size", type=int, default=256, help="images per Spark task, each written as "
+                       "one part (default 256): an interrupted run loses at most the shards in flight")
     embed.add_argument("--max-error-rate", type=float, help="exit 3 when more than this share of images fail")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         return _fail(str(error))
     except KeyboardInterrupt:
-        print("\nimgvec: interrupted; finished chunks are kept, run again with --resume to complete",
+        print("\nimgvec: interrupted; finished shards are kept, run again with --resume to complete",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError) as error:  # configuration: WeightsUnavailable, OutputError, ...
@@ -140,7 +141,7 @@ def run_embed(args) -> int:
         args.inputs, args.output, model=args.model, weights=args.weights, batch_size=args.batch_size,
         device=args.device, precision=args.precision, max_pixels=args.max_pixels, draft=args.draft,
         master=args.master, glob=args.glob, table=args.table, binary_col=args.binary_col,
-        path_col=args.path_col, resume=args.resume, overwrite=args.overwrite, chunk_size=args.chunk_size,
+        path_col=args.path_col, resume=args.resume, overwrite=args.overwrite, shard_size=args.shard_size,
         quiet=args.quiet, conf=conf)
     kinds = ", ".join(f"{kind} {n}" for kind, n in summary.error_kinds.most_common(5))
     print(f"imgvec embed: {summary.processed} images in {summary.seconds:.1f} s ({summary.rate:.2f} images/s)")
@@ -224,9 +225,7 @@ def run_models(args) -> int:
 
 
 def run_info(args) -> int:
-    from imgvec.output import FeatureDataset
-
-    dataset = FeatureDataset(args.output)
+    dataset = _open_dataset(args.output)
     info = {**dataset.metadata(), **dataset.counts(), "location": dataset.location, "parts": len(dataset.parts())}
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
@@ -239,10 +238,19 @@ def run_info(args) -> int:
     return 0
 
 
-def _load_vectors(location: str):
+def _open_dataset(location: str):
+    """An existing output, local or in a store; a clear error when it cannot be reached."""
     from imgvec.output import FeatureDataset
+    from imgvec.storage import check_reachable
 
     dataset = FeatureDataset(location)
+    if not dataset.where.is_local:
+        check_reachable(dataset.where, "output")
+    return dataset
+
+
+def _load_vectors(location: str):
+    dataset = _open_dataset(location)
     dataset.metadata()  # a clear error when it is not an imgvec output
     paths, vectors = dataset.vectors()
     if not paths:

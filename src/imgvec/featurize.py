@@ -116,6 +116,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
+def use_task_cpus() -> None:
+    """On a Spark worker, torch intra-op threads = the CPUs Spark gave this task (spark.task.cpus)."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is not None:
+        torch.set_num_threads(max(1, int(context.cpus())))
+
+
 def _task_gpu() -> int | None:
     try:
         from pyspark import TaskContext

@@ -30,8 +30,8 @@ METADATA = "_imgvec.json"
 LOCK = "_imgvec.lock"
 FORMAT = "imgvec-features/1"
 SCHEMA = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", pa.string())])
-_PART = re.compile(r"part-[0-9]+\.parquet")
-_TEMPORARY = re.compile(r"\.tmp-.*|_imgvec\.(json|lock)\.tmp-[0-9]+")
+_PART = re.compile(r"part-(?:([0-9]+)-)?[0-9]+\.parquet")  # part-<run>-<shard>.parquet
+_TEMPORARY = re.compile(r"\.tmp-.*")  # storage.Location.write_with's names: what a killed writer left
 
 
 class OutputError(ValueError):
@@ -132,15 +132,17 @@ class FeatureDataset:
 
     # --- writing -----------------------------------------------------------------------
 
-    def write_part(self, table: pa.Table) -> str:
-        """Commit one chunk's rows atomically; returns the part's path."""
+    def next_run(self) -> int:
+        """A number for this run's parts that no earlier run used."""
+        runs = [int(m.group(1)) for m in map(_PART.fullmatch, self.names()) if m and m.group(1)]
+        return max(runs, default=-1) + 1
+
+    def write_part(self, table: pa.Table, name: str) -> str:
+        """Write (or replace) one part whole; returns its URI."""
         table = table.select(SCHEMA.names).cast(SCHEMA)
-        number = 1 + max((int(p.path.rsplit("part-", 1)[1][:-8]) for p in self.parts()), default=-1)
-        final = self.where.child(f"part-{number:05d}.parquet")
-        temporary = self.where.child(f".tmp-part-{number:05d}.parquet")
-        pq.write_table(table, temporary.path, filesystem=self.where.fs)
-        self.where.fs.move(temporary.path, final.path)
-        return final.uri
+        part = self.where.child(name)
+        part.write_with(lambda path, fs: pq.write_table(table, path, filesystem=fs))
+        return part.uri
 
     def write_metadata(self, metadata: dict) -> None:
         self.where.child(METADATA).write_bytes(json.dumps(metadata, indent=2, sort_keys=True).encode())

@@ -1,84 +1,138 @@
-"""Inputs for a batch job: image files or a Parquet table, listed once, then loaded chunk by chunk.
+"""Inputs for the batch job: image files or a Parquet table, on any filesystem.
 
-Listing reads names only (Spark prunes the bytes); a chunk reads the bytes of its own inputs.
+The driver lists names only (`list`); each worker reads the bytes of its own shard (`read`).
+No Spark here: both sides go through pyarrow's filesystems (storage.py).
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from imgvec.spark import check_binary_column, hadoop_literal, is_local_path, read_images
-from imgvec.storage import list_local_files
+from imgvec.storage import check_reachable, is_local, list_files, local_path, open_location, read_file
 
 
 @dataclass(frozen=True)
 class Item:
     path: str  # what the output row is keyed by
     source: str  # the file to read it from: the image itself, or the Parquet file holding it
+    group: int = -1  # the row group holding it, in a Parquet source
 
 
+@dataclass(frozen=True)
 class ImageFiles:
-    """Files, directories (recursively) and globs of image files."""
+    """Files, folders (recursively) and globs of image files."""
 
-    def __init__(self, inputs: list[str], glob: str | None = None):
-        self.inputs, self.glob = inputs, glob
+    inputs: tuple[str, ...]
+    glob: str | None = None
 
-    def list(self, spark: SparkSession) -> list[Item]:
-        if all(is_local_path(i) for i in self.inputs):
-            paths = list_local_files(self.inputs, self.glob)  # Spark's listing skips zero-byte files
-        else:
-            paths = [r.path for r in read_images(spark, self.inputs, glob=self.glob).select("path").collect()]
-        return [Item(p, p) for p in sorted(set(paths))]
+    def list(self) -> list[Item]:
+        return [Item(name, uri) for name, uri in list_files(list(self.inputs), self.glob)]
 
-    def load(self, spark: SparkSession, items: list[Item]) -> DataFrame:
-        # Each path is a literal file, never a pattern: escape what Hadoop would glob.
-        return spark.read.format("binaryFile").load([hadoop_literal(i.source) for i in items]).select("path", "content")
+    def read(self, items: list[Item]) -> Iterator[tuple[str, bytes | None, str | None]]:
+        """(path, bytes, None), or (path, None, error) for a file that cannot be read now."""
+        for item in items:
+            try:
+                yield item.path, read_file(item.source), None
+            except FileNotFoundError:
+                yield item.path, None, "missing: the input was listed but is gone"
+            except OSError as exc:
+                yield item.path, None, f"unreadable: {' '.join(str(exc).split())[:120]}"
 
 
+@dataclass(frozen=True)
 class ParquetTable:
-    """A Parquet table with a binary column of image bytes and a column that names each image."""
+    """A Parquet table (a file, or a folder of them) with a binary column of image bytes and a column naming each."""
 
-    def __init__(self, location: str, binary_col: str = "content", path_col: str = "path"):
-        self.location, self.binary_col, self.path_col = location, binary_col, path_col
+    location: str
+    binary_col: str = "content"
+    path_col: str = "path"
 
-    def list(self, spark: SparkSession) -> list[Item]:
-        df = spark.read.parquet(self.location)
-        if self.path_col not in df.columns:
-            raise ValueError(f"the table has no column {self.path_col!r} (columns: {', '.join(df.columns)}); "
+    def list(self) -> list[Item]:
+        """Reads the footers and the path column only; each row group's bytes are read by one worker."""
+        files = [uri for _, uri in list_files([self.location], "*.parquet")]
+        if not files:
+            raise ValueError(f"{self.location} holds no Parquet files")
+        items = []
+        for uri in files:
+            with _open(uri) as parquet:
+                self._check_columns(parquet.schema_arrow, uri)
+                for group in range(parquet.num_row_groups):
+                    names = parquet.read_row_group(group, columns=[self.path_col]).column(0).cast(pa.string())
+                    items += [Item(name, uri, group) for name in names.to_pylist()]
+        return items
+
+    def read(self, items: list[Item]) -> Iterator[tuple[str, bytes | None, str | None]]:
+        """Each row group once, then its rows in the order asked for."""
+        cache: dict[tuple[str, int], dict] = {}
+        for item in items:
+            key = (item.source, item.group)
+            if key not in cache:
+                cache.clear()  # a shard never splits a row group: the previous one is done
+                with _open(item.source) as parquet:
+                    table = parquet.read_row_group(item.group, columns=[self.path_col, self.binary_col])
+                names = table.column(0).cast(pa.string()).to_pylist()
+                cache[key] = dict(zip(names, table.column(1).to_pylist(), strict=True))
+            data = cache[key].get(item.path)
+            yield item.path, data, None if data is not None else "missing: no image bytes (null)"
+
+    def _check_columns(self, schema: pa.Schema, uri: str) -> None:
+        names = schema.names
+        if self.path_col not in names:
+            raise ValueError(f"the table has no column {self.path_col!r} (columns: {', '.join(names)}); "
                              "name the column that identifies each image with --path-col")
-        check_binary_column(df, self.binary_col)
-        rows = df.select(F.col(self.path_col).cast("string").alias("p"), F.input_file_name().alias("f")).collect()
-        return sorted((Item(r.p, r.f) for r in rows), key=lambda i: (i.source, i.path))
+        if self.binary_col not in names:
+            raise ValueError(f"input column {self.binary_col!r} is not in the table (columns: {', '.join(names)}); "
+                             "name the column holding the image bytes with --binary-col")
+        kind = schema.field(self.binary_col).type
+        if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+            raise ValueError(f"input column {self.binary_col!r} of {uri} is {kind}, not binary; "
+                             "image bytes must be a binary column")
 
-    def load(self, spark: SparkSession, items: list[Item]) -> DataFrame:
-        files = sorted({i.source for i in items})
-        df = spark.read.parquet(*[hadoop_literal(f) for f in files]).select(
-            F.col(self.path_col).cast("string").alias("path"), F.col(self.binary_col).alias("content"))
-        return df.filter(F.col("path").isin([i.path for i in items]))
+
+def _open(uri: str) -> pq.ParquetFile:
+    if is_local(uri):
+        return pq.ParquetFile(local_path(uri))
+    location = open_location(uri)
+    return pq.ParquetFile(location.path, filesystem=location.fs)
 
 
 def open_source(inputs: list[str], *, glob: str | None = None, binary_col: str = "content",
                 path_col: str = "path", table: bool | None = None):
     """Image files, or a Parquet table when the single input is one (a .parquet file or a folder of them)."""
+    if not inputs:
+        raise ValueError("no inputs given; pass files, folders or globs")
     if table is None:
         table = len(inputs) == 1 and _looks_like_parquet(inputs[0])
     if table:
         if len(inputs) != 1:
             raise ValueError("give one Parquet table at a time")
         return ParquetTable(inputs[0], binary_col, path_col)
-    return ImageFiles(inputs, glob)
+    return ImageFiles(tuple(inputs), glob)
 
 
-def chunks(items: list[Item], size: int) -> list[list[Item]]:
-    """Consecutive runs of about `size` items that never split one source file between chunks."""
+def check_inputs_exist(inputs: list[str]) -> None:
+    """Inputs that are not globs must exist, and stores must be reachable: said on the driver, before any job."""
+    for text in inputs:
+        if any(c in text for c in "*?[{"):
+            continue
+        location = open_location(text)
+        if not location.is_local:
+            check_reachable(location, "input")
+        if location.info().type == pafs.FileType.NotFound:
+            raise ValueError(f"input path {text} does not exist; check the path or quote the glob")
+
+
+def shards(items: list[Item], size: int) -> list[list[Item]]:
+    """Consecutive runs of about `size` items that never split a Parquet row group between shards."""
     out: list[list[Item]] = []
     current: list[Item] = []
     for item in items:
-        if len(current) >= size and item.source != current[-1].source:
+        if len(current) >= size and (item.source, item.group) != (current[-1].source, current[-1].group):
             out.append(current)
             current = []
         current.append(item)
@@ -87,10 +141,11 @@ def chunks(items: list[Item], size: int) -> list[list[Item]]:
     return out
 
 
-def _looks_like_parquet(path: str) -> bool:
-    if path.endswith(".parquet"):
+def _looks_like_parquet(text: str) -> bool:
+    if text.endswith(".parquet"):
         return True
-    if not os.path.isdir(path):
+    location = open_location(text)
+    if not location.is_folder():
         return False
-    names = [n for n in os.listdir(path) if not n.startswith((".", "_"))]
+    names = [e.base_name for e in location.entries() if not e.base_name.startswith((".", "_"))]
     return bool(names) and all(n.endswith(".parquet") or "=" in n for n in names)

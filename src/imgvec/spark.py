@@ -31,8 +31,9 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from imgvec.featurize import FeatureConfig, get_featurizer
-from imgvec.storage import list_local_files
+from imgvec.featurize import FeatureConfig, get_featurizer, use_task_cpus
+from imgvec.sources import check_inputs_exist
+from imgvec.storage import is_local, list_local_files
 from imgvec.weights import WeightsRef
 
 RESULT_TYPE = StructType([
@@ -84,7 +85,7 @@ def read_images(spark: SparkSession, paths: str | Iterable[str], *, glob: str | 
     paths = [paths] if isinstance(paths, str) else list(paths)
     check_inputs_exist(paths)
     reader = spark.read.format("binaryFile")
-    if recursive and all(is_local_path(p) for p in paths):
+    if recursive and all(is_local(p) for p in paths):
         files = list_local_files(paths, glob)
         return reader.load([hadoop_literal(f) for f in files]) if files else spark.createDataFrame([], BINARY_FILE)
     if recursive:
@@ -101,15 +102,6 @@ BINARY_FILE = StructType([StructField("path", StringType()), StructField("modifi
 def hadoop_literal(path: str) -> str:
     """`path` for Spark's readers as one literal file, never a pattern: escape what Hadoop would glob."""
     return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
-
-
-def check_inputs_exist(paths: list[str]) -> None:
-    """Local inputs that are not globs must exist: say so on the driver, before any job."""
-    if not paths:
-        raise ValueError("no input paths given; pass files, directories or globs")
-    for path in paths:
-        if is_local_path(path) and not any(c in path for c in "*?[{") and not os.path.exists(_strip_file(path)):
-            raise ValueError(f"input path {path} does not exist; check the path or quote the glob")
 
 
 def featurize_dataframe(df: DataFrame, config: FeatureConfig, weights: WeightsRef, input_col: str = "content",
@@ -147,7 +139,7 @@ def features_column(image_bytes: Column, config: FeatureConfig, weights: Weights
 
     @pandas_udf(RESULT_TYPE)
     def imgvec_features(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        _use_task_cpus()
+        use_task_cpus()
         featurizer = get_featurizer(config, weights)
         for images in batches:
             features, errors = featurizer.embed(images.tolist())
@@ -158,16 +150,6 @@ def features_column(image_bytes: Column, config: FeatureConfig, weights: Weights
 
     # Nondeterministic: the optimiser must never evaluate it twice (once per struct field).
     return imgvec_features.asNondeterministic()(image_bytes)
-
-
-def _use_task_cpus() -> None:
-    """Torch intra-op threads = the CPUs Spark gave this task (spark.task.cpus)."""
-    import torch
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    if context is not None:
-        torch.set_num_threads(max(1, int(context.cpus())))
 
 
 # --- weights to the executors --------------------------------------------------------------
@@ -230,14 +212,6 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
-
-
-def is_local_path(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _strip_file(path: str) -> str:
-    return path.removeprefix("file://")
 
 
 def _quoted(column: str) -> str:

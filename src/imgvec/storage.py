@@ -1,7 +1,12 @@
 """Where files live: one helper that understands local paths and URIs, over pyarrow's filesystems.
 
-A `Location` is a folder or file named the way the user wrote it (`photos/`, `file:///data`,
-`s3://bucket/key`); `.fs` and `.path` are what pyarrow needs to read and write it.
+A `Location` is a file or folder named the way the user wrote it (`photos/`, `file:///data`,
+`s3://bucket/key`, `s3a://…`, `gs://…`, `hdfs://…`, `abfss://container@account.dfs.core.windows.net/…`);
+`.fs` and `.path` are what pyarrow needs. imgvec reads images and writes its output through these
+on the driver and on the workers alike, so it needs no Hadoop connector and behaves the same
+everywhere. Credentials come from the standard places on each machine (for S3: the AWS_* variables,
+~/.aws files, instance profiles); `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) points S3 at
+MinIO, Ceph, R2 or SeaweedFS, which pyarrow alone does not read.
 """
 
 from __future__ import annotations
@@ -10,16 +15,27 @@ import fnmatch
 import glob as pyglob
 import os
 import re
+import uuid
 from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
+
+S3_SCHEMES = ("s3", "s3a", "s3n")
+SCHEMES = (*S3_SCHEMES, "gs", "gcs", "hdfs", "abfs", "abfss", "file")
 
 
 @dataclass(frozen=True)
 class Location:
+    """A place on some filesystem. Pickles to its URI alone: each process connects with its own credentials."""
+
     uri: str  # what the user sees: an absolute local path, or scheme://bucket/key
     fs: pafs.FileSystem
     path: str  # the same place, as `fs` names it
+
+    def __reduce__(self):
+        return open_location, (self.uri,)
 
     @property
     def is_local(self) -> bool:
@@ -48,30 +64,103 @@ class Location:
             return f.read()
 
     def write_bytes(self, data: bytes) -> None:
-        """Replace the file whole: readers see the old bytes or the new, never a mix."""
-        if self.is_local:  # a rename is atomic on a local disk
-            temporary = f"{self.path}.tmp-{os.getpid()}"
-            with open(temporary, "wb") as f:
-                f.write(data)
+        self.write_with(lambda path, fs: _write_stream(fs, path, data))
+
+    def write_with(self, write) -> None:
+        """Replace the file whole with what `write(path, fs)` writes: readers see the old file or the new one.
+
+        A local disk gets a hidden temporary name renamed into place; an object store shows an
+        upload only once it is complete, so there the file is written where it belongs.
+        """
+        if not self.is_local:
+            write(self.path, self.fs)
+            return
+        folder, name = os.path.split(self.path)
+        temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+        try:
+            write(temporary, self.fs)
             os.replace(temporary, self.path)
-        else:  # an object store shows an upload only once it is complete
-            with self.fs.open_output_stream(self.path) as f:
-                f.write(data)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
     def delete(self) -> None:
         self.fs.delete_file(self.path)
 
     def make_folder(self) -> None:
-        self.fs.create_dir(self.path, recursive=True)
+        if self.is_local:
+            self.fs.create_dir(self.path, recursive=True)
+        # an object store has no folders: the first object written makes one appear
+
+
+def _write_stream(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(data)
 
 
 def open_location(text: str) -> Location:
-    """A local path or a file:// URI -> a Location. Other schemes are refused with what to do."""
-    if "://" in text and not text.startswith("file://"):
-        scheme = text.split("://", 1)[0]
-        raise ValueError(f"{text}: the {scheme}:// scheme is not supported; give a local path")
-    path = os.path.abspath(os.path.expanduser(local_path(text)))
-    return Location(path, pafs.LocalFileSystem(), path)
+    """A local path or a URI -> a Location; an unknown scheme is a ValueError that says what works."""
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in ("", "file"):
+        path = os.path.abspath(os.path.expanduser(local_path(text)))
+        return Location(path, pafs.LocalFileSystem(), path)
+    if scheme not in SCHEMES:
+        raise ValueError(f"{text}: imgvec does not know the {scheme}:// scheme; use a local path or one of "
+                         + ", ".join(f"{s}://" for s in SCHEMES if s != "file"))
+    parts = urlsplit(text)
+    if scheme in S3_SCHEMES:
+        return Location(text.rstrip("/"), s3_filesystem(), f"{parts.netloc}{parts.path}".rstrip("/"))
+    if scheme in ("gs", "gcs"):
+        return Location(text.rstrip("/"), pafs.GcsFileSystem(), f"{parts.netloc}{parts.path}".rstrip("/"))
+    if scheme in ("abfs", "abfss"):  # abfss://container@account.dfs.core.windows.net/path
+        container, _, host = parts.netloc.partition("@")
+        fs = pafs.AzureFileSystem(account_name=host.split(".", 1)[0])
+        return Location(text.rstrip("/"), fs, f"{container}{parts.path}".rstrip("/"))
+    fs, path = pafs.FileSystem.from_uri(text)  # hdfs:// (needs libhdfs, as every HDFS client does)
+    return Location(text.rstrip("/"), fs, path.rstrip("/"))
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """S3 with the standard AWS settings of this process, the endpoint URL included."""
+    options = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(endpoint_override=url.netloc, scheme=url.scheme)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    return pafs.S3FileSystem(**options)
+
+
+def check_reachable(location: Location, what: str) -> None:
+    """One clear error, on the driver, for a store that cannot be reached or a bucket that does not exist."""
+    try:
+        info = location.info()
+        bucket = None if location.is_local else location.fs.get_file_info(location.path.split("/", 1)[0])
+    except OSError as exc:
+        raise ValueError(f"{what} {location.uri} cannot be reached ({_short(exc)}); check the endpoint and "
+                         "credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)") from None
+    if bucket is not None and bucket.type == pafs.FileType.NotFound:
+        raise ValueError(f"{what} {location.uri}: bucket {location.path.split('/', 1)[0]!r} does not exist; "
+                         "create it first")
+    del info
+
+
+def read_file(uri: str) -> bytes:
+    """The bytes of one file named by list_files; filesystems are made once per process and reused."""
+    if is_local(uri):
+        with open(local_path(uri), "rb") as f:
+            return f.read()
+    parts = urlsplit(uri)
+    location = _root(parts.scheme.lower(), parts.netloc)
+    with location.fs.open_input_stream(location.path + parts.path if location.path else parts.path) as f:
+        return f.read()
+
+
+@lru_cache(maxsize=16)
+def _root(scheme: str, netloc: str) -> Location:
+    return open_location(f"{scheme}://{netloc}")
 
 
 def local_path(text: str) -> str:
@@ -81,12 +170,42 @@ def local_path(text: str) -> str:
     return text.removeprefix("file:")
 
 
-def list_local_files(inputs: list[str], name_glob: str | None = None) -> list[str]:
-    """Files under local inputs (files, folders, globs), sorted, as Spark names them: 'file:/abs/path'.
+def is_local(text: str) -> bool:
+    return "://" not in text or text.startswith("file://")
+
+
+# --- listing ---------------------------------------------------------------------------------------
+
+
+def list_files(inputs: list[str], name_glob: str | None = None) -> list[tuple[str, str]]:
+    """Files under inputs (files, folders, globs), sorted: (name for the output, URI to read it from).
 
     Folders are walked recursively; names starting with '.' or '_' are hidden and skipped, as Spark
-    does. Links to files and folders are followed, except a link back to a folder being walked (a loop).
+    does. Local links to files and folders are followed, except a link back to a folder being walked.
+    Local files are named as Spark names them ('file:/abs/path'), others by their URI.
     """
+    found: set[tuple[str, str]] = set()
+    for text in inputs:
+        if is_local(text):
+            found.update((name, name) for name in list_local_files([text], name_glob))
+            continue
+        location = open_location(text)
+        check_reachable(location, "input")
+        prefix = text.split("://", 1)[0] + "://"
+        if location.is_file():
+            found.add((location.uri, location.uri))
+            continue
+        for info in location.fs.get_file_info(pafs.FileSelector(location.path, recursive=True)):
+            relative = info.path[len(location.path):].strip("/")
+            if info.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in relative.split("/")):
+                continue
+            if name_glob is None or name_matches(info.base_name, name_glob):
+                found.add((prefix + info.path, prefix + info.path))
+    return sorted(found)
+
+
+def list_local_files(inputs: list[str], name_glob: str | None = None) -> list[str]:
+    """Local files under inputs, sorted, as 'file:/abs/path' (see list_files)."""
     found = []
     for pattern in inputs:
         pattern = local_path(pattern)
@@ -131,3 +250,7 @@ def name_matches(name: str, pattern: str) -> bool:
 
 def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:120]

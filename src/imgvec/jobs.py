@@ -1,0 +1,94 @@
+"""Spark plumbing for the batch job: one job of shard tasks, its progress, its cancellation.
+
+The driver sends each task its shard (names only) and gets back a few counts per shard. One
+task per shard: `spark.range(n, numPartitions=n)` puts exactly one shard number in each
+partition, and a broadcast join of the plan keeps that partitioning.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import contextmanager
+
+import pyarrow as pa
+from pyspark.sql import functions as F
+
+from imgvec.shard import COUNTS, PLAN, ShardTask
+from imgvec.sources import Item
+from imgvec.spark import is_connect
+
+
+def run_shards(spark, task: ShardTask, shards: list[list[Item]], report) -> pa.Table:
+    """Runs every shard as one Spark task and returns their COUNTS; report(share of tasks done) meanwhile."""
+    plan = pa.table({"id": list(range(len(shards))), "paths": [[i.path for i in s] for s in shards],
+                     "sources": [[i.source for i in s] for s in shards],
+                     "groups": [[i.group for i in s] for s in shards]}, schema=PLAN)
+    numbers = spark.range(0, len(shards), numPartitions=len(shards))
+    job = numbers.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, _ddl(COUNTS))
+    try:
+        with progress(spark, report):
+            return job.toArrow()
+    except KeyboardInterrupt:
+        cancel_all(spark)
+        raise
+
+
+def _ddl(schema: pa.Schema) -> str:
+    names = {pa.int64(): "long", pa.string(): "string"}
+    return ", ".join(f"{f.name} {names[f.type]}" for f in schema)
+
+
+def cancel_all(spark) -> None:
+    try:
+        if is_connect(spark):
+            spark.interruptAll()
+        else:
+            spark.sparkContext.cancelAllJobs()
+    except Exception:  # already stopping
+        pass
+
+
+@contextmanager
+def progress(spark, report):
+    """Calls report(share of finished tasks) while the block (in this thread) runs its Spark job."""
+    if is_connect(spark):
+        def handler(stages=None, **_):
+            report(_fraction((s.num_completed_tasks, s.num_tasks) for s in stages or []))
+
+        spark.registerProgressHandler(handler)
+        try:
+            yield
+        finally:
+            spark.removeProgressHandler(handler)
+        return
+    context = spark.sparkContext
+    group = f"imgvec-{uuid.uuid4().hex[:12]}"
+    context.setJobGroup(group, "imgvec embed", interruptOnCancel=True)
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll, args=(context.statusTracker(), group, stop, report), daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        poller.join()
+        context.setLocalProperty("spark.jobGroup.id", None)
+
+
+def _poll(status, group: str, stop: threading.Event, report) -> None:
+    while not stop.wait(0.5):
+        try:
+            jobs = sorted(status.getJobIdsForGroup(group))
+            job = status.getJobInfo(jobs[-1]) if jobs else None
+            stages = [status.getStageInfo(s) for s in job.stageIds] if job else []
+            report(_fraction((s.numCompletedTasks, s.numTasks) for s in stages if s))
+        except Exception:  # progress is best effort; the job is what matters
+            pass
+
+
+def _fraction(pairs) -> float:
+    done = total = 0
+    for completed, tasks in pairs:
+        done, total = done + completed, total + tasks
+    return done / total if total else 0.0

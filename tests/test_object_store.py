@@ -1,0 +1,124 @@
+"""A real object store (SeaweedFS's S3 API on 127.0.0.1): images in a bucket -> `imgvec embed` -> an output in
+a bucket, on local Spark and on a standalone cluster, read back by `similar`, `dupes` and `info`.
+
+Every process finds the store the way a user's would: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... in its environment.
+"""
+
+import json
+import os
+import shutil
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import EXAMPLES, SPARK, assert_usage_error, imgvec, imgvec_here, max_relative_difference
+from deployments import free_port, hidden_torch_cache, object_store, standalone_cluster
+from imgvec import ImageVectorizer
+
+pytestmark = pytest.mark.spark
+RANDOM = ["--model", "resnet18", "--weights", "random"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    with object_store(str(tmp_path_factory.mktemp("s3"))) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def bucket_fs(store):
+    """The test's own client: puts photos into buckets and reads outputs back, without imgvec."""
+    fs = pafs.S3FileSystem(access_key=store["AWS_ACCESS_KEY_ID"], secret_key=store["AWS_SECRET_ACCESS_KEY"],
+                           endpoint_override=store["AWS_ENDPOINT_URL"].split("://")[1], scheme="http",
+                           region="us-east-1", allow_bucket_creation=True)
+    fs.create_dir("vectors")
+    return fs
+
+
+def put(fs, key: str, data: bytes) -> None:
+    fs.create_dir(key.split("/", 1)[0])
+    with fs.open_output_stream(key) as f:
+        f.write(data)
+
+
+def read_output(fs, prefix: str):
+    parts = [i.path for i in fs.get_file_info(pafs.FileSelector(prefix)) if i.base_name.startswith("part-")]
+    return pq.read_table(parts, filesystem=fs).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    v = ImageVectorizer("resnet18", weights="random")
+    return {p.name: v.extract_features(p.read_bytes()) for p in EXAMPLES.iterdir()}
+
+
+def assert_equal_to_local(rows, reference, prefix):
+    assert sorted(r["path"] for r in rows) == sorted(prefix + name for name in reference)
+    for row in rows:
+        expected = reference[row["path"].rsplit("/", 1)[1]]
+        assert row["error"] is None and max_relative_difference(row["features"], expected) <= 1e-4, row["path"]
+
+
+def test_a_bucket_to_a_bucket_on_local_spark_then_search_and_resume(store, bucket_fs, reference):
+    env = {**os.environ, **store}
+    for path in EXAMPLES.iterdir():
+        put(bucket_fs, f"photos/set one/{path.name}", path.read_bytes())
+    put(bucket_fs, "photos/set one/.hidden/skip.jpg", b"not listed")
+    result = imgvec("embed", "s3://photos/set one", "-o", "s3://vectors/run", *RANDOM, "--shard-size", "4", "-q",
+                    *SPARK, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "10 images in" in result.stdout
+    assert_equal_to_local(read_output(bucket_fs, "vectors/run"), reference, "s3://photos/set one/")
+
+    similar = imgvec("similar", "s3://vectors/run", "s3://photos/set one/motorcycle_left.jpg", "-k", "2", "--json",
+                     env=env)
+    assert similar.returncode == 0, similar.stderr
+    assert len(json.loads(similar.stdout)[0]["matches"]) == 2
+    assert imgvec("dupes", "s3://vectors/run", "--threshold", "0.999", env=env).returncode == 0
+    info = json.loads(imgvec("info", "s3://vectors/run", "--json", env=env).stdout)
+    assert (info["total"], info["parts"], info["model"]) == (10, 3, "resnet18")
+
+    for name in ("chelsea.jpg", "rocket.jpg"):  # new images since the last run
+        put(bucket_fs, f"photos/set one/new/{name}", (EXAMPLES / name).read_bytes())
+    resumed = imgvec("embed", "s3://photos/set one", "-o", "s3://vectors/run", *RANDOM, "--resume", "-q", *SPARK,
+                     env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 images in" in resumed.stdout and "10 already in the output" in resumed.stdout
+    paths = [r["path"] for r in read_output(bucket_fs, "vectors/run")]
+    assert len(paths) == 12 and len(set(paths)) == 12
+
+
+def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bucket_fs, reference, tmp_path,
+                                                                       resnet18_default):
+    for path in EXAMPLES.iterdir():
+        put(bucket_fs, f"cluster-in/{path.name}", path.read_bytes())
+    with standalone_cluster(str(tmp_path), workers=2, hidden=hidden_torch_cache(), worker_env=store) as master:
+        result = imgvec("embed", "s3a://cluster-in/", "-o", "s3://vectors/cluster", "--model", "resnet18",
+                        "--shard-size", "3", "-q", "--master", master, "--conf", "spark.cores.max=2",
+                        "--conf", "spark.executor.memory=1g", env={**os.environ, **store})
+    assert result.returncode == 0, result.stderr
+    v = ImageVectorizer("resnet18")  # the 'default' (seeded) weights, which only the driver's cache holds
+    expected = {p.name: v.extract_features(p.read_bytes()) for p in EXAMPLES.iterdir()}
+    assert_equal_to_local(read_output(bucket_fs, "vectors/cluster"), expected, "s3a://cluster-in/")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["embed", "{photos}", "-o", "foo://bucket/x"], "does not know the foo:// scheme"),
+    (["embed", "{photos}", "-o", "s3://no-such-bucket/x"], "bucket 'no-such-bucket' does not exist"),
+    (["embed", "s3://no-such-bucket/in", "-o", "{tmp}/o"], "bucket 'no-such-bucket' does not exist"),
+    (["info", "s3://no-such-bucket/x"], "bucket 'no-such-bucket' does not exist"),
+    (["embed", "{photos}", "-o", "s3://vectors/x", "--unreachable"], "cannot be reached"),
+])
+def test_store_mistakes_are_one_line_before_spark(store, tmp_path, capsys, monkeypatch, args, fragment):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(EXAMPLES / "rocket.jpg", photos)
+    for key, value in store.items():
+        monkeypatch.setenv(key, value)
+    if "--unreachable" in args:
+        args.remove("--unreachable")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    args = [a.format(photos=photos, tmp=tmp_path) for a in args]
+    extra = [*RANDOM, "--master", "spark://127.0.0.1:9"] if args[0] == "embed" else []  # no master listens there
+    assert_usage_error(imgvec_here(capsys, *args, *extra), fragment)
