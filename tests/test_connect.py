@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from conftest import assert_same_features, files_in, reference_features, visible_on_workers
+from conftest import assert_same_features, files_in, imgvec, reference_features, visible_on_workers
 from deployments import connect_server, hidden_torch_cache, needs_hiding
 from imgvec import ImageFeaturizer, ImageVectorizer, read_images
 
@@ -50,14 +50,13 @@ def test_image_featurizer_on_spark_connect(connect_session, image_dir):
     assert sum(r.vec is not None for r in rows) == len(rows) - 2
 
 
-def test_the_command_on_spark_connect(connect_url, image_dir, tmp_path, resnet18_default):
-    from test_cli import imgvec
-
+def test_the_command_on_spark_connect(connect_url, image_dir, tmp_path_factory, resnet18_default):
     inputs = files_in(image_dir)
-    result = imgvec("embed", image_dir, "-o", tmp_path / "out", "--master", connect_url, "--model", "resnet18",
+    output = tmp_path_factory.mktemp("connect-out") / "out"
+    result = imgvec("embed", image_dir, "-o", output, "--master", connect_url, "--model", "resnet18",
                     "--shard-size", "4")
     assert result.returncode == 0, result.stderr
-    table = pq.read_table(tmp_path / "out")
+    table = pq.read_table(output)
     assert sorted(table.column("path").to_pylist()) == sorted(f"file:{p}" for p in inputs)
     assert table.column("error").null_count == len(inputs) - 2
     assert f"succeeded {len(inputs) - 2}, failed 2" in result.stdout
