@@ -14,6 +14,8 @@ import re
 import sys
 import warnings
 
+from imgvec import defaults
+
 EXIT_USAGE, EXIT_ERROR_RATE, EXIT_INTERRUPTED = 2, 3, 130
 
 
@@ -36,14 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "or one Parquet table with a binary column; local paths or URIs (s3://, gs://, hdfs://, "
                        "abfss://, file://)")
     embed.add_argument("-o", "--output", required=True, help="output folder (a Parquet dataset): a local path or URI")
-    embed.add_argument("--model", default="resnet50", help="model name (see 'imgvec models') or torchscript:PATH")
-    embed.add_argument("--weights", default="default", help="'default' (pretrained), 'random' or a state_dict file")
-    embed.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    embed.add_argument("--device", default="auto", help="auto (the task's GPU, else CPU), cpu, cuda, cuda:N")
-    embed.add_argument("--max-pixels", type=int, default=120_000_000, help="larger images are errors, not decoded "
-                       "(default 120000000); bounds a worker's memory at about 7 bytes per pixel")
-    embed.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                       help="fp32 (exact, default); bf16 (CPU or GPU) or fp16 (GPU): faster, see README")
+    embed.add_argument("--model", default=defaults.MODEL, help=f"model name (see 'imgvec models') or "
+                       f"torchscript:PATH (default {defaults.MODEL})")
+    embed.add_argument("--weights", default=defaults.WEIGHTS, help="'default' (pretrained), 'random' or a "
+                       "state_dict file")
+    embed.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
+                       help=f"images per forward pass (default {defaults.BATCH_SIZE})")
+    embed.add_argument("--device", default=defaults.DEVICE, help="auto (the task's GPU, else CPU), cpu, cuda, cuda:N")
+    embed.add_argument("--max-pixels", type=int, default=defaults.MAX_PIXELS, help="larger images are errors, not "
+                       f"decoded (default {defaults.MAX_PIXELS}); bounds a worker's memory at ~7 bytes per pixel")
+    embed.add_argument("--precision", choices=defaults.PRECISIONS, default=defaults.PRECISION,
+                       help="fp32 (exact, default); bf16 (GPU, or a CPU with native bf16) or fp16 (GPU): faster, "
+                       "see README")
     embed.add_argument("--draft", action="store_true", help="decode large JPEGs at a reduced scale: faster, "
                        "features not bit-identical (see README)")
     embed.add_argument("--master", default="local[*]", help="Spark master URL, or sc://host:port for Spark Connect "
@@ -58,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = embed.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="process only inputs not yet in OUTPUT")
     mode.add_argument("--overwrite", action="store_true", help="replace OUTPUT")
-    embed.add_argument("--shard-size", type=int, default=256, help="images per Spark task, each written as "
-                       "one part (default 256): an interrupted run loses at most the shards in flight")
+    embed.add_argument("--shard-size", type=int, default=defaults.SHARD_SIZE, help="images per Spark task, each "
+                       f"written as one part (default {defaults.SHARD_SIZE}, fewer when that leaves cores idle): "
+                       "an interrupted run loses at most the shards in flight")
     embed.add_argument("--max-error-rate", type=float, help="exit 3 when more than this share of images fail")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 

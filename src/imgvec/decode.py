@@ -11,13 +11,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-# Enough for a 100-megapixel camera; at most ~400 MB of pixels for one RGBA image in memory.
-DEFAULT_MAX_PIXELS = 120_000_000
+from imgvec import defaults
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # half-decoded images must be errors, not grey pixels
 
 
-def decode_image(data, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Image.Image | str:
+def decode_image(data, *, max_pixels: int = defaults.MAX_PIXELS, draft: int | None = None) -> Image.Image | str:
     """Decode `data` (bytes-like) to an RGB image, or return an error string.
 
     - first frame of animations and multi-page files;

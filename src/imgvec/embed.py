@@ -12,14 +12,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from imgvec.decode import DEFAULT_MAX_PIXELS
+from imgvec import defaults
 from imgvec.output import FORMAT, FeatureDataset
 from imgvec.progress import Progress
 from imgvec.sources import check_inputs_exist, open_source, shards
 from imgvec.storage import check_reachable
 from imgvec.vectorizer import ImageVectorizer
-
-DEFAULT_SHARD_SIZE = 256  # images per task: long enough to amortise Spark's per-task cost, short enough to resume
 
 
 @dataclass
@@ -31,7 +29,9 @@ class EmbedSummary:
     failed: int = 0
     error_kinds: Counter = field(default_factory=Counter)
     seconds: float = 0.0
-    listing_seconds: float = 0.0  # names only, on the driver
+    listing_seconds: float = 0.0  # inputs and the output's done paths: names only, on the driver
+    planning_seconds: float = 0.0  # what is left to do, in shards
+    job_seconds: float = 0.0  # the Spark job of shard tasks
     shards: int = 0
 
     @property
@@ -55,11 +55,11 @@ def identity(vectorizer: ImageVectorizer) -> dict:
             "imgvec_version": imgvec.__version__, "format": FORMAT}
 
 
-def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: str = "default",
-          batch_size: int = 16, device: str = "auto", precision: str = "fp32", max_pixels: int = DEFAULT_MAX_PIXELS,
-          draft: bool = False, master: str = "local[*]", glob: str | None = None,
-          table: bool | None = None, binary_col: str = "content", path_col: str = "path",
-          resume: bool = False, overwrite: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
+def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weights: str = defaults.WEIGHTS,
+          batch_size: int = defaults.BATCH_SIZE, device: str = defaults.DEVICE, precision: str = defaults.PRECISION,
+          max_pixels: int = defaults.MAX_PIXELS, draft: bool = defaults.DRAFT, master: str = "local[*]",
+          glob: str | None = None, table: bool | None = None, binary_col: str = "content", path_col: str = "path",
+          resume: bool = False, overwrite: bool = False, shard_size: int = defaults.SHARD_SIZE,
           quiet: bool = False, progress_stream=None, conf: dict | None = None, spark=None) -> EmbedSummary:
     """Embed every input into `output` (a local folder or a URI). Mistakes raise ValueError before Spark starts."""
     if not isinstance(shard_size, int) or shard_size < 1:
@@ -79,15 +79,24 @@ def embed(inputs: list[str], output: str, *, model: str = "resnet50", weights: s
         summary = EmbedSummary(dataset.location, total=len(items), listing_seconds=time.monotonic() - started)
         todo = [item for item in items if item.path not in done]
         summary.skipped = len(items) - len(todo)
-        planned = shards(todo, shard_size)
-        summary.shards = len(planned)
-        if planned:
-            if spark is None:
-                spark = _session(master, conf or {})
+        if todo:
+            spark = spark or _session(master, conf or {})
+            planning = time.monotonic()
+            planned = shards(todo, _shard_size(spark, len(todo), shard_size))
+            summary.shards = len(planned)
+            summary.planning_seconds = time.monotonic() - planning
             _run(spark, vectorizer, source, dataset, planned, summary, quiet, progress_stream)
         summary.seconds = time.monotonic() - started
         dataset.update_counts(dataset.counts())
     return summary
+
+
+def _shard_size(spark, images: int, largest: int) -> int:
+    """`largest`, or less when there are too few images to give every task slot of the cluster a shard."""
+    from imgvec.jobs import task_slots
+
+    slots = task_slots(spark)
+    return min(largest, -(-images // slots)) if slots else largest
 
 
 def _session(master: str, conf: dict):
@@ -109,8 +118,10 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, planned: list, summ
     progress = Progress(summary.total, already=summary.skipped, stream=progress_stream, quiet=quiet)
     task = ShardTask(source, vectorizer.config, ship_weights(spark, vectorizer.weights_ref), dataset.location,
                      dataset.next_run())
+    started = time.monotonic()
     try:
         counts = run_shards(spark, task, planned, lambda share: progress.update(summary.skipped + share * todo))
+        summary.job_seconds = time.monotonic() - started
         for row in counts.to_pylist():
             summary.failed += row["failed"]
             summary.succeeded += row["rows"] - row["failed"]

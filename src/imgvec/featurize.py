@@ -19,7 +19,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from imgvec.decode import DEFAULT_MAX_PIXELS, decode_image
+from imgvec import defaults
+from imgvec.decode import decode_image
 from imgvec.models import ModelEntry, Preprocess, get_model, is_builtin
 from imgvec.weights import WeightsRef, build_network
 
@@ -28,19 +29,19 @@ from imgvec.weights import WeightsRef, build_network
 _MAX_ASPECT = 4
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
     """Everything a worker needs to compute features: small, frozen, picklable, hashable."""
 
-    model: str | ModelEntry = "resnet50"
-    device: str = "auto"
-    batch_size: int = 16
-    precision: str = "fp32"  # "bf16" (CPU or GPU) or "fp16" (GPU): autocast, faster, not bit-identical
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    draft: bool = False  # reduced-size JPEG decoding: faster on large photos, not bit-identical
+    model: str | ModelEntry = defaults.MODEL
+    device: str = defaults.DEVICE
+    batch_size: int = defaults.BATCH_SIZE
+    precision: str = defaults.PRECISION  # "bf16" (CPU or GPU) or "fp16" (GPU): autocast, not bit-identical
+    max_pixels: int = defaults.MAX_PIXELS
+    draft: bool = defaults.DRAFT  # reduced-size JPEG decoding: faster on large photos, not bit-identical
 
     def __post_init__(self):
         entry = get_model(self.model)  # unknown names fail here, on the driver
@@ -53,8 +54,8 @@ class FeatureConfig:
             raise ValueError(f"max_pixels must be a positive int, not {self.max_pixels!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.precision not in defaults.PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(defaults.PRECISIONS)}, not {self.precision!r}")
 
     @property
     def entry(self) -> ModelEntry:
@@ -145,7 +146,7 @@ class Featurizer:
         self.device = device
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a GPU; on the CPU use 'bf16'")
-        self.autocast = PRECISIONS[config.precision]
+        self.autocast = AUTOCAST[config.precision]
         self.net = network
         # Decoding in threads (Pillow releases the GIL) when the task has cores to spare, e.g. a GPU task.
         threads = torch.get_num_threads() if self.device.type == "cuda" or torch.get_num_threads() > 1 else 1

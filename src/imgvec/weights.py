@@ -9,11 +9,13 @@ import re
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from imgvec.models import ModelEntry
+if TYPE_CHECKING:  # models imports this module; nothing here needs models at run time
+    from imgvec.models import ModelEntry
 
 
 class WeightsUnavailable(ValueError):
