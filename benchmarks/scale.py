@@ -1,7 +1,7 @@
 """The batch job at scale: many small image files through `imgvec embed` with a tiny TorchScript model,
 so that listing, planning, reading, decoding and writing dominate, not the network.
 
-    python benchmarks/scale.py [--images 100000] [--cores 2] [--shard-size 256]
+    python benchmarks/scale.py [--images 100000] [--cores 2] [--shard-size 512]
 
 Prints, from one run: listing and planning time, images/s of the job and of the whole call, the
 driver Python process's peak RSS, the bytes the tasks sent to the driver per image (Spark's
@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
+
+from imgvec import defaults
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from parallel import summed_rate  # noqa: E402
 
 CACHE = os.path.join(tempfile.gettempdir(), "imgvec-scale")
 PER_FOLDER = 1000
@@ -73,15 +77,7 @@ def _in_process(files: list[str], model: str, queue) -> None:
 def in_process_rate(folder: str, model: str, cores: int, sample: int) -> float:
     """Images/s of `cores` single-threaded processes, each embedding its share of `sample` files."""
     files = sorted(glob.glob(os.path.join(folder, "*", "*.png")))[:sample]
-    queue = multiprocessing.get_context("spawn").Queue()
-    workers = [multiprocessing.get_context("spawn").Process(target=_in_process, args=(files[i::cores], model, queue))
-               for i in range(cores)]
-    for w in workers:
-        w.start()
-    rates = [queue.get() for _ in workers]
-    for w in workers:
-        w.join()
-    return sum(rates)
+    return summed_rate(_in_process, [(files[i::cores], model) for i in range(cores)])
 
 
 DRIVER = """
@@ -125,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
-    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--shard-size", type=int, default=defaults.SHARD_SIZE)
     parser.add_argument("--sample", type=int, default=10_000, help="files for the in-process baseline")
     args = parser.parse_args()
 

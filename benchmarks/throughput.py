@@ -14,7 +14,6 @@ import argparse
 import datetime
 import io
 import json
-import multiprocessing
 import os
 import platform
 import resource
@@ -31,6 +30,7 @@ sys.path.insert(0, HERE)
 # Spark's Python workers import bench_models too (the seed's broadcast model is plain-pickled).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))
 from bench_models import CountedModel, build_features_model, log_load, torchvision_transform  # noqa: E402
+from parallel import summed_rate  # noqa: E402
 from photos import EXAMPLES, make_photos  # noqa: E402
 
 MODEL = "resnet50"
@@ -39,7 +39,7 @@ MODEL = "resnet50"
 # --- 1. the limit: pre-made tensors, one single-threaded process per core --------------------------------
 
 
-def _limit_worker(weights_file, batch_size, seconds, queue, device="cpu", precision=None):
+def _limit_worker(weights_file, batch_size, seconds, device, precision, queue):
     if device == "cpu":
         torch.set_num_threads(1)
     net = build_features_model(weights_file).to(device, memory_format=torch.channels_last)
@@ -65,18 +65,8 @@ def _synchronize(device: str) -> None:
 def model_only_limit(weights_file: str, cores: int, batch_size: int, seconds: float = 20,
                      device: str = "cpu", precision: str | None = None) -> float:
     """images/s of the bare network: one single-threaded process per core, or one process on a GPU."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
     processes = cores if device == "cpu" else 1
-    workers = [context.Process(target=_limit_worker, args=(weights_file, batch_size, seconds, queue, device,
-                                                           precision))
-               for _ in range(processes)]
-    for w in workers:
-        w.start()
-    rates = [queue.get() for _ in workers]
-    for w in workers:
-        w.join()
-    return sum(rates)
+    return summed_rate(_limit_worker, [(weights_file, batch_size, seconds, device, precision)] * processes)
 
 
 # --- 2. the approaches, each a Spark job: files in, features out ---------------------------------------

@@ -109,8 +109,9 @@ def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bu
     (["embed", "s3://no-such-bucket/in", "-o", "{tmp}/o"], "bucket 'no-such-bucket' does not exist"),
     (["info", "s3://no-such-bucket/x"], "bucket 'no-such-bucket' does not exist"),
     (["embed", "{photos}", "-o", "s3://vectors/x", "--unreachable"], "cannot be reached"),
+    (["embed", "s3a://vectors/", "-o", "s3://vectors/x"], "overlaps input s3a://vectors/"),
 ])
-def test_store_mistakes_are_one_line_before_spark(store, tmp_path, capsys, monkeypatch, args, fragment):
+def test_store_mistakes_are_one_line_before_spark(store, bucket_fs, tmp_path, capsys, monkeypatch, args, fragment):
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy(EXAMPLES / "rocket.jpg", photos)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import warnings
 
@@ -130,12 +129,10 @@ def _show_warning(message, category, *args, **kwargs):
 
 def _fail(message: str) -> int:
     line = (message.strip().splitlines() or ["failed"])[0]
-    line = "".join(c for c in _TERMINAL_CODES.sub("", line) if c.isprintable())
+    line = "".join(c for c in line if c.isprintable())  # a last guard: messages are made clean where they arise
     print(f"imgvec: error: {line}", file=sys.stderr)
     return EXIT_USAGE
 
-
-_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def run_embed(args) -> int:

@@ -1,8 +1,7 @@
 """Spark plumbing for the batch job: one job of shard tasks, its progress, its cancellation.
 
-The driver sends each task its shard (names only) and gets back a few counts per shard. One
-task per shard: `spark.range(n, numPartitions=n)` puts exactly one shard number in each
-partition, and a broadcast join of the plan keeps that partitioning.
+The driver sends each task its shard (names only) and gets back a few counts per shard: one
+task per shard, each partition of the plan holding exactly one.
 """
 
 from __future__ import annotations
@@ -24,14 +23,25 @@ def run_shards(spark, task: ShardTask, shards: list[list[Item]], report) -> pa.T
     plan = pa.table({"id": list(range(len(shards))), "paths": [[i.path for i in s] for s in shards],
                      "sources": [[i.source for i in s] for s in shards],
                      "groups": [[i.group for i in s] for s in shards]}, schema=PLAN)
-    numbers = spark.range(0, len(shards), numPartitions=len(shards))
-    job = numbers.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, _ddl(COUNTS))
+    job = _one_shard_per_partition(spark, plan).mapInArrow(task, _ddl(COUNTS))
     try:
         with progress(spark, report):
             return job.toArrow()
     except KeyboardInterrupt:
         cancel_all(spark)
         raise
+
+
+def _one_shard_per_partition(spark, plan: pa.Table):
+    """The plan as a DataFrame whose every partition holds exactly one shard; names travel driver -> tasks only."""
+    if is_connect(spark):
+        # The plan is a local relation on the Connect server's driver; broadcasting it costs no job, and the
+        # join keeps range's partitioning: one shard number per partition.
+        numbers = spark.range(0, plan.num_rows, numPartitions=plan.num_rows)
+        return numbers.join(F.broadcast(spark.createDataFrame(plan)), "id")
+    # Classic Spark: n rows in n slices puts one row in each, and each task carries only its own row.
+    rows = spark.sparkContext.parallelize([tuple(r.values()) for r in plan.to_pylist()], plan.num_rows)
+    return spark.createDataFrame(rows, _ddl(PLAN))
 
 
 def task_slots(spark) -> int | None:
@@ -43,7 +53,8 @@ def task_slots(spark) -> int | None:
 
 
 def _ddl(schema: pa.Schema) -> str:
-    names = {pa.int64(): "long", pa.string(): "string"}
+    names = {pa.int64(): "long", pa.string(): "string", pa.list_(pa.string()): "array<string>",
+             pa.list_(pa.int64()): "array<long>"}
     return ", ".join(f"{f.name} {names[f.type]}" for f in schema)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgvec.storage import Location, local_path, open_location
+from imgvec.storage import S3_SCHEMES, Location, is_local, local_path, open_location
 
 METADATA = "_imgvec.json"
 LOCK = "_imgvec.lock"
@@ -116,14 +116,10 @@ class FeatureDataset:
 
     def check_apart_from(self, inputs: list[str]) -> None:
         """OUTPUT must not be an input, lie inside one, or hold one: its own parts would be read as images."""
-        if not self.where.is_local:
-            return
-        output = os.path.realpath(self.where.path)
+        output = _comparable(self.location)
         for text in inputs:
-            if "://" in text and not text.startswith("file://"):
-                continue
-            root = os.path.realpath(_fixed_prefix(local_path(text)))
-            if os.path.commonpath([output, root]) in (output, root):
+            root = _comparable(_fixed_prefix(text))
+            if root[0] == output[0] and os.path.commonpath([output[1], root[1]]) in (output[1], root[1]):
                 raise OutputError(f"output {self.location} overlaps input {text}; write the output to a folder "
                                   "outside the inputs")
 
@@ -257,6 +253,14 @@ def _alive(held: dict) -> bool:
     except (PermissionError, TypeError, ValueError):
         pass
     return True
+
+
+def _comparable(text: str) -> tuple[str, str]:
+    """(filesystem, absolute path) of a local path or URI, so that two spellings of one place compare equal."""
+    if is_local(text):
+        return "local", os.path.realpath(local_path(text))
+    scheme, rest = text.split("://", 1)
+    return ("s3" if scheme.lower() in S3_SCHEMES else scheme.lower()), "/" + rest.strip("/")
 
 
 def _fixed_prefix(path: str) -> str:

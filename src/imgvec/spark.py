@@ -83,7 +83,9 @@ def read_images(spark: SparkSession, paths: str | Iterable[str], *, glob: str | 
     Spark's own listing never ends in a folder that links to its parent.
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
-    check_inputs_exist(paths)
+    if not paths:
+        raise ValueError("no input paths given; pass files, directories or globs")
+    check_inputs_exist([p for p in paths if is_local(p)])  # Spark reads the others, with its own credentials
     reader = spark.read.format("binaryFile")
     if recursive and all(is_local(p) for p in paths):
         files = list_local_files(paths, glob)
