@@ -95,7 +95,7 @@ def test_dupes_groups_the_really_alike_photos(embedded):
 def test_info_and_models(embedded):
     output, _ = embedded
     info = json.loads(imgvec("info", output, "--json").stdout)
-    assert (info["total"], info["failed"], info["model"], info["parts"]) == (12, 1, "efficientnet_lite0", 1)
+    assert (info["total"], info["failed"], info["model"], info["parts"]) == (12, 1, "efficientnet_lite0", 2)  # 2 shards
     models = imgvec("models")
     assert models.returncode == 0
     lines = {line.split()[0]: line for line in models.stdout.splitlines()[1:]}

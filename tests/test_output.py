@@ -41,7 +41,7 @@ def small_output(folder, rows=3) -> FeatureDataset:
     with dataset.writing(identity, resume=False, overwrite=False):
         dataset.write_part(pa.table({"path": [f"file:/p/{i}.jpg" for i in range(rows)],
                                      "features": [[float(i + j) for j in range(dim)] for i in range(rows)],
-                                     "error": pa.nulls(rows, pa.string())}))
+                                     "error": pa.nulls(rows, pa.string())}), "part-0000-000000.parquet")
     return dataset
 
 

@@ -248,8 +248,7 @@ def _open_dataset(location: str):
     from imgvec.storage import check_reachable
 
     dataset = FeatureDataset(location)
-    if not dataset.where.is_local:
-        check_reachable(dataset.where, "output")
+    check_reachable(dataset.where, "output")
     return dataset
 
 

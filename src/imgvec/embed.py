@@ -69,8 +69,7 @@ def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weight
     source = open_source(inputs, glob=glob, binary_col=binary_col, path_col=path_col, table=table)
     check_inputs_exist(inputs)
     dataset = FeatureDataset(output)
-    if not dataset.where.is_local:
-        check_reachable(dataset.where, "output")
+    check_reachable(dataset.where, "output")
     dataset.check_apart_from(inputs)
     with dataset.writing(identity(vectorizer), resume=resume, overwrite=overwrite):
         started = time.monotonic()

@@ -121,8 +121,7 @@ def check_inputs_exist(inputs: list[str]) -> None:
         if any(c in text for c in "*?[{"):
             continue
         location = open_location(text)
-        if not location.is_local:
-            check_reachable(location, "input")
+        check_reachable(location, "input")
         if location.info().type == pafs.FileType.NotFound:
             raise ValueError(f"input path {text} does not exist; check the path or quote the glob")
 

@@ -135,16 +135,17 @@ def s3_filesystem() -> pafs.S3FileSystem:
 
 def check_reachable(location: Location, what: str) -> None:
     """One clear error, on the driver, for a store that cannot be reached or a bucket that does not exist."""
+    if location.is_local:
+        return
     try:
-        info = location.info()
-        bucket = None if location.is_local else location.fs.get_file_info(location.path.split("/", 1)[0])
+        location.info()  # the store answers, or this raises
+        bucket = location.fs.get_file_info(location.path.split("/", 1)[0])
     except OSError as exc:
         raise ValueError(f"{what} {location.uri} cannot be reached ({_short(exc)}); check the endpoint and "
                          "credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)") from None
-    if bucket is not None and bucket.type == pafs.FileType.NotFound:
+    if bucket.type == pafs.FileType.NotFound:
         raise ValueError(f"{what} {location.uri}: bucket {location.path.split('/', 1)[0]!r} does not exist; "
                          "create it first")
-    del info
 
 
 def read_file(uri: str) -> bytes:
@@ -189,8 +190,7 @@ def list_files(inputs: list[str], name_glob: str | None = None) -> list[tuple[st
         if is_local(text):
             found.update((name, name) for name in list_local_files([text], name_glob))
             continue
-        location = open_location(text)
-        check_reachable(location, "input")
+        location = open_location(text)  # reachable: sources.check_inputs_exist said so, before any listing
         prefix = text.split("://", 1)[0] + "://"
         if location.is_file():
             found.add((location.uri, location.uri))
