@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from imgvec.storage import check_reachable, is_local, list_files, local_path, open_location, read_file
+from imgvec.storage import check_reachable, is_hidden, list_files, open_input, open_location, read_file
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ParquetTable:
             raise ValueError(f"{self.location} holds no Parquet files")
         items = []
         for uri in files:
-            with _open(uri) as parquet:
+            with open_input(uri) as f, pq.ParquetFile(f) as parquet:
                 self._check_columns(parquet.schema_arrow, uri)
                 for group in range(parquet.num_row_groups):
                     names = parquet.read_row_group(group, columns=[self.path_col]).column(0).cast(pa.string())
@@ -73,7 +73,7 @@ class ParquetTable:
             key = (item.source, item.group)
             if key not in cache:
                 cache.clear()  # a shard never splits a row group: the previous one is done
-                with _open(item.source) as parquet:
+                with open_input(item.source) as f, pq.ParquetFile(f) as parquet:
                     table = parquet.read_row_group(item.group, columns=[self.path_col, self.binary_col])
                 names = table.column(0).cast(pa.string()).to_pylist()
                 cache[key] = dict(zip(names, table.column(1).to_pylist(), strict=True))
@@ -92,13 +92,6 @@ class ParquetTable:
         if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
             raise ValueError(f"input column {self.binary_col!r} of {uri} is {kind}, not binary; "
                              "image bytes must be a binary column")
-
-
-def _open(uri: str) -> pq.ParquetFile:
-    if is_local(uri):
-        return pq.ParquetFile(local_path(uri))
-    location = open_location(uri)
-    return pq.ParquetFile(location.path, filesystem=location.fs)
 
 
 def open_source(inputs: list[str], *, glob: str | None = None, binary_col: str = "content",
@@ -146,5 +139,5 @@ def _looks_like_parquet(text: str) -> bool:
     location = open_location(text)
     if not location.is_folder():
         return False
-    names = [e.base_name for e in location.entries() if not e.base_name.startswith((".", "_"))]
+    names = [e.base_name for e in location.entries() if not is_hidden(e.base_name)]
     return bool(names) and all(n.endswith(".parquet") or "=" in n for n in names)

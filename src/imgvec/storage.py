@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
@@ -149,14 +150,21 @@ def check_reachable(location: Location, what: str) -> None:
 
 
 def read_file(uri: str) -> bytes:
-    """The bytes of one file named by list_files; filesystems are made once per process and reused."""
+    """The bytes of one file named by list_files."""
+    with open_input(uri) as f:
+        return f.read()
+
+
+def open_input(uri: str) -> pa.NativeFile:
+    """A file named by list_files, open for random access; filesystems are made once per process and reused."""
     if is_local(uri):
-        with open(local_path(uri), "rb") as f:
-            return f.read()
+        return _LOCAL.open_input_file(local_path(uri))
     parts = urlsplit(uri)
     location = _root(parts.scheme.lower(), parts.netloc)
-    with location.fs.open_input_stream(location.path + parts.path if location.path else parts.path) as f:
-        return f.read()
+    return location.fs.open_input_file(location.path + parts.path if location.path else parts.path)
+
+
+_LOCAL = pafs.LocalFileSystem()
 
 
 @lru_cache(maxsize=16)
@@ -197,7 +205,7 @@ def list_files(inputs: list[str], name_glob: str | None = None) -> list[tuple[st
             continue
         for info in location.fs.get_file_info(pafs.FileSelector(location.path, recursive=True)):
             relative = info.path[len(location.path):].strip("/")
-            if info.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in relative.split("/")):
+            if info.type != pafs.FileType.File or any(map(is_hidden, relative.split("/"))):
                 continue
             if name_glob is None or name_matches(info.base_name, name_glob):
                 found.add((prefix + info.path, prefix + info.path))
@@ -230,13 +238,18 @@ def _walk(top: str, name_glob: str | None) -> list[str]:
         except OSError:  # unreadable: as os.walk, skip it
             continue
         for entry in entries:
-            if entry.name.startswith((".", "_")):
+            if is_hidden(entry.name):
                 continue
             if entry.is_dir():
                 stack.append((entry.path, ancestors | {real}))
             elif name_glob is None or name_matches(entry.name, name_glob):
                 found.append(entry.path)  # a broken link too: its row will say it is missing
     return found
+
+
+def is_hidden(name: str) -> bool:
+    """Spark's rule, which imgvec keeps: names starting with '.' or '_' are not data."""
+    return name.startswith((".", "_"))
 
 
 def name_matches(name: str, pattern: str) -> bool:
