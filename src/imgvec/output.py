@@ -1,4 +1,4 @@
-"""The feature dataset: Parquet parts [path, features, error], `_imgvec.json`, and a lock while a run writes.
+"""The feature dataset: Parquet parts [path, features, error, bytes, sha256], `_imgvec.json`, a lock while a run writes.
 
 Every part appears whole (a rename on a local disk), so a reader (Spark, pyarrow, pandas: all
 skip names starting with '_' or '.') sees whole parts or nothing, and a run killed at any moment
@@ -28,8 +28,13 @@ from imgvec.storage import S3_SCHEMES, Location, is_local, local_path, open_loca
 
 METADATA = "_imgvec.json"
 LOCK = "_imgvec.lock"
-FORMAT = "imgvec-features/1"
-SCHEMA = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", pa.string())])
+FORMAT = "imgvec-features/2"
+# /2 added each input's byte length and sha256 (null where the input could not be read): byte-identical
+# files are found from them. Outputs and parts of /1 are read, their new columns null.
+READABLE = ("imgvec-features/1", FORMAT)
+SCHEMA = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", pa.string()),
+                    ("bytes", pa.int64()), ("sha256", pa.string())])
+SCHEMA_1 = pa.schema(list(SCHEMA)[:3])
 _PART = re.compile(r"part-(?:([0-9]+)-)?[0-9]+\.parquet")  # part-<run>-<shard>.parquet
 _TEMPORARY = re.compile(r"\.tmp-.*")  # storage.Location.write_with's names: what a killed writer left
 
@@ -63,7 +68,7 @@ class FeatureDataset:
         if not isinstance(metadata, dict):
             raise OutputError(f"{where.uri} is damaged (not a JSON object); embed again into a new output")
         made = metadata.get("format")
-        if made != FORMAT:
+        if made not in READABLE:
             newer = isinstance(made, str) and made.startswith("imgvec-features/")
             raise OutputError(f"{self.location} has format {made!r}, which this imgvec ({_version()}) cannot read"
                               + ("; upgrade imgvec" if newer else ""))
@@ -79,6 +84,7 @@ class FeatureDataset:
         lock = Lock(self.where.child(LOCK))
         lock.check_free()
         present = [n for n in self.names() if n != LOCK]
+        held = None
         if present:
             if METADATA not in present:
                 raise OutputError(f"output {self.location} holds files but is not an imgvec output "
@@ -89,14 +95,17 @@ class FeatureDataset:
                 raise OutputError(f"output {self.location} already exists; pass --resume to complete it "
                                   "or --overwrite to replace it")
             else:
-                self._check_same_maker(self.metadata(), identity)
+                held = self.metadata()
+                self._check_same_maker(held, identity)
         self.where.make_folder()
         with lock.held():
             for name in present:
                 if overwrite or _TEMPORARY.fullmatch(name):  # a temporary: what a killed run was writing
                     self.where.child(name).delete()
-            if overwrite or not present:
+            if held is None:
                 self.write_metadata({**identity, "created": _now()})
+            elif held["format"] != FORMAT:  # an older output: the parts added now are of this format
+                self.write_metadata({**held, "format": FORMAT})
             yield self
 
     def _check_only_ours(self, present: list[str]) -> None:
@@ -134,7 +143,10 @@ class FeatureDataset:
         return max(runs, default=-1) + 1
 
     def write_part(self, table: pa.Table, name: str) -> str:
-        """Write (or replace) one part whole; returns its URI."""
+        """Write (or replace) one part whole; returns its URI. Absent `bytes`/`sha256` columns are written null."""
+        for column in ("bytes", "sha256"):
+            if column not in table.column_names:
+                table = table.append_column(column, pa.nulls(table.num_rows, SCHEMA.field(column).type))
         table = table.select(SCHEMA.names).cast(SCHEMA)
         part = self.where.child(name)
         part.write_with(lambda path, fs: pq.write_table(table, path, filesystem=fs))
@@ -150,20 +162,8 @@ class FeatureDataset:
 
     def read(self, columns=("path", "features", "error")) -> pa.Table:
         """The parts' rows; a damaged part is an OutputError that names it and what to do."""
-        tables = [SCHEMA.empty_table().select(list(columns))]
-        for part in self.parts():
-            try:
-                with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
-                    schema = parquet.schema_arrow
-                    problem = None if schema.equals(SCHEMA) else f"schema {_schema_text(schema)}"
-                    if not problem:
-                        tables.append(parquet.read(columns=list(columns)))
-            except (pa.ArrowException, OSError) as exc:
-                problem = " ".join(str(exc).split())[:100]
-            if problem:
-                raise OutputError(f"part {part.uri} is damaged ({problem}); delete it and run imgvec embed "
-                                  "with --resume to embed its images again")
-        return pa.concat_tables(tables)
+        return pa.concat_tables([SCHEMA.empty_table().select(list(columns))]
+                                + [read_part(part, columns) for part in self.parts()])
 
     def counts(self) -> dict:
         table = self.read(["error"])
@@ -182,6 +182,24 @@ class FeatureDataset:
         if flat.size % table.num_rows:
             raise OutputError(f"{self.location} holds features of different lengths; embed again into a new output")
         return table.column("path").to_pylist(), flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
+
+
+def read_part(part: Location, columns=SCHEMA.names) -> pa.Table:
+    """One part's columns (null for those its format lacks); a damaged part is an OutputError."""
+    try:
+        with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
+            schema = parquet.schema_arrow
+            if schema.equals(SCHEMA) or schema.equals(SCHEMA_1):
+                table = parquet.read(columns=[c for c in columns if c in schema.names])
+                for name in columns:
+                    if name not in schema.names:
+                        table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+                return table.select(list(columns))
+            problem = f"schema {_schema_text(schema)}"
+    except (pa.ArrowException, OSError) as exc:
+        problem = " ".join(str(exc).split())[:100]
+    raise OutputError(f"part {part.uri} is damaged ({problem}); delete it and run imgvec embed "
+                      "with --resume to embed its images again")
 
 
 class Lock:

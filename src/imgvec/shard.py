@@ -7,6 +7,7 @@ the same name with the same rows, and nothing is doubled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -50,15 +51,18 @@ class ShardTask:
 
     def write(self, number: int, items: list[Item]) -> pa.RecordBatch:
         featurizer = get_featurizer(self.config, self.weights)
-        paths, features, errors = [], [], []
+        paths, features, errors, sizes, hashes = [], [], [], [], []
         for batch in _prefetched(self.source.read(items), self.config.batch_size):
             vectors, decode_errors = featurizer.embed([data for _, data, _ in batch])
-            for (path, _, read_error), row, decode_error in zip(batch, vectors, decode_errors, strict=True):
+            for (path, data, read_error), row, decode_error in zip(batch, vectors, decode_errors, strict=True):
                 error = read_error or decode_error
                 paths.append(path)
                 errors.append(error)
                 features.append(None if error else row)
-        table = pa.table({"path": paths, "features": _features_column(features), "error": errors})
+                sizes.append(None if data is None else len(data))
+                hashes.append(None if data is None else hashlib.sha256(data).hexdigest())
+        table = pa.table({"path": paths, "features": _features_column(features), "error": errors,
+                          "bytes": pa.array(sizes, pa.int64()), "sha256": pa.array(hashes, pa.string())})
         FeatureDataset(self.output).write_part(table, f"part-{self.run:04d}-{number:06d}.parquet")
         kinds = Counter(e.split(":", 1)[0] for e in errors if e)
         return pa.RecordBatch.from_pylist([{"shard": number, "rows": len(paths), "failed": sum(kinds.values()),
