@@ -79,7 +79,10 @@ def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weight
         todo = [item for item in items if item.path not in done]
         summary.skipped = len(items) - len(todo)
         if todo:
-            spark = spark or _session(master, conf or {})
+            if spark is None:
+                from imgvec.jobs import session
+
+                spark = session(master, conf or {})
             planning = time.monotonic()
             planned = shards(todo, _shard_size(spark, len(todo), shard_size))
             summary.shards = len(planned)
@@ -96,15 +99,6 @@ def _shard_size(spark, images: int, largest: int) -> int:
 
     slots = task_slots(spark)
     return min(largest, -(-images // slots)) if slots else largest
-
-
-def _session(master: str, conf: dict):
-    from imgvec.spark import get_session, is_connect
-
-    spark = get_session(master, conf=conf, quiet=True)
-    if not is_connect(spark):
-        spark.sparkContext.setLogLevel("ERROR")
-    return spark
 
 
 def _run(spark, vectorizer, source, dataset: FeatureDataset, planned: list, summary: EmbedSummary, quiet: bool,

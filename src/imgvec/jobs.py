@@ -1,7 +1,8 @@
-"""Spark plumbing for the batch job: one job of shard tasks, its progress, its cancellation.
+"""Spark plumbing: the session, one job over a plan of tasks, its progress, its cancellation.
 
-The driver sends each task its shard (names only) and gets back a few counts per shard: one
-task per shard, each partition of the plan holding exactly one.
+The driver sends each task its row of the plan (names only: the shard's images, an index
+shard's parts) and gets back a few numbers per task: one task per row, each partition of the
+plan holding exactly one.
 """
 
 from __future__ import annotations
@@ -23,25 +24,42 @@ def run_shards(spark, task: ShardTask, shards: list[list[Item]], report) -> pa.T
     plan = pa.table({"id": list(range(len(shards))), "paths": [[i.path for i in s] for s in shards],
                      "sources": [[i.source for i in s] for s in shards],
                      "groups": [[i.group for i in s] for s in shards]}, schema=PLAN)
-    job = _one_shard_per_partition(spark, plan).mapInArrow(task, _ddl(COUNTS))
+    return collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(COUNTS)), report)
+
+
+def collect(spark, job, report=None) -> pa.Table:
+    """The job's rows, with progress reported meanwhile; Ctrl-C cancels the job."""
     try:
-        with progress(spark, report):
+        with progress(spark, report or (lambda share: None)):
             return job.toArrow()
     except KeyboardInterrupt:
         cancel_all(spark)
         raise
 
 
-def _one_shard_per_partition(spark, plan: pa.Table):
-    """The plan as a DataFrame whose every partition holds exactly one shard; names travel driver -> tasks only."""
+def one_row_per_partition(spark, plan: pa.Table):
+    """The plan as a DataFrame whose every partition holds exactly one of its rows (a task's work).
+
+    Names travel driver -> tasks only, each task carrying just its own row.
+    """
     if is_connect(spark):
         # The plan is a local relation on the Connect server's driver; broadcasting it costs no job, and the
-        # join keeps range's partitioning: one shard number per partition.
+        # join keeps range's partitioning: one row number per partition.
         numbers = spark.range(0, plan.num_rows, numPartitions=plan.num_rows)
         return numbers.join(F.broadcast(spark.createDataFrame(plan)), "id")
-    # Classic Spark: n rows in n slices puts one row in each, and each task carries only its own row.
+    # Classic Spark: n rows in n slices puts one row in each.
     rows = spark.sparkContext.parallelize([tuple(r.values()) for r in plan.to_pylist()], plan.num_rows)
-    return spark.createDataFrame(rows, _ddl(PLAN))
+    return spark.createDataFrame(rows, ddl(plan.schema))
+
+
+def session(master: str, conf: dict):
+    """The session imgvec's commands run on: local, a cluster, or Spark Connect (sc://)."""
+    from imgvec.spark import get_session
+
+    spark = get_session(master, conf=conf, quiet=True)
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 def task_slots(spark) -> int | None:
@@ -52,10 +70,14 @@ def task_slots(spark) -> int | None:
     return max(1, context.defaultParallelism // int(context.getConf().get("spark.task.cpus", "1")))
 
 
-def _ddl(schema: pa.Schema) -> str:
-    names = {pa.int64(): "long", pa.string(): "string", pa.list_(pa.string()): "array<string>",
-             pa.list_(pa.int64()): "array<long>"}
-    return ", ".join(f"{f.name} {names[f.type]}" for f in schema)
+_DDL = {pa.int64(): "long", pa.int32(): "int", pa.float32(): "float", pa.string(): "string", pa.binary(): "binary",
+        pa.list_(pa.string()): "array<string>", pa.list_(pa.int64()): "array<long>",
+        pa.list_(pa.float32()): "array<float>"}
+
+
+def ddl(schema: pa.Schema) -> str:
+    """Spark's DDL for an Arrow schema of the simple types imgvec's tasks exchange."""
+    return ", ".join(f"{f.name} {_DDL[f.type]}" for f in schema)
 
 
 def cancel_all(spark) -> None:
@@ -83,7 +105,7 @@ def progress(spark, report):
         return
     context = spark.sparkContext
     group = f"imgvec-{uuid.uuid4().hex[:12]}"
-    context.setJobGroup(group, "imgvec embed", interruptOnCancel=True)
+    context.setJobGroup(group, "imgvec", interruptOnCancel=True)
     stop = threading.Event()
     poller = threading.Thread(target=_poll, args=(context.statusTracker(), group, stop, report), daemon=True)
     poller.start()

@@ -37,6 +37,8 @@ SCHEMA = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())),
 SCHEMA_1 = pa.schema(list(SCHEMA)[:3])
 _PART = re.compile(r"part-(?:([0-9]+)-)?[0-9]+\.parquet")  # part-<run>-<shard>.parquet
 _TEMPORARY = re.compile(r"\.tmp-.*")  # storage.Location.write_with's names: what a killed writer left
+INDEX = "_imgvec_index"  # the nearest-neighbour index (index.py), a folder of these files:
+INDEX_FILE = re.compile(r"index\.json|(trained|queries|shard)-[0-9a-f]+(-[0-9]+)?\.(faiss|npz)|\.tmp-.*")
 
 
 class OutputError(ValueError):
@@ -81,8 +83,7 @@ class FeatureDataset:
         """Hold the output for one run that writes features made by `identity` (model, weights)."""
         if self.where.is_file():
             raise OutputError(f"output {self.location} is a file; give a folder")
-        lock = Lock(self.where.child(LOCK))
-        lock.check_free()
+        Lock(self.where.child(LOCK)).check_free()  # before any other check: a busy output is the first thing to say
         present = [n for n in self.names() if n != LOCK]
         held = None
         if present:
@@ -98,9 +99,11 @@ class FeatureDataset:
                 held = self.metadata()
                 self._check_same_maker(held, identity)
         self.where.make_folder()
-        with lock.held():
+        with self.locked():
             for name in present:
-                if overwrite or _TEMPORARY.fullmatch(name):  # a temporary: what a killed run was writing
+                if name == INDEX and overwrite:
+                    self._delete_index()
+                elif overwrite or _TEMPORARY.fullmatch(name):  # a temporary: what a killed run was writing
                     self.where.child(name).delete()
             if held is None:
                 self.write_metadata({**identity, "created": _now()})
@@ -108,8 +111,19 @@ class FeatureDataset:
                 self.write_metadata({**held, "format": FORMAT})
             yield self
 
+    @contextmanager
+    def locked(self):
+        """This process is the one run writing the output (its features, or its index) while the block runs."""
+        lock = Lock(self.where.child(LOCK))
+        lock.check_free()
+        with lock.held():
+            yield
+
     def _check_only_ours(self, present: list[str]) -> None:
-        foreign = [n for n in present if n != METADATA and not _PART.fullmatch(n) and not _TEMPORARY.fullmatch(n)]
+        foreign = [n for n in present if n not in (METADATA, INDEX) and not _PART.fullmatch(n)
+                   and not _TEMPORARY.fullmatch(n)]
+        if INDEX in present:
+            foreign += [f"{INDEX}/{n}" for n in self._index_names() if not INDEX_FILE.fullmatch(n)]
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise OutputError(f"output {self.location} also holds files imgvec did not write ({shown}); "
@@ -122,6 +136,14 @@ class FeatureDataset:
                     f"output {self.location} holds features from {held.get('model')} ({held.get('weights')}); "
                     f"resuming with {identity['model']} ({identity['weights']}) would mix two models: "
                     "use another output or --overwrite")
+
+    def _index_names(self) -> list[str]:
+        return sorted(os.path.basename(e.path) for e in self.where.child(INDEX).entries())
+
+    def _delete_index(self) -> None:
+        for name in self._index_names():  # all imgvec's: checked by _check_only_ours
+            self.where.child(INDEX).child(name).delete()
+        self.where.child(INDEX).delete_folder()
 
     def check_apart_from(self, inputs: list[str]) -> None:
         """OUTPUT must not be an input, lie inside one, or hold one: its own parts would be read as images."""
@@ -144,10 +166,7 @@ class FeatureDataset:
 
     def write_part(self, table: pa.Table, name: str) -> str:
         """Write (or replace) one part whole; returns its URI. Absent `bytes`/`sha256` columns are written null."""
-        for column in ("bytes", "sha256"):
-            if column not in table.column_names:
-                table = table.append_column(column, pa.nulls(table.num_rows, SCHEMA.field(column).type))
-        table = table.select(SCHEMA.names).cast(SCHEMA)
+        table = _with_columns(table, SCHEMA.names).cast(SCHEMA)
         part = self.where.child(name)
         part.write_with(lambda path, fs: pq.write_table(table, path, filesystem=fs))
         return part.uri
@@ -165,12 +184,51 @@ class FeatureDataset:
         return pa.concat_tables([SCHEMA.empty_table().select(list(columns))]
                                 + [read_part(part, columns) for part in self.parts()])
 
+    def size(self, metadata: dict) -> int:
+        """Images with features as the last run counted them; the parts' row counts when that run was cut short."""
+        if isinstance(metadata.get("succeeded"), int):
+            return metadata["succeeded"]
+        total = 0
+        for part in self.parts():
+            with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
+                total += parquet.metadata.num_rows
+        return total
+
     def counts(self) -> dict:
         table = self.read(["error"])
         errors = [e for e in table.column("error").to_pylist() if e is not None]
         kinds = Counter(e.split(":", 1)[0] for e in errors)
         return {"total": table.num_rows, "succeeded": table.num_rows - len(errors), "failed": len(errors),
                 "error_kinds": dict(kinds.most_common())}
+
+    def part_names(self) -> list[str]:
+        return [n for n in self.names() if _PART.fullmatch(n)]
+
+    def rows_of(self, ids, parts: list[str], columns=("path",)) -> pa.Table:
+        """The `columns` of row ids (part_ids), in their order; `parts` are the part names the ids were made from."""
+        ids = np.asarray(ids, np.int64)
+        tables, order = [SCHEMA.empty_table().select(list(columns))], [np.empty(0, np.int64)]
+        for number in np.unique(ids >> 32):
+            mine = np.flatnonzero((ids >> 32) == number)
+            tables.append(read_part(self.where.child(parts[number]), columns).take(ids[mine] & 0xFFFFFFFF))
+            order.append(mine)
+        return pa.concat_tables(tables).take(np.argsort(np.concatenate(order), kind="stable"))
+
+    def lookup(self, paths) -> dict[str, tuple[int, np.ndarray | None]]:
+        """Where `paths` are in the output: {path: (row id, features or None)}; parts skipped by their footers."""
+        wanted, found = set(paths), {}
+        for number, name in enumerate(self.part_names()):
+            part = self.where.child(name)
+            with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
+                if not any(_may_hold(parquet.metadata, p) for p in wanted):
+                    continue
+            table = read_part(part, ["path", "features"])
+            for row, path in enumerate(table.column("path").to_pylist()):
+                if path in wanted:
+                    features = table.column("features")[row].values
+                    found[path] = (int(part_ids(number, [row])[0]),
+                                   None if features is None else features.to_numpy().astype(np.float32))
+        return found
 
     def vectors(self) -> tuple[list[str], np.ndarray]:
         """Paths and an [N, dim] float32 matrix of the images that have features."""
@@ -190,16 +248,45 @@ def read_part(part: Location, columns=SCHEMA.names) -> pa.Table:
         with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
             schema = parquet.schema_arrow
             if schema.equals(SCHEMA) or schema.equals(SCHEMA_1):
-                table = parquet.read(columns=[c for c in columns if c in schema.names])
-                for name in columns:
-                    if name not in schema.names:
-                        table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
-                return table.select(list(columns))
+                return _with_columns(parquet.read(columns=[c for c in columns if c in schema.names]), columns)
             problem = f"schema {_schema_text(schema)}"
     except (pa.ArrowException, OSError) as exc:
         problem = " ".join(str(exc).split())[:100]
     raise OutputError(f"part {part.uri} is damaged ({problem}); delete it and run imgvec embed "
                       "with --resume to embed its images again")
+
+
+def part_ids(number: int, rows) -> np.ndarray:
+    """Row ids that name a row of a dataset's parts in an index or a duplicate search: part number, row in it."""
+    return (np.int64(number) << 32) | np.asarray(rows, np.int64)
+
+
+def part_vectors(part: Location, number: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and [n, dim] float32 features of one part's rows that have features."""
+    table = read_part(part, ["features"])
+    valid = table.column("features").is_valid().to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(valid)
+    features = table.column("features").filter(pa.array(valid)).combine_chunks()
+    flat = features.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return part_ids(number, rows), flat.reshape(len(rows), -1) if len(rows) else flat.reshape(0, 0)
+
+
+def _may_hold(metadata: pq.FileMetaData, path: str) -> bool:
+    """Whether a part's `path` statistics leave room for `path` (parts hold runs of sorted names)."""
+    column = metadata.schema.names.index("path")
+    for group in range(metadata.num_row_groups):
+        statistics = metadata.row_group(group).column(column).statistics
+        if statistics is None or not statistics.has_min_max or statistics.min <= path <= statistics.max:
+            return True
+    return False
+
+
+def _with_columns(table: pa.Table, columns) -> pa.Table:
+    """The table's `columns` in that order, those it lacks null."""
+    for name in columns:
+        if name not in table.column_names:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    return table.select(list(columns))
 
 
 class Lock:

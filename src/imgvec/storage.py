@@ -88,6 +88,11 @@ class Location:
     def delete(self) -> None:
         self.fs.delete_file(self.path)
 
+    def delete_folder(self) -> None:
+        """Remove an empty folder (an object store has none left once its objects are gone)."""
+        if self.is_local:
+            os.rmdir(self.path)
+
     def make_folder(self) -> None:
         if self.is_local:
             self.fs.create_dir(self.path, recursive=True)

@@ -1,0 +1,310 @@
+"""`imgvec dupes`: groups of byte-identical files, and of near-duplicate images by cosine similarity.
+
+Byte-identical: the same sha256 and byte length, recorded by `embed`. Near-duplicates: features
+with cosine similarity >= threshold, joined transitively into groups; identical copies other
+than their group's representative are left out of the near groups (they are listed once, in
+their identical group).
+
+Small outputs (up to EXACT_MAX vectors), or `exact`: every pair, in this process (search.py).
+Beyond, SemDeDup-style on Spark, the driver only planning:
+  driver   k-means centroids (FAISS) trained on a sample; each cluster's expected size from it
+  tasks    read their parts; each vector goes to its nearest centroid, and to the second nearest
+           too when that is almost as near (a pair across the border is still compared); a cluster
+           larger than UNIT rows is cut into blocks by row id, and each row goes to every pair of
+           blocks it belongs to
+  shuffle  by (cluster, block, block); each group compares exactly (search.linked) and returns
+           a link per row and each row's best pair: rows that have a near-duplicate only
+  driver   joins the links into groups (vectorised union-find); memory grows with the number of
+           duplicates, not of images
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from imgvec import defaults
+from imgvec.output import FeatureDataset, part_ids, part_vectors, read_part
+from imgvec.search import groups, linked, normalise
+from imgvec.storage import check_reachable
+
+UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
+KEEPS = ("first", "largest")
+SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
+PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64()))])
+HASHES = pa.schema([("id", pa.int64()), ("sha256", pa.string()), ("bytes", pa.int64())])
+ASSIGNED = pa.schema([("cluster", pa.int64()), ("low", pa.int64()), ("high", pa.int64()), ("block", pa.int64()),
+                      ("id", pa.int64()), ("features", pa.list_(pa.float32()))])
+LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float32())])  # null: a link only
+
+
+@dataclass
+class Group:
+    kind: str  # "identical" (same bytes) or "near" (cosine >= threshold)
+    representative: str  # the file --keep keeps
+    members: list[dict] = field(default_factory=list)  # {path, similarity, bytes}
+
+
+@dataclass
+class Duplicates:
+    groups: list[Group]
+    images: int  # vectors compared
+    threshold: float
+    how: str  # "exact" or "clustered (K clusters, ...)"
+    seconds: float = 0.0
+
+    def to_delete(self) -> list[str]:
+        """Every file of every group but its representative: what --keep would have one delete."""
+        return sorted({m["path"] for g in self.groups for m in g.members if m["path"] != g.representative})
+
+    def table(self) -> pa.Table:
+        rows = [{"path": m["path"], "group": n, "kind": g.kind, "representative": g.representative,
+                 "similarity": m["similarity"]} for n, g in enumerate(self.groups) for m in g.members]
+        return pa.Table.from_pylist(rows, schema=pa.schema([
+            ("path", pa.string()), ("group", pa.int64()), ("kind", pa.string()), ("representative", pa.string()),
+            ("similarity", pa.float32())]))
+
+
+def find_duplicates(output: str, threshold: float = defaults.THRESHOLD, *, keep: str = defaults.KEEP,
+                    exact: bool = False, clusters: int | None = None, master: str = "local[*]",
+                    conf: dict | None = None, spark=None, report=None) -> Duplicates:
+    """Identical and near-duplicate groups of OUTPUT. ValueError (before any job) for bad arguments."""
+    if not -1 <= threshold <= 1:
+        raise ValueError("--threshold is a cosine similarity between -1 and 1, e.g. 0.9")
+    if keep not in KEEPS:
+        raise ValueError(f"--keep is one of {', '.join(KEEPS)}, not {keep!r}")
+    if clusters is not None and (exact or clusters < 1):
+        raise ValueError("--clusters is a number of k-means clusters (at least 1), and cannot go with --exact")
+    started = time.monotonic()
+    dataset = FeatureDataset(output)
+    check_reachable(dataset.where, "output")
+    metadata = dataset.metadata()
+    parts = dataset.part_names()
+    if not parts:
+        raise ValueError(f"{dataset.location} holds no features yet")
+    count = dataset.size(metadata)
+    if exact or (clusters is None and count <= defaults.EXACT_MAX):
+        identical, near, images, how = _in_process(dataset, parts, threshold)
+    else:
+        from imgvec.jobs import session
+
+        spark = spark or session(master, conf or {})
+        identical, near, images, how = _on_spark(spark, dataset, parts, threshold, clusters, count, report)
+    result = Duplicates(_label(dataset, parts, identical, near, keep), images, threshold, how)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _in_process(dataset, parts, threshold):
+    ids, vectors, hashes = [], [], []
+    for number, name in enumerate(parts):
+        part_rows, part = part_vectors(dataset.where.child(name), number)
+        if len(part_rows):
+            ids.append(part_rows)
+            vectors.append(normalise(part))
+        hashes.append(_hashes(dataset, name, number))
+    if not ids:
+        raise ValueError(f"{dataset.location} holds no features (every image failed)")
+    ids, vectors = np.concatenate(ids), np.concatenate(vectors)
+    identical = _identical(pa.concat_tables(hashes))
+    return identical, groups(*linked(vectors, ids, vectors, ids, threshold, same=True)), len(ids), "exact"
+
+
+def _hashes(dataset, name: str, number: int) -> pa.Table:
+    table = read_part(dataset.where.child(name), ["sha256", "bytes"])
+    table = table.append_column("id", pa.array(part_ids(number, np.arange(table.num_rows))))
+    return table.filter(table.column("sha256").is_valid()).select(HASHES.names)
+
+
+def _identical(hashes: pa.Table) -> list[list[int]]:
+    """Ids of rows with the same sha256 and length, groups of two or more."""
+    same = hashes.group_by(["sha256", "bytes"]).aggregate([("id", "list")])
+    return [sorted(g) for g in same.column("id_list").to_pylist() if len(g) > 1]
+
+
+def _label(dataset, parts, identical: list[list[int]], near, keep: str) -> list[Group]:
+    """Groups with paths, sizes and a representative each, largest first; identical copies once only."""
+    ids = sorted({i for g in identical for i in g} | {i for g in near for i, _ in g})
+    rows = dataset.rows_of(ids, parts, ["path", "bytes"]).to_pylist()
+    about = dict(zip(ids, rows, strict=True))
+    result, copies = [], set()
+    for members in identical:
+        representative = min(members, key=lambda i: about[i]["path"])
+        copies.update(i for i in members if i != representative)
+        result.append(_group("identical", [(i, 1.0) for i in members], about, keep))
+    for members in near:
+        members = [(i, s) for i, s in members if i not in copies]
+        if len(members) > 1:
+            result.append(_group("near", members, about, keep))
+    return sorted(result, key=lambda g: (-len(g.members), g.kind, g.representative))
+
+
+def _group(kind: str, members, about: dict, keep: str) -> Group:
+    rows = sorted(({"path": about[i]["path"], "similarity": round(float(s), 6), "bytes": about[i]["bytes"]}
+                   for i, s in members), key=lambda m: m["path"])
+    if keep == "largest":
+        representative = max(rows, key=lambda m: (m["bytes"] or -1, [-ord(c) for c in m["path"]]))["path"]
+    else:
+        representative = rows[0]["path"]
+    return Group(kind, representative, rows)
+
+
+# --- at scale, on Spark ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HashTask:
+    """Each row's sha256 and length, from the parts of one task."""
+
+    output: str
+
+    def __call__(self, batches):
+        dataset = FeatureDataset(self.output)
+        for batch in batches:
+            for row in batch.to_pylist():
+                for name, number in zip(row["parts"], row["numbers"], strict=True):
+                    yield from _hashes(dataset, name, number).to_batches()
+
+
+@dataclass(frozen=True)
+class AssignTask:
+    """Each vector of a task's parts -> its cluster (and a second one near the border) -> its blocks."""
+
+    output: str
+    centroids: bytes  # [clusters, dim] float32
+    blocks: tuple[int, ...]  # per cluster: how many blocks of about UNIT rows it is cut into
+    margin: float
+
+    def __call__(self, batches):
+        import faiss
+
+        dataset = FeatureDataset(self.output)
+        centroids = np.frombuffer(self.centroids, np.float32).reshape(len(self.blocks), -1)
+        quantizer = faiss.IndexFlatIP(centroids.shape[1])
+        quantizer.add(centroids)
+        blocks = np.asarray(self.blocks, np.int64)
+        for batch in batches:
+            for row in batch.to_pylist():
+                for name, number in zip(row["parts"], row["numbers"], strict=True):
+                    ids, vectors = part_vectors(dataset.where.child(name), number)
+                    if len(ids):
+                        yield _assign(ids, normalise(vectors), quantizer, blocks, self.margin)
+
+
+def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.RecordBatch:
+    near = min(2, quantizer.ntotal)
+    similarities, clusters = quantizer.search(vectors, near)
+    rows, cluster = [np.arange(len(ids))], [clusters[:, 0]]
+    if near == 2:
+        second = np.flatnonzero(similarities[:, 1] >= similarities[:, 0] - margin)
+        rows.append(second)
+        cluster.append(clusters[second, 1])
+    rows, cluster = np.concatenate(rows), np.concatenate(cluster).astype(np.int64)
+    count = blocks[cluster]
+    block = ids[rows] % count  # row ids spread a big cluster evenly over its blocks
+    # each row meets every block of its cluster once: one pair of blocks (low, high) per other block
+    repeat = np.repeat(np.arange(len(rows)), count)
+    other = np.concatenate([np.arange(c) for c in count]) if len(count) else np.empty(0, np.int64)
+    mine = block[repeat]
+    dim = vectors.shape[1]
+    flat = vectors[rows[repeat]].ravel()
+    return pa.RecordBatch.from_arrays([
+        pa.array(cluster[repeat]), pa.array(np.minimum(mine, other)), pa.array(np.maximum(mine, other)),
+        pa.array(mine), pa.array(ids[rows[repeat]]),
+        pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, dim, dtype=np.int32)), pa.array(flat))],
+        schema=ASSIGNED)
+
+
+def compare_task(threshold: float):
+    """One (cluster, block, block) group -> every pair compared exactly -> its links and best pairs.
+
+    A plain function (not a callable object): PySpark tells grouped-map signatures apart by argument count.
+    """
+
+    def compare(table: pa.Table) -> pa.Table:
+        low, high = table.column("low")[0].as_py(), table.column("high")[0].as_py()
+        block = table.column("block").to_numpy()
+        ids = table.column("id").to_numpy()
+        flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = flat.reshape(table.num_rows, -1)
+        if low == high:
+            result = linked(vectors, ids, vectors, ids, threshold, same=True)
+        else:
+            a, b = block == low, block == high
+            result = linked(vectors[a], ids[a], vectors[b], ids[b], threshold, same=False)
+        link_from, link_to, best_id, best_partner, best_similarity = result
+        similarity = np.concatenate([np.full(len(link_from), np.nan, np.float32), best_similarity])
+        return pa.table({"a": np.concatenate([link_from, best_id]), "b": np.concatenate([link_to, best_partner]),
+                         "similarity": pa.array(similarity, pa.float32(), from_pandas=True)}, schema=LINKS)
+
+    return compare
+
+
+def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
+    import faiss
+
+    from imgvec.jobs import collect, ddl, one_row_per_partition, task_slots
+
+    tasks = max(1, min(len(parts), 4 * (task_slots(spark) or 8)))
+    groups_of_parts = np.array_split(np.arange(len(parts)), tasks)
+    plan = one_row_per_partition(spark, pa.table({
+        "id": list(range(tasks)), "parts": [[parts[i] for i in g] for g in groups_of_parts],
+        "numbers": [g.tolist() for g in groups_of_parts]}, schema=PLAN))
+
+    hashes = plan.mapInArrow(HashTask(dataset.location), ddl(HASHES))
+    from pyspark.sql import functions as F
+
+    same = (hashes.groupBy("sha256", "bytes").agg(F.collect_list("id").alias("ids"))
+            .filter(F.size("ids") > 1).select("ids"))
+    identical = [sorted(g) for g in collect(spark, same).column("ids").to_pylist()]
+
+    clusters = clusters or max(1, round(count / defaults.CLUSTER_SIZE))
+    sample = _sample(dataset, parts, SAMPLE_PER_CLUSTER * clusters)
+    clusters = min(clusters, max(1, len(sample) // SAMPLE_PER_CLUSTER))
+    kmeans = faiss.Kmeans(sample.shape[1], clusters, niter=20, seed=0, spherical=True,
+                          max_points_per_centroid=256)
+    kmeans.train(sample)
+    centroids = kmeans.centroids.astype(np.float32)
+    margin = 1.0 - threshold  # a pair at the threshold may straddle two clusters whose centroids are this close
+    blocks = _blocks(sample, centroids, margin, count)
+    assigned = plan.mapInArrow(AssignTask(dataset.location, centroids.tobytes(), tuple(blocks), margin),
+                               ddl(ASSIGNED))
+    compared = assigned.groupBy("cluster", "low", "high").applyInArrow(compare_task(threshold), ddl(LINKS))
+    links = collect(spark, compared, report)
+    is_link = links.column("similarity").is_null().to_numpy(zero_copy_only=False)
+    a, b = links.column("a").to_numpy(), links.column("b").to_numpy()
+    similarity = links.column("similarity").to_numpy(zero_copy_only=False)
+    near = groups(a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link])
+    how = f"clustered: {clusters} k-means clusters, {int(sum(blocks ** 2 + blocks) // 2)} Spark groups"
+    return identical, near, count, how
+
+
+def _sample(dataset, parts, size: int) -> np.ndarray:
+    """Normalised vectors from whole parts taken at random (seeded): the k-means training set."""
+    rng = np.random.default_rng(0)
+    vectors, have = [], 0
+    for number in rng.permutation(len(parts)):
+        if have >= size:
+            break
+        _, part = part_vectors(dataset.where.child(parts[number]), int(number))
+        if len(part):
+            vectors.append(normalise(part))
+            have += len(part)
+    if not vectors:
+        raise ValueError(f"{dataset.location} holds no features (every image failed)")
+    return np.ascontiguousarray(np.concatenate(vectors))
+
+
+def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> np.ndarray:
+    """Per cluster, the blocks its expected rows (from the sample's assignment) are cut into."""
+    similarities = sample @ centroids.T
+    order = np.argsort(-similarities, axis=1)[:, :2]
+    expected = np.bincount(order[:, 0], minlength=len(centroids)).astype(np.float64)
+    if len(centroids) > 1:
+        top = np.take_along_axis(similarities, order, 1)
+        expected += np.bincount(order[top[:, 1] >= top[:, 0] - margin, 1], minlength=len(centroids))
+    expected *= count / len(sample)
+    return np.maximum(1, np.ceil(expected / UNIT)).astype(np.int64)

@@ -1,0 +1,343 @@
+"""A FAISS nearest-neighbour index of an output's features: built on Spark, stored with the output.
+
+`OUTPUT/_imgvec_index/` holds `index.json` (type, search setting, the parts it covers, the model
+that made the features, recall@10 measured at build), the trained empty index, the held-out
+queries, and one `shard-<build>-<n>.faiss` per Spark task. The driver trains on a sample of the
+vectors; each task reads its own parts, adds their vectors to a copy of the trained index, writes
+it as one shard and computes the exact top 10 of the held-out queries among its vectors, so the
+build measures its own recall against exact search without a second pass. Vectors are
+normalised: inner product = cosine similarity. Row ids are (part number << 32 | row).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from imgvec import defaults
+from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, part_vectors
+from imgvec.search import Best, normalise
+from imgvec.storage import Location, check_reachable
+
+FORMAT = "imgvec-index/1"
+RECALL_AT = 10
+QUERIES = 1_000  # held-out queries for recall@10 at build
+TASK_RESULT = pa.schema([("shard", pa.int64()), ("count", pa.int64()), ("truth_ids", pa.list_(pa.int64())),
+                         ("truth_similarities", pa.list_(pa.float32()))])
+PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64()))])
+
+
+class IndexProblem(ValueError):
+    """The index cannot be used (missing, damaged, stale, made from other features)."""
+
+
+def choose(kind: str, count: int, dim: int, memory: int = defaults.INDEX_MEMORY) -> tuple[str, str]:
+    """(index type, FAISS factory string) for `count` vectors of `dim`: exact when small, IVF beyond."""
+    if kind == "auto":
+        kind = ("flat" if count <= defaults.EXACT_MAX else "ivf-flat" if count * dim * 4 <= memory else "ivf-pq")
+    lists = inverted_lists(count)
+    return kind, {"flat": "IDMap,Flat", "ivf-flat": f"IVF{lists},Flat", "ivf-pq": f"IVF{lists},PQ{_pq_bytes(dim)}",
+                  "hnsw": "IDMap,HNSW32"}[kind]
+
+
+def inverted_lists(count: int) -> int:
+    """IVF lists: a power of two near sqrt(count), so a query scans ~sqrt(count) vectors per list probed."""
+    return int(min(65536, max(16, 2 ** round(math.log2(max(count, 1) ** 0.5)))))
+
+
+def _pq_bytes(dim: int) -> int:
+    """PQ sub-quantizers (one byte each): the largest divisor of dim up to dim / 8 (2048 floats -> 256 bytes)."""
+    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+
+
+def _bytes_per_vector(kind: str, dim: int) -> int:
+    return {"ivf-pq": _pq_bytes(dim) + 8, "hnsw": dim * 4 + 8 + 32 * 2 * 4}.get(kind, dim * 4 + 8)
+
+
+@dataclass(frozen=True)
+class AddTask:
+    """One index shard, on a worker: a copy of the trained index gets the vectors of its parts."""
+
+    output: str
+    build: str
+
+    def __call__(self, batches):
+        import faiss
+
+        faiss.omp_set_num_threads(_task_cpus())
+        folder = FeatureDataset(self.output).where.child(INDEX)
+        trained = _read_faiss(folder.child(f"trained-{self.build}.faiss"))
+        queries = np.load(io.BytesIO(folder.child(f"queries-{self.build}.npz").read_bytes()))
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield self.add(row["id"], row["parts"], row["numbers"], faiss.clone_index(trained), folder, queries)
+
+    def add(self, shard: int, parts: list[str], numbers: list[int], index, folder: Location, queries):
+        import faiss
+
+        dataset = FeatureDataset(self.output)
+        truth = Best(len(queries["ids"]), RECALL_AT)
+        count = 0
+        for name, number in zip(parts, numbers, strict=True):
+            ids, vectors = part_vectors(dataset.where.child(name), number)
+            if not len(ids):
+                continue
+            vectors = normalise(vectors)
+            index.add_with_ids(vectors, ids)
+            similarities = queries["vectors"] @ vectors.T
+            similarities[queries["ids"][:, None] == ids[None, :]] = -np.inf  # a query is not its own neighbour
+            truth.update(similarities, ids)
+            count += len(ids)
+        folder.child(f"shard-{self.build}-{shard}.faiss").write_bytes(faiss.serialize_index(index).tobytes())
+        return pa.RecordBatch.from_pylist([{"shard": shard, "count": count, "truth_ids": truth.ids.ravel().tolist(),
+                                            "truth_similarities": truth.similarities.ravel().tolist()}],
+                                          schema=TASK_RESULT)
+
+
+def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = defaults.INDEX_MEMORY,
+                master: str = "local[*]", conf: dict | None = None, spark=None, report=None) -> dict:
+    """Build (or rebuild) OUTPUT's index; returns its description (index.json). ValueError before any job."""
+    import faiss
+
+    if kind not in defaults.INDEX_TYPES:
+        raise ValueError(f"--index-type must be one of {', '.join(defaults.INDEX_TYPES)}, not {kind!r}")
+    started = time.monotonic()
+    dataset = FeatureDataset(output)
+    check_reachable(dataset.where, "output")
+    metadata = dataset.metadata()
+    parts = dataset.part_names()
+    count = dataset.size(metadata)
+    if not count:
+        raise IndexProblem(f"{dataset.location} holds no features to index")
+    dim = int(metadata["dim"])
+    kind, factory = choose(kind, count, dim, memory)
+    folder = dataset.where.child(INDEX)
+    build = uuid.uuid4().hex[:8]
+    with dataset.locked():
+        sample_ids, sample = _sample(dataset, parts, _training_size(kind, count) + QUERIES)
+        training = _training_size(kind, count)
+        queries = QUERIES if len(sample_ids) >= training + QUERIES else max(1, len(sample_ids) // 10)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            index.train(sample[queries:])
+        folder.make_folder()
+        folder.child(f"trained-{build}.faiss").write_bytes(faiss.serialize_index(index).tobytes())
+        buffer = io.BytesIO()
+        np.savez(buffer, ids=sample_ids[:queries], vectors=sample[:queries])
+        folder.child(f"queries-{build}.npz").write_bytes(buffer.getvalue())
+        results = _add_on_spark(spark, master, conf, dataset, build, parts,
+                                math.ceil(count * _bytes_per_vector(kind, dim) / memory), report)
+        truth = Best(queries, RECALL_AT)
+        for row in results.to_pylist():
+            truth.update(np.array(row["truth_similarities"], np.float32).reshape(queries, RECALL_AT),
+                         np.array(row["truth_ids"], np.int64).reshape(queries, RECALL_AT))
+        description = {
+            "format": FORMAT, "build": build, "type": kind, "factory": factory, "metric": "cosine", "dim": dim,
+            "count": int(sum(results.column("count").to_pylist())), "model": metadata.get("model"),
+            "weights_sha256": metadata.get("weights_sha256"), "parts": parts,
+            "shards": [f"shard-{build}-{s}.faiss" for s in sorted(results.column("shard").to_pylist())],
+            "queries": queries, "created": _now()}
+        searcher = NeighbourIndex(dataset, description)
+        description.update(searcher.tune(sample[:queries], sample_ids[:queries], truth))
+        description["seconds"] = round(time.monotonic() - started, 1)
+        folder.child("index.json").write_bytes(json.dumps(description, indent=2).encode())
+        for entry in folder.entries():  # the build this one replaces
+            name = os.path.basename(entry.path)
+            if INDEX_FILE.fullmatch(name) and name != "index.json" and build not in name:
+                folder.child(name).delete()
+    return description
+
+
+def _training_size(kind: str, count: int) -> int:
+    if not kind.startswith("ivf"):
+        return 0
+    size = 50 * inverted_lists(count)  # FAISS asks for at least 39 per list
+    return max(size, 256 * 40) if kind == "ivf-pq" else size  # PQ trains 256 codes per sub-quantizer too
+
+
+def _sample(dataset: FeatureDataset, parts: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and normalised vectors of about `size` rows from whole parts taken at random (seeded), shuffled."""
+    rng = np.random.default_rng(0)
+    ids, vectors, have = [], [], 0
+    for number in rng.permutation(len(parts)):
+        if have >= size:
+            break
+        part_ids, part = part_vectors(dataset.where.child(parts[number]), int(number))
+        if len(part_ids):
+            ids.append(part_ids)
+            vectors.append(normalise(part))
+            have += len(part_ids)
+    ids, vectors = np.concatenate(ids), np.concatenate(vectors)
+    order = rng.permutation(len(ids))[:size]
+    return ids[order], np.ascontiguousarray(vectors[order])
+
+
+def _add_on_spark(spark, master, conf, dataset, build, parts, needed: int, report) -> pa.Table:
+    """One task per index shard: as many as `needed` for each to fit in memory, and at least one per task slot."""
+    from imgvec.jobs import collect, ddl, one_row_per_partition, session, task_slots
+
+    spark = spark or session(master, conf or {})
+    tasks = max(1, min(len(parts), max(needed, task_slots(spark) or 2)))
+    groups = np.array_split(np.arange(len(parts)), tasks)
+    plan = pa.table({"id": list(range(len(groups))), "parts": [[parts[i] for i in g] for g in groups],
+                     "numbers": [g.tolist() for g in groups]}, schema=PLAN)
+    job = one_row_per_partition(spark, plan).mapInArrow(AddTask(dataset.location, build), ddl(TASK_RESULT))
+    return collect(spark, job, report)
+
+
+class NeighbourIndex:
+    """A built index, searched with the setting tuned at build; shards loaded once when they fit in memory."""
+
+    def __init__(self, dataset: FeatureDataset, description: dict):
+        self.dataset = dataset
+        self.description = description
+        self.folder = dataset.where.child(INDEX)
+        self._loaded = None
+
+    @classmethod
+    def open(cls, dataset: FeatureDataset) -> NeighbourIndex | None:
+        """The output's index (None when it has none); an IndexProblem when it cannot be used as it is."""
+        where = dataset.where.child(INDEX).child("index.json")
+        if not where.is_file():
+            return None
+        try:
+            description = json.loads(where.read_bytes())
+            assert isinstance(description, dict) and description.get("format") == FORMAT
+        except (ValueError, UnicodeDecodeError, AssertionError):
+            raise IndexProblem(f"the index {where.uri} is damaged or of another version; run imgvec index "
+                              f"{dataset.location} again, or pass --exact") from None
+        metadata = dataset.metadata()
+        made_by = (description.get("model"), description.get("weights_sha256"), description.get("dim"))
+        if made_by != (metadata.get("model"), metadata.get("weights_sha256"), metadata.get("dim")):
+            raise IndexProblem(f"the index in {dataset.location} was built from other features "
+                              f"({description.get('model')}, {description.get('dim')}-d) than the output holds "
+                              f"({metadata.get('model')}, {metadata.get('dim')}-d); run imgvec index again")
+        if description.get("parts") != dataset.part_names():
+            raise IndexProblem(f"the index in {dataset.location} is older than its features (embed wrote parts "
+                              "since); run imgvec index again, or pass --exact")
+        return cls(dataset, description)
+
+    @property
+    def summary(self) -> str:
+        d = self.description
+        setting = "".join(f", {name} {d[name]}" for name in ("nprobe", "ef_search") if name in d)
+        return (f"{d['type']} index of {d['count']} vectors ({d['factory']}{setting}; "
+                f"recall@10 {d['recall_at_10']:.3f} measured at build)")
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, ids), each [len(queries), k], best first; id -1 where fewer than k exist."""
+        best = Best(len(queries), k)
+        for shard in self._shards():
+            similarities, ids = shard.search(np.ascontiguousarray(normalise(queries)), k)
+            similarities[ids < 0] = -np.inf
+            best.update(similarities, ids)
+        return best.similarities, best.ids
+
+    def tune(self, queries: np.ndarray, query_ids: np.ndarray, truth: Best) -> dict:
+        """The cheapest search setting that reaches RECALL_TARGET on the held-out queries, and its recall@10."""
+        import faiss
+
+        kind = self.description["type"]
+        name, values = {"ivf-flat": ("nprobe", _powers(self.description["factory"])),
+                        "ivf-pq": ("nprobe", _powers(self.description["factory"])),
+                        "hnsw": ("ef_search", [16, 32, 64, 128, 256, 512, 1024])}.get(kind, (None, [None]))
+        for value in values:
+            if value is not None:
+                self._set(name, value, faiss)
+            recall = self._recall(queries, query_ids, truth)
+            if recall >= defaults.RECALL_TARGET:
+                break
+        return {"recall_at_10": round(recall, 4), **({name: value} if name else {})}
+
+    def _recall(self, queries, query_ids, truth: Best) -> float:
+        _, ids = self.search(queries, RECALL_AT + 1)
+        hits = 0
+        for own, found, true in zip(query_ids, ids, truth.ids, strict=True):
+            found = [i for i in found if i != own][:RECALL_AT]
+            hits += len(set(found) & set(true[true >= 0].tolist()))
+        return hits / max(1, int((truth.ids >= 0).sum()))
+
+    def _set(self, name: str, value: int, faiss) -> None:
+        self.description[name] = value
+        for shard in self._shards():
+            _apply(shard, name, value, faiss)
+
+    def _shards(self):
+        """The shards, loaded once if together they fit in half the memory free now, else one at a time."""
+        if self._loaded is not None:
+            yield from self._loaded
+            return
+        files = [self.folder.child(name) for name in self.description["shards"]]
+        size = sum(f.info().size or 0 for f in files)
+        keep = size <= _free_memory() // 2
+        loaded = []
+        for where in files:
+            shard = _read_faiss(where, self.description["dim"])
+            for name in ("nprobe", "ef_search"):
+                if name in self.description:
+                    import faiss
+
+                    _apply(shard, name, self.description[name], faiss)
+            if keep and loaded and hasattr(loaded[0], "merge_from") and self.description["type"].startswith("ivf"):
+                loaded[0].merge_from(shard, 0)  # one IVF index: a query scans its lists once
+                continue
+            if keep:
+                loaded.append(shard)
+            yield shard
+        if keep:
+            self._loaded = loaded
+
+
+def _apply(index, name: str, value: int, faiss) -> None:
+    if name == "nprobe":
+        faiss.extract_index_ivf(index).nprobe = value
+    else:
+        faiss.downcast_index(index.index if hasattr(index, "id_map") else index).hnsw.efSearch = value
+
+
+def _powers(factory: str) -> list[int]:
+    lists = int(factory.split(",")[0].removeprefix("IVF"))
+    return [2**i for i in range(int(math.log2(lists)) + 1)]
+
+
+def _read_faiss(where: Location, dim: int | None = None):
+    import faiss
+
+    try:
+        index = faiss.deserialize_index(np.frombuffer(where.read_bytes(), np.uint8))
+    except (RuntimeError, OSError) as exc:
+        raise IndexProblem(f"the index file {where.uri} is damaged or missing ({' '.join(str(exc).split())[:80]}); "
+                          "run imgvec index again, or pass --exact") from None
+    if dim is not None and index.d != dim:
+        raise IndexProblem(f"the index file {where.uri} holds {index.d}-d vectors, not {dim}-d; run imgvec index again")
+    return index
+
+
+def _task_cpus() -> int:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return max(1, context.cpus()) if context else os.cpu_count() or 1
+
+
+def _free_memory() -> int:
+    """Bytes this machine can give without swapping (MemAvailable counts the page cache it can drop)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

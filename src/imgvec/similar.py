@@ -1,0 +1,95 @@
+"""`imgvec similar`: each query (a path already in the output, or an image file) -> the k most similar images.
+
+With an index (index.py) the search is the index's; without one, or with `exact`, every vector is
+compared, one part at a time, so memory stays that of one part whatever the output's size.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from imgvec import defaults
+from imgvec.index import NeighbourIndex
+from imgvec.output import FeatureDataset, part_vectors
+from imgvec.search import Best, normalise
+from imgvec.storage import check_reachable
+
+
+def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact: bool = False) -> tuple[str, list]:
+    """(how the search was made, [{query, matches: [{rank, path, similarity}]}]); ValueError for bad input."""
+    if k < 1:
+        raise ValueError(f"-k must be at least 1, not {k}")
+    dataset = FeatureDataset(output)
+    check_reachable(dataset.where, "output")
+    metadata = dataset.metadata()
+    index = None if exact else NeighbourIndex.open(dataset)
+    vectors, own_ids = _query_vectors(dataset, metadata, queries)
+    if index is not None:
+        how, parts = index.summary, index.description["parts"]
+        similarities, ids = index.search(vectors, k + 1)
+    else:
+        parts = dataset.part_names()
+        how = "exact search"
+        similarities, ids = _exact(dataset, parts, vectors, own_ids, k + 1)
+    results = []
+    for query, own, row_similarities, row_ids in zip(queries, own_ids, similarities, ids, strict=True):
+        keep = [(s, i) for s, i in zip(row_similarities, row_ids, strict=True) if i >= 0 and i != own][:k]
+        paths = dataset.rows_of([i for _, i in keep], parts).column("path").to_pylist()
+        results.append({"query": query, "search": how, "matches": [
+            {"rank": r + 1, "path": p, "similarity": round(float(s), 6)}
+            for r, ((s, _), p) in enumerate(zip(keep, paths, strict=True))]})
+    if not any(r["matches"] for r in results) and not dataset.part_names():
+        raise ValueError(f"{dataset.location} holds no features yet")
+    return how, results
+
+
+def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str]) -> tuple[np.ndarray, list[int]]:
+    """Each query's features and its own row id in the output (-1 for an image file from elsewhere)."""
+    spellings = {query: _spellings(query) for query in queries}
+    known = dataset.lookup({s for candidates in spellings.values() for s in candidates})
+    vectors, ids, vectorizer = [], [], None
+    for query in queries:
+        hit = next((known[s] for s in spellings[query] if s in known), None)
+        if hit is not None:
+            if hit[1] is None:
+                raise ValueError(f"query {query} is in {dataset.location} without features (its image failed)")
+            ids.append(hit[0])
+            vectors.append(hit[1])
+        elif os.path.isfile(query):
+            vectorizer = vectorizer or _recorded_vectorizer(dataset, metadata)
+            features, errors = vectorizer.embed([open(query, "rb").read()])
+            if errors[0]:
+                raise ValueError(f"query {query} cannot be used: {errors[0]}")
+            ids.append(-1)
+            vectors.append(features[0])
+        else:
+            raise ValueError(f"query {query} is neither an image file nor a path in {dataset.location}")
+    return np.stack(vectors).astype(np.float32), ids
+
+
+def _exact(dataset, parts: list[str], queries: np.ndarray, own_ids: list[int], k: int):
+    queries = normalise(queries)
+    best = Best(len(queries), k)
+    for number, name in enumerate(parts):
+        ids, vectors = part_vectors(dataset.where.child(name), number)
+        if len(ids):
+            best.update(queries @ normalise(vectors).T, ids)
+    return best.similarities, best.ids
+
+
+def _recorded_vectorizer(dataset: FeatureDataset, metadata: dict):
+    """The model and weights that made the dataset, or an error if they cannot be had identically."""
+    from imgvec.vectorizer import ImageVectorizer
+
+    vectorizer = ImageVectorizer(metadata["model"], weights=metadata["weights"], device="cpu")
+    if vectorizer.weights_ref.sha256 != metadata.get("weights_sha256"):
+        raise ValueError(f"the weights for {metadata['model']} here differ from those that made "
+                         f"{dataset.location}; query with a path that is already in it")
+    return vectorizer
+
+
+def _spellings(query: str) -> list[str]:
+    absolute = os.path.abspath(query)
+    return [query, f"file:{absolute}", f"file://{absolute}", absolute]
