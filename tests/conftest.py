@@ -31,7 +31,8 @@ def imgvec_here(capsys, *args):
     from imgvec.cli import main
 
     code = main([str(a) for a in args])
-    return types.SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+    captured = capsys.readouterr()
+    return types.SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 def assert_usage_error(result, fragment):

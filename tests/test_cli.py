@@ -77,19 +77,22 @@ def test_similar_embeds_a_query_image_that_is_not_in_the_output(embedded, tmp_pa
     result = imgvec("similar", output, query, "-k", "2")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"query: {query}"
-    assert {line.split()[-1].rsplit("/", 1)[-1] for line in lines[1:3]} == {"chelsea.jpg", "chelsea_small_copy.jpg"}
+    assert lines[:2] == ["search: exact search", f"query: {query}"]  # no index was built
+    assert {line.split()[-1].rsplit("/", 1)[-1] for line in lines[2:4]} == {"chelsea.jpg", "chelsea_small_copy.jpg"}
 
 
 def test_dupes_groups_the_really_alike_photos(embedded):
     output, _ = embedded
     result = imgvec("dupes", output, "--threshold", "0.85", "--json")
     assert result.returncode == 0, result.stderr
-    groups = [sorted(os.path.basename(m["path"]) for m in g) for g in json.loads(result.stdout)]
+    found = json.loads(result.stdout)
+    groups = [sorted(os.path.basename(m["path"]) for m in g["members"]) for g in found["groups"]]
     expected = [["chelsea.jpg", "chelsea_small_copy.jpg"], ["motorcycle_left.jpg", "motorcycle_right.jpg"]]
-    assert sorted(groups) == expected
+    assert sorted(groups) == expected and {g["kind"] for g in found["groups"]} == {"near"}
+    assert (found["images"], found["search"]) == (11, "exact")
     text = imgvec("dupes", output, "--threshold", "0.85")
-    assert text.stdout.startswith("2 groups of near-duplicates among 11 images")
+    assert text.stdout.startswith("2 groups among 11 images (cosine >= 0.85; exact;")
+    assert "0 of byte-identical files, 2 of near-duplicates" in text.stdout.splitlines()[0]
 
 
 def test_info_and_models(embedded):

@@ -51,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "see README")
     embed.add_argument("--draft", action="store_true", help="decode large JPEGs at a reduced scale: faster, "
                        "features not bit-identical (see README)")
-    embed.add_argument("--master", default="local[*]", help="Spark master URL, or sc://host:port for Spark Connect "
-                       "(default local[*])")
-    embed.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
+    _spark_options(embed)
     embed.add_argument("--glob", help="only files whose name matches, e.g. '*.jpg'")
     kind = embed.add_mutually_exclusive_group()
     kind.add_argument("--table", action="store_true", default=None, help="INPUT is a Parquet table")
@@ -67,24 +65,49 @@ def build_parser() -> argparse.ArgumentParser:
                        f"written as one part (default {defaults.SHARD_SIZE}, fewer when that leaves cores idle): "
                        "an interrupted run loses at most the shards in flight")
     embed.add_argument("--max-error-rate", type=float, help="exit 3 when more than this share of images fail")
-    embed.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    index = commands.add_parser("index", help="build a nearest-neighbour index of OUTPUT (FAISS, on Spark)",
+                                description="Build OUTPUT's nearest-neighbour index (FAISS) on Spark and store it in "
+                                "OUTPUT/_imgvec_index with its parameters and the recall@10 measured at build. "
+                                "`similar` uses it from then on.")
+    index.add_argument("output", metavar="OUTPUT")
+    index.add_argument("--index-type", choices=defaults.INDEX_TYPES, default=defaults.INDEX_TYPE,
+                       help=f"auto (default): flat (exact) up to {defaults.EXACT_MAX} vectors, ivf-flat while "
+                       "the vectors fit --memory, ivf-pq (compressed) beyond; hnsw on request")
+    index.add_argument("--memory", type=_size, default=defaults.INDEX_MEMORY, metavar="BYTES",
+                       help=f"most memory one index shard may take, e.g. 16G (default {defaults.INDEX_MEMORY >> 30}G);"
+                       " a larger index is stored in shards")
+    _spark_options(index)
 
     similar = commands.add_parser("similar", help="rank the images most like a query",
-                                  description="Rank OUTPUT's images by cosine similarity to each QUERY.")
+                                  description="Rank OUTPUT's images by cosine similarity to each QUERY: by its index "
+                                  "when it has one (imgvec index), else exactly, part by part.")
     similar.add_argument("output", metavar="OUTPUT")
     similar.add_argument("queries", nargs="+", metavar="QUERY", help="an image file, or a path already in OUTPUT")
-    similar.add_argument("-k", type=int, default=10, help="matches per query (default 10)")
+    similar.add_argument("-k", type=int, default=defaults.K, help=f"matches per query (default {defaults.K})")
+    similar.add_argument("--exact", action="store_true", help="compare with every vector, even when there is an index")
     similar.add_argument("--json", action="store_true", help="JSON on stdout")
 
     dupes = commands.add_parser(
-        "dupes", help="groups of near-duplicate images",
-        description="Groups of images whose features have cosine similarity >= THRESHOLD. Exact search in "
-                    "blocks with numpy: all vectors in memory (1M x 2048 floats = 8 GB) and every pair "
-                    "compared, about a second for 10^4 images, minutes for 10^5, hours past 10^6; "
-                    "beyond that use an approximate index such as faiss.")
+        "dupes", help="groups of byte-identical files and of near-duplicate images",
+        description="Groups of byte-identical files (same sha256 and length) and of images whose features have "
+                    "cosine similarity >= THRESHOLD. Up to "
+                    f"{defaults.EXACT_MAX} images every pair is compared in this process; beyond, on Spark: "
+                    "k-means clusters, then every pair inside each cluster (SemDeDup).")
     dupes.add_argument("output", metavar="OUTPUT")
-    dupes.add_argument("--threshold", type=float, default=0.9, help="cosine similarity (default 0.9)")
+    dupes.add_argument("--threshold", type=float, default=defaults.THRESHOLD,
+                       help=f"cosine similarity (default {defaults.THRESHOLD})")
+    dupes.add_argument("--exact", action="store_true", help="compare every pair in this process, however many")
+    dupes.add_argument("--clusters", type=int, help="k-means clusters on Spark (default: one per "
+                       f"{defaults.CLUSTER_SIZE} images); given, the clustered search runs whatever the size")
+    dupes.add_argument("--keep", choices=("first", "largest"), help="print the files one would delete, one per "
+                       "line, keeping in each group the first path (first) or the largest file (largest)")
+    dupes.add_argument("--out", metavar="FILE", help="write every group as Parquet [path, group, kind, "
+                       "representative, similarity] (a local path or URI; must not exist)")
     dupes.add_argument("--json", action="store_true", help="JSON on stdout")
+    dupes.add_argument("--show", type=int, default=10, help="largest groups printed, and members of each "
+                       "(default 10)")
+    _spark_options(dupes)
 
     models = commands.add_parser("models", help="the models imgvec knows")
     models.add_argument("--json", action="store_true", help="JSON on stdout")
@@ -93,6 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("output", metavar="OUTPUT")
     info.add_argument("--json", action="store_true", help="JSON on stdout")
     return parser
+
+
+def _spark_options(parser) -> None:
+    parser.add_argument("--master", default="local[*]", help="Spark master URL, or sc://host:port for Spark "
+                        "Connect (default local[*])")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size is positive, not {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,31 +204,26 @@ def run_embed(args) -> int:
     return 0
 
 
-def run_similar(args) -> int:
-    from imgvec.search import nearest
+def run_index(args) -> int:
+    from imgvec.index import build_index
 
-    dataset, paths, vectors = _load_vectors(args.output)
-    index = {p: i for i, p in enumerate(paths)}
-    vectorizer = None
-    results = []
-    for query in args.queries:
-        row = next((index[c] for c in _spellings(query) if c in index), None)
-        if row is not None:
-            vector = vectors[row]
-        elif os.path.isfile(query):
-            vectorizer = vectorizer or _recorded_vectorizer(dataset)
-            features, errors = vectorizer.embed([open(query, "rb").read()])
-            if errors[0]:
-                raise UsageError(f"query {query} cannot be used: {errors[0]}")
-            vector = features[0]
-        else:
-            raise UsageError(f"query {query} is neither an image file nor a path in {dataset.location}")
-        matches = nearest(vector, vectors, args.k, exclude=row)
-        results.append({"query": query, "matches": [
-            {"rank": r + 1, "path": paths[i], "similarity": round(s, 6)} for r, (i, s) in enumerate(matches)]})
+    built = build_index(args.output, kind=args.index_type, memory=args.memory, master=args.master,
+                        conf=dict(_key_value(item) for item in args.conf), quiet=args.quiet)
+    setting = "".join(f", {name} {built[name]}" for name in ("nprobe", "ef_search") if name in built)
+    print(f"imgvec index: {built['type']} index of {built['count']} vectors in {built['seconds']:.1f} s "
+          f"({built['factory']}{setting}; {len(built['shards'])} shards)")
+    print(f"  recall@10 {built['recall_at_10']:.3f} against exact search on {built['queries']} held-out queries")
+    return 0
+
+
+def run_similar(args) -> int:
+    from imgvec.similar import find_similar
+
+    how, results = find_similar(args.output, args.queries, args.k, exact=args.exact)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        print(f"search: {how}")
         for result in results:
             print(f"query: {result['query']}")
             for m in result["matches"]:
@@ -193,22 +232,57 @@ def run_similar(args) -> int:
 
 
 def run_dupes(args) -> int:
-    from imgvec.search import duplicate_groups
+    from imgvec.dedup import find_duplicates
 
-    if not -1 <= args.threshold <= 1:
-        raise UsageError("--threshold is a cosine similarity between -1 and 1, e.g. 0.9")
-    _, paths, vectors = _load_vectors(args.output)
-    groups = [[{"path": paths[i], "similarity": round(s, 6)} for i, s in group]
-              for group in duplicate_groups(vectors, args.threshold)]
+    out = _new_file(args.out) if args.out else None
+    found = find_duplicates(args.output, args.threshold, keep=args.keep or defaults.KEEP, exact=args.exact,
+                            clusters=args.clusters, master=args.master,
+                            conf=dict(_key_value(item) for item in args.conf), quiet=args.quiet)
+    if out is not None:
+        import pyarrow.parquet as pq
+
+        out.write_with(lambda path, fs: pq.write_table(found.table(), path, filesystem=fs))
+    identical = [g for g in found.groups if g.kind == "identical"]
+    summary = (f"{len(found.groups)} groups among {found.images} images (cosine >= {found.threshold}; "
+               f"{found.how}; {found.seconds:.1f} s): {len(identical)} of byte-identical files, "
+               f"{len(found.groups) - len(identical)} of near-duplicates")
     if args.json:
-        print(json.dumps(groups, indent=2))
+        print(json.dumps({"images": found.images, "threshold": found.threshold, "search": found.how,
+                          "groups": [vars(g) for g in found.groups],
+                          **({"delete": found.to_delete()} if args.keep else {})}, indent=2))
+    elif args.keep:  # the list alone on stdout, to read or to pipe; the summary on stderr
+        print(summary + f"; {len(found.to_delete())} files to delete keeping the {args.keep} of each group",
+              file=sys.stderr)
+        for path in found.to_delete():
+            print(path)
     else:
-        print(f"{len(groups)} groups of near-duplicates among {len(paths)} images (cosine >= {args.threshold})")
-        for n, group in enumerate(groups, 1):
-            print(f"group {n} ({len(group)} images)")
-            for member in group:
-                print(f"  {member['similarity']:.4f}  {member['path']}")
+        print(summary)
+        for n, group in enumerate(found.groups[: args.show], 1):
+            print(f"group {n} ({group.kind}, {len(group.members)} images)")
+            for member in group.members[: args.show]:
+                print(f"  {member['similarity']:.4f}  {member['path']}" + ("  (keep)" if member["path"] ==
+                                                                          group.representative else ""))
+            if len(group.members) > args.show:
+                print(f"  ... and {len(group.members) - args.show} more")
+        if len(found.groups) > args.show:
+            print(f"... and {len(found.groups) - args.show} smaller groups" + ("" if args.out else " (--out FILE "
+                  "writes every group)"))
+    if out is not None:
+        print(f"groups written to {out.uri}", file=sys.stderr)
     return 0
+
+
+def _new_file(text: str):
+    """Where --out writes, checked before any work: never over an existing file."""
+    from imgvec.storage import check_reachable, open_location
+
+    where = open_location(text)
+    check_reachable(where, "--out")
+    if where.info().type != where.info().type.NotFound:
+        raise UsageError(f"--out {where.uri} already exists; give a new file name")
+    if where.is_local and not os.path.isdir(os.path.dirname(where.path)):
+        raise UsageError(f"--out {where.uri}: its folder does not exist")
+    return where
 
 
 def run_models(args) -> int:
@@ -252,32 +326,6 @@ def _open_dataset(location: str):
     return dataset
 
 
-def _load_vectors(location: str):
-    dataset = _open_dataset(location)
-    dataset.metadata()  # a clear error when it is not an imgvec output
-    paths, vectors = dataset.vectors()
-    if not paths:
-        raise UsageError(f"{dataset.location} holds no features yet")
-    return dataset, paths, vectors
-
-
-def _recorded_vectorizer(dataset):
-    """The model and weights that made the dataset, or an error if they cannot be had identically."""
-    from imgvec.vectorizer import ImageVectorizer
-
-    metadata = dataset.metadata()
-    vectorizer = ImageVectorizer(metadata["model"], weights=metadata["weights"], device="cpu")
-    if vectorizer.weights_ref.sha256 != metadata.get("weights_sha256"):
-        raise UsageError(f"the weights for {metadata['model']} here differ from those that made "
-                         f"{dataset.location}; query with a path that is already in it")
-    return vectorizer
-
-
-def _spellings(query: str) -> list[str]:
-    absolute = os.path.abspath(query)
-    return [query, f"file:{absolute}", f"file://{absolute}", absolute]
-
-
 def _key_value(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -285,7 +333,8 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
-COMMANDS = {"embed": run_embed, "similar": run_similar, "dupes": run_dupes, "models": run_models, "info": run_info}
+COMMANDS = {"embed": run_embed, "index": run_index, "similar": run_similar, "dupes": run_dupes, "models": run_models,
+            "info": run_info}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,9 @@
 """`imgvec dupes`: groups of byte-identical files, and of near-duplicate images by cosine similarity.
 
-Byte-identical: the same sha256 and byte length, recorded by `embed`. Near-duplicates: features
-with cosine similarity >= threshold, joined transitively into groups; identical copies other
-than their group's representative are left out of the near groups (they are listed once, in
-their identical group).
+Byte-identical: the same sha256 and byte length, recorded by `embed`; found first. Near-duplicates:
+features with cosine similarity >= threshold, joined transitively into groups, among distinct
+contents: one copy of each identical group stands for it (and is shown as that group's
+representative), so a file is compared once, and its copies are listed in their identical group.
 
 Small outputs (up to EXACT_MAX vectors), or `exact`: every pair, in this process (search.py).
 Beyond, SemDeDup-style on Spark, the driver only planning:
@@ -28,13 +28,16 @@ import pyarrow as pa
 
 from imgvec import defaults
 from imgvec.output import FeatureDataset, part_ids, part_vectors, read_part
+from imgvec.progress import Progress
 from imgvec.search import groups, linked, normalise
 from imgvec.storage import check_reachable
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
 KEEPS = ("first", "largest")
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
-PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64()))])
+# A task's parts, and the rows in them that the near-duplicate search leaves out (identical copies)
+PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64())),
+                  ("skip", pa.list_(pa.int64()))])
 HASHES = pa.schema([("id", pa.int64()), ("sha256", pa.string()), ("bytes", pa.int64())])
 ASSIGNED = pa.schema([("cluster", pa.int64()), ("low", pa.int64()), ("high", pa.int64()), ("block", pa.int64()),
                       ("id", pa.int64()), ("features", pa.list_(pa.float32()))])
@@ -70,7 +73,7 @@ class Duplicates:
 
 def find_duplicates(output: str, threshold: float = defaults.THRESHOLD, *, keep: str = defaults.KEEP,
                     exact: bool = False, clusters: int | None = None, master: str = "local[*]",
-                    conf: dict | None = None, spark=None, report=None) -> Duplicates:
+                    conf: dict | None = None, spark=None, quiet: bool = False) -> Duplicates:
     """Identical and near-duplicate groups of OUTPUT. ValueError (before any job) for bad arguments."""
     if not -1 <= threshold <= 1:
         raise ValueError("--threshold is a cosine similarity between -1 and 1, e.g. 0.9")
@@ -92,25 +95,36 @@ def find_duplicates(output: str, threshold: float = defaults.THRESHOLD, *, keep:
         from imgvec.jobs import session
 
         spark = spark or session(master, conf or {})
-        identical, near, images, how = _on_spark(spark, dataset, parts, threshold, clusters, count, report)
+        progress = Progress(count, quiet=quiet, unit="vectors")
+        try:
+            identical, near, images, how = _on_spark(spark, dataset, parts, threshold, clusters, count,
+                                                     lambda share: progress.update(share * count))
+        finally:
+            progress.close()
     result = Duplicates(_label(dataset, parts, identical, near, keep), images, threshold, how)
     result.seconds = time.monotonic() - started
     return result
 
 
 def _in_process(dataset, parts, threshold):
-    ids, vectors, hashes = [], [], []
+    identical = _identical(pa.concat_tables([_hashes(dataset, name, number) for number, name in enumerate(parts)]))
+    copies = _copies(identical)
+    ids, vectors = [], []
     for number, name in enumerate(parts):
         part_rows, part = part_vectors(dataset.where.child(name), number)
-        if len(part_rows):
-            ids.append(part_rows)
-            vectors.append(normalise(part))
-        hashes.append(_hashes(dataset, name, number))
+        keep = ~np.isin(part_rows, copies)
+        if keep.any():
+            ids.append(part_rows[keep])
+            vectors.append(normalise(part[keep]))
     if not ids:
         raise ValueError(f"{dataset.location} holds no features (every image failed)")
     ids, vectors = np.concatenate(ids), np.concatenate(vectors)
-    identical = _identical(pa.concat_tables(hashes))
     return identical, groups(*linked(vectors, ids, vectors, ids, threshold, same=True)), len(ids), "exact"
+
+
+def _copies(identical: list[list[int]]) -> np.ndarray:
+    """The rows the near-duplicate search leaves out: all but the first of each identical group."""
+    return np.array(sorted(i for g in identical for i in g[1:]), np.int64)
 
 
 def _hashes(dataset, name: str, number: int) -> pa.Table:
@@ -126,19 +140,18 @@ def _identical(hashes: pa.Table) -> list[list[int]]:
 
 
 def _label(dataset, parts, identical: list[list[int]], near, keep: str) -> list[Group]:
-    """Groups with paths, sizes and a representative each, largest first; identical copies once only."""
+    """Groups with paths, sizes and a representative each, largest first."""
     ids = sorted({i for g in identical for i in g} | {i for g in near for i, _ in g})
     rows = dataset.rows_of(ids, parts, ["path", "bytes"]).to_pylist()
     about = dict(zip(ids, rows, strict=True))
-    result, copies = [], set()
+    result, stands_for = [], {}
     for members in identical:
-        representative = min(members, key=lambda i: about[i]["path"])
-        copies.update(i for i in members if i != representative)
-        result.append(_group("identical", [(i, 1.0) for i in members], about, keep))
+        group = _group("identical", [(i, 1.0) for i in members], about, keep)
+        representative = next(i for i in members if about[i]["path"] == group.representative)
+        stands_for[members[0]] = representative  # the copy the near search saw -> the one kept
+        result.append(group)
     for members in near:
-        members = [(i, s) for i, s in members if i not in copies]
-        if len(members) > 1:
-            result.append(_group("near", members, about, keep))
+        result.append(_group("near", [(stands_for.get(i, i), s) for i, s in members], about, keep))
     return sorted(result, key=lambda g: (-len(g.members), g.kind, g.representative))
 
 
@@ -190,8 +203,9 @@ class AssignTask:
             for row in batch.to_pylist():
                 for name, number in zip(row["parts"], row["numbers"], strict=True):
                     ids, vectors = part_vectors(dataset.where.child(name), number)
-                    if len(ids):
-                        yield _assign(ids, normalise(vectors), quantizer, blocks, self.margin)
+                    keep = ~np.isin(ids, row["skip"])
+                    if keep.any():
+                        yield _assign(ids[keep], normalise(vectors[keep]), quantizer, blocks, self.margin)
 
 
 def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.RecordBatch:
@@ -245,41 +259,42 @@ def compare_task(threshold: float):
 
 def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
     import faiss
+    from pyspark.sql import functions as F
 
     from imgvec.jobs import collect, ddl, one_row_per_partition, task_slots
 
-    tasks = max(1, min(len(parts), 4 * (task_slots(spark) or 8)))
-    groups_of_parts = np.array_split(np.arange(len(parts)), tasks)
-    plan = one_row_per_partition(spark, pa.table({
-        "id": list(range(tasks)), "parts": [[parts[i] for i in g] for g in groups_of_parts],
-        "numbers": [g.tolist() for g in groups_of_parts]}, schema=PLAN))
+    tasks = np.array_split(np.arange(len(parts)), max(1, min(len(parts), 4 * (task_slots(spark) or 8))))
 
-    hashes = plan.mapInArrow(HashTask(dataset.location), ddl(HASHES))
-    from pyspark.sql import functions as F
+    def plan(skip: np.ndarray):
+        return one_row_per_partition(spark, pa.table({
+            "id": list(range(len(tasks))), "parts": [[parts[i] for i in numbers] for numbers in tasks],
+            "numbers": [numbers.tolist() for numbers in tasks],
+            "skip": [skip[np.isin(skip >> 32, numbers)].tolist() for numbers in tasks]}, schema=PLAN))
 
-    same = (hashes.groupBy("sha256", "bytes").agg(F.collect_list("id").alias("ids"))
-            .filter(F.size("ids") > 1).select("ids"))
-    identical = [sorted(g) for g in collect(spark, same).column("ids").to_pylist()]
+    nothing = np.empty(0, np.int64)
+    same = (plan(nothing).mapInArrow(HashTask(dataset.location), ddl(HASHES))
+            .groupBy("sha256", "bytes").agg(F.collect_list("id").alias("ids")).filter(F.size("ids") > 1))
+    identical = [sorted(g) for g in collect(spark, same.select("ids")).column("ids").to_pylist()]
+    copies = _copies(identical)
 
     clusters = clusters or max(1, round(count / defaults.CLUSTER_SIZE))
     sample = _sample(dataset, parts, SAMPLE_PER_CLUSTER * clusters)
-    clusters = min(clusters, max(1, len(sample) // SAMPLE_PER_CLUSTER))
-    kmeans = faiss.Kmeans(sample.shape[1], clusters, niter=20, seed=0, spherical=True,
-                          max_points_per_centroid=256)
+    clusters = min(clusters, len(sample))
+    kmeans = faiss.Kmeans(sample.shape[1], clusters, niter=20, seed=0, spherical=True)
     kmeans.train(sample)
     centroids = kmeans.centroids.astype(np.float32)
     margin = 1.0 - threshold  # a pair at the threshold may straddle two clusters whose centroids are this close
     blocks = _blocks(sample, centroids, margin, count)
-    assigned = plan.mapInArrow(AssignTask(dataset.location, centroids.tobytes(), tuple(blocks), margin),
-                               ddl(ASSIGNED))
+    assigned = plan(copies).mapInArrow(AssignTask(dataset.location, centroids.tobytes(), tuple(blocks), margin),
+                                       ddl(ASSIGNED))
     compared = assigned.groupBy("cluster", "low", "high").applyInArrow(compare_task(threshold), ddl(LINKS))
     links = collect(spark, compared, report)
     is_link = links.column("similarity").is_null().to_numpy(zero_copy_only=False)
     a, b = links.column("a").to_numpy(), links.column("b").to_numpy()
     similarity = links.column("similarity").to_numpy(zero_copy_only=False)
     near = groups(a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link])
-    how = f"clustered: {clusters} k-means clusters, {int(sum(blocks ** 2 + blocks) // 2)} Spark groups"
-    return identical, near, count, how
+    how = f"clustered: {clusters} k-means clusters, {int(sum(blocks * (blocks + 1) // 2))} compared blocks"
+    return identical, near, count - len(copies), how
 
 
 def _sample(dataset, parts, size: int) -> np.ndarray:

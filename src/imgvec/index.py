@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from imgvec import defaults
 from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, part_vectors
+from imgvec.progress import Progress
 from imgvec.search import Best, normalise
 from imgvec.storage import Location, check_reachable
 
@@ -44,13 +45,19 @@ def choose(kind: str, count: int, dim: int, memory: int = defaults.INDEX_MEMORY)
     if kind == "auto":
         kind = ("flat" if count <= defaults.EXACT_MAX else "ivf-flat" if count * dim * 4 <= memory else "ivf-pq")
     lists = inverted_lists(count)
-    return kind, {"flat": "IDMap,Flat", "ivf-flat": f"IVF{lists},Flat", "ivf-pq": f"IVF{lists},PQ{_pq_bytes(dim)}",
+    bits = 8 if count >= 256 * 40 else max(1, int(math.log2(max(2, count // 40))))  # codes PQ can train on a few
+    pq = f"PQ{_pq_bytes(dim)}" + ("" if bits == 8 else f"x{bits}")
+    return kind, {"flat": "IDMap,Flat", "ivf-flat": f"IVF{lists},Flat", "ivf-pq": f"IVF{lists},{pq}",
                   "hnsw": "IDMap,HNSW32"}[kind]
 
 
 def inverted_lists(count: int) -> int:
-    """IVF lists: a power of two near sqrt(count), so a query scans ~sqrt(count) vectors per list probed."""
-    return int(min(65536, max(16, 2 ** round(math.log2(max(count, 1) ** 0.5)))))
+    """IVF lists: a power of two near sqrt(count), so a query scans ~sqrt(count) vectors per list probed.
+
+    Fewer for a small set (an IVF index chosen by hand): FAISS trains each list on at least 39 vectors.
+    """
+    near_root = 2 ** round(math.log2(max(count, 1) ** 0.5))
+    return int(min(65536, max(16, near_root), max(1, count // 40)))
 
 
 def _pq_bytes(dim: int) -> int:
@@ -103,7 +110,7 @@ class AddTask:
 
 
 def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = defaults.INDEX_MEMORY,
-                master: str = "local[*]", conf: dict | None = None, spark=None, report=None) -> dict:
+                master: str = "local[*]", conf: dict | None = None, spark=None, quiet: bool = False) -> dict:
     """Build (or rebuild) OUTPUT's index; returns its description (index.json). ValueError before any job."""
     import faiss
 
@@ -133,8 +140,13 @@ def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = d
         buffer = io.BytesIO()
         np.savez(buffer, ids=sample_ids[:queries], vectors=sample[:queries])
         folder.child(f"queries-{build}.npz").write_bytes(buffer.getvalue())
-        results = _add_on_spark(spark, master, conf, dataset, build, parts,
-                                math.ceil(count * _bytes_per_vector(kind, dim) / memory), report)
+        progress = Progress(count, quiet=quiet, unit="vectors")
+        try:
+            results = _add(spark, master, conf, dataset, build, parts, kind,
+                           math.ceil(count * _bytes_per_vector(kind, dim) / memory),
+                                    lambda share: progress.update(share * count))
+        finally:
+            progress.close()
         truth = Best(queries, RECALL_AT)
         for row in results.to_pylist():
             truth.update(np.array(row["truth_similarities"], np.float32).reshape(queries, RECALL_AT),
@@ -160,7 +172,7 @@ def _training_size(kind: str, count: int) -> int:
     if not kind.startswith("ivf"):
         return 0
     size = 50 * inverted_lists(count)  # FAISS asks for at least 39 per list
-    return max(size, 256 * 40) if kind == "ivf-pq" else size  # PQ trains 256 codes per sub-quantizer too
+    return max(size, 256 * 40) if kind == "ivf-pq" else size  # and 39 per code of each PQ sub-quantizer
 
 
 def _sample(dataset: FeatureDataset, parts: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,17 +192,26 @@ def _sample(dataset: FeatureDataset, parts: list[str], size: int) -> tuple[np.nd
     return ids[order], np.ascontiguousarray(vectors[order])
 
 
-def _add_on_spark(spark, master, conf, dataset, build, parts, needed: int, report) -> pa.Table:
-    """One task per index shard: as many as `needed` for each to fit in memory, and at least one per task slot."""
+def _add(spark, master, conf, dataset, build, parts, kind: str, needed: int, report) -> pa.Table:
+    """One task per index shard: as many as `needed` for each to fit in memory, and at least one per task slot.
+
+    A flat index (a small set) is built in this process, by the same task, without starting Spark.
+    """
     from imgvec.jobs import collect, ddl, one_row_per_partition, session, task_slots
 
+    task = AddTask(dataset.location, build)
+    if kind == "flat" and spark is None:
+        plan = _plan(parts, needed)
+        return pa.Table.from_batches(list(task(plan.to_batches())), TASK_RESULT)
     spark = spark or session(master, conf or {})
-    tasks = max(1, min(len(parts), max(needed, task_slots(spark) or 2)))
-    groups = np.array_split(np.arange(len(parts)), tasks)
-    plan = pa.table({"id": list(range(len(groups))), "parts": [[parts[i] for i in g] for g in groups],
+    plan = _plan(parts, max(needed, task_slots(spark) or 2))
+    return collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(TASK_RESULT)), report)
+
+
+def _plan(parts: list[str], tasks: int) -> pa.Table:
+    groups = np.array_split(np.arange(len(parts)), max(1, min(len(parts), tasks)))
+    return pa.table({"id": list(range(len(groups))), "parts": [[parts[i] for i in g] for g in groups],
                      "numbers": [g.tolist() for g in groups]}, schema=PLAN)
-    job = one_row_per_partition(spark, plan).mapInArrow(AddTask(dataset.location, build), ddl(TASK_RESULT))
-    return collect(spark, job, report)
 
 
 class NeighbourIndex:
@@ -246,9 +267,12 @@ class NeighbourIndex:
         import faiss
 
         kind = self.description["type"]
-        name, values = {"ivf-flat": ("nprobe", _powers(self.description["factory"])),
-                        "ivf-pq": ("nprobe", _powers(self.description["factory"])),
-                        "hnsw": ("ef_search", [16, 32, 64, 128, 256, 512, 1024])}.get(kind, (None, [None]))
+        if kind.startswith("ivf"):
+            name, values = "nprobe", _powers(self.description["factory"])
+        elif kind == "hnsw":
+            name, values = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
+        else:
+            name, values = None, [None]
         for value in values:
             if value is not None:
                 self._set(name, value, faiss)
@@ -271,29 +295,29 @@ class NeighbourIndex:
             _apply(shard, name, value, faiss)
 
     def _shards(self):
-        """The shards, loaded once if together they fit in half the memory free now, else one at a time."""
-        if self._loaded is not None:
-            yield from self._loaded
-            return
-        files = [self.folder.child(name) for name in self.description["shards"]]
-        size = sum(f.info().size or 0 for f in files)
-        keep = size <= _free_memory() // 2
-        loaded = []
-        for where in files:
-            shard = _read_faiss(where, self.description["dim"])
-            for name in ("nprobe", "ef_search"):
-                if name in self.description:
-                    import faiss
+        """The shards: loaded once (IVF ones merged into one) if together they fit in half the memory free
+        now, else read one at a time for each search."""
+        if self._loaded is None:
+            files = [self.folder.child(name) for name in self.description["shards"]]
+            if sum(f.info().size or 0 for f in files) > _free_memory() // 2:
+                return (self._load(where) for where in files)
+            self._loaded = []
+            for where in files:
+                shard = self._load(where)
+                if self._loaded and self.description["type"].startswith("ivf"):
+                    self._loaded[0].merge_from(shard, 0)  # one IVF index: a query scans its lists once
+                else:
+                    self._loaded.append(shard)
+        return iter(self._loaded)
 
-                    _apply(shard, name, self.description[name], faiss)
-            if keep and loaded and hasattr(loaded[0], "merge_from") and self.description["type"].startswith("ivf"):
-                loaded[0].merge_from(shard, 0)  # one IVF index: a query scans its lists once
-                continue
-            if keep:
-                loaded.append(shard)
-            yield shard
-        if keep:
-            self._loaded = loaded
+    def _load(self, where: Location):
+        import faiss
+
+        shard = _read_faiss(where, self.description["dim"])
+        for name in ("nprobe", "ef_search"):
+            if name in self.description:
+                _apply(shard, name, self.description[name], faiss)
+        return shard
 
 
 def _apply(index, name: str, value: int, faiss) -> None:
@@ -304,8 +328,9 @@ def _apply(index, name: str, value: int, faiss) -> None:
 
 
 def _powers(factory: str) -> list[int]:
+    """nprobe to try: 1, 2, 4, ... up to every list."""
     lists = int(factory.split(",")[0].removeprefix("IVF"))
-    return [2**i for i in range(int(math.log2(lists)) + 1)]
+    return [2**i for i in range(int(math.log2(lists))) if 2**i < lists] + [lists]
 
 
 def _read_faiss(where: Location, dim: int | None = None):

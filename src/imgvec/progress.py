@@ -9,8 +9,9 @@ import time
 
 class Progress:
     def __init__(self, total: int, *, already: int = 0, stream=None, quiet: bool = False,
-                 interval: float | None = None):
+                 interval: float | None = None, unit: str = "images"):
         self.total = total
+        self.unit = unit
         self.already = already  # done by an earlier run: counted in the total, not in the rate
         self.stream = stream or sys.stderr
         self.quiet = quiet
@@ -45,8 +46,8 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else None
         share = self.done / self.total if self.total else 1.0
         bar = "#" * int(share * 24)
-        return (f"[{bar:<24}] {int(self.done)}/{self.total} images {share:4.0%}  "
-                f"{rate:5.1f} img/s  left {_clock(left)}")
+        return (f"[{bar:<24}] {int(self.done)}/{self.total} {self.unit} {share:4.0%}  "
+                f"{rate:5.1f} {'img' if self.unit == 'images' else self.unit}/s  left {_clock(left)}")
 
     def close(self) -> None:
         self.update(self.done, force=True)

@@ -1,0 +1,315 @@
+"""Search and de-duplication: `imgvec index`, `similar` by index or exactly, `dupes` exact and clustered on
+Spark, byte-identical files from the recorded sha256, measured against the exact answer on the same data.
+
+Real photos with planted near-duplicates (crops, resizes, re-encodes, colour changes, byte-identical
+copies) embedded by a real model; generated clustered vectors where scale matters.
+"""
+
+import hashlib
+import io
+import itertools
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageEnhance
+
+from conftest import EXAMPLES, SPARK, assert_usage_error, imgvec, imgvec_here
+from corpus import clustered_vectors, vectors_output
+from imgvec.output import FeatureDataset
+from imgvec.search import duplicate_groups, groups, linked, normalise
+
+THRESHOLD = 0.8
+
+
+def variants(image: Image.Image) -> dict[str, bytes]:
+    """Near-duplicates of one photo, as a user's collection has them."""
+    w, h = image.size
+
+    def jpeg(im, quality=90):
+        buffer = io.BytesIO()
+        im.convert("RGB").save(buffer, "JPEG", quality=quality)
+        return buffer.getvalue()
+
+    return {"crop": jpeg(image.crop((w // 12, h // 12, w - w // 12, h - h // 12))),
+            "half": jpeg(image.resize((w // 2, h // 2))),
+            "q30": jpeg(image, quality=30),
+            "warm": jpeg(ImageEnhance.Color(image.convert("RGB")).enhance(1.3)),
+            "bright": jpeg(ImageEnhance.Brightness(image.convert("RGB")).enhance(1.1))}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The examples, five near-duplicates of each, and byte-identical copies of two, embedded for real."""
+    folder = tmp_path_factory.mktemp("planted")
+    for path in EXAMPLES.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+        for kind, data in variants(Image.open(path)).items():
+            (folder / f"{path.stem}_{kind}.jpg").write_bytes(data)
+    for copy in ("rocket_copy.jpg", "rocket_copy2.jpg"):
+        (folder / copy).write_bytes((EXAMPLES / "rocket.jpg").read_bytes())
+    (folder / "coffee_copy.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
+    output = tmp_path_factory.mktemp("out") / "vectors"
+    result = imgvec("embed", folder, "-o", output, "--model", "efficientnet_lite0", "--shard-size", "16", "-q", *SPARK)
+    assert result.returncode == 0, result.stderr
+    return folder, output
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """30,000 clustered 64-d vectors: past the size where imgvec stops being exact by default."""
+    folder = tmp_path_factory.mktemp("generated") / "vectors"
+    vectors = clustered_vectors(30_000, 64)
+    vectors_output(folder, vectors)
+    return folder, normalise(vectors)
+
+
+def co_members(found: dict, kind: str = "near") -> set:
+    return {tuple(sorted((a["path"], b["path"]))) for g in found["groups"] if g["kind"] == kind
+            for a, b in itertools.combinations(g["members"], 2)}
+
+
+def features_by_path(output) -> dict:
+    table = pq.read_table(output, columns=["path", "features"])
+    return {p: np.asarray(f, np.float32) for p, f in zip(table.column("path").to_pylist(),
+                                                         table.column("features").to_pylist(), strict=True) if f}
+
+
+# --- the exact algorithm, alone ------------------------------------------------------------------
+
+
+def brute_force_groups(x: np.ndarray, threshold: float) -> list[list[int]]:
+    similarities = normalise(x) @ normalise(x).T
+    np.fill_diagonal(similarities, -1)
+    label = list(range(len(x)))
+    for i, j in zip(*np.nonzero(similarities >= threshold), strict=True):
+        old, new = max(label[i], label[j]), min(label[i], label[j])
+        label = [new if v == old else v for v in label]
+    members = {}
+    for i in np.flatnonzero(similarities.max(axis=1) >= threshold):
+        members.setdefault(label[i], []).append(int(i))
+    return sorted(members.values(), key=lambda g: (-len(g), g[0]))
+
+
+def test_blockwise_linking_finds_exactly_the_groups_of_all_pairs():
+    x = clustered_vectors(1_500, 16, per_cluster=30, seed=3)
+    x[700:720] = x[5]  # a block of identical vectors: many pairs, held as links only
+    expected = brute_force_groups(x, 0.9)
+    found = duplicate_groups(x, 0.9)
+    assert [[i for i, _ in g] for g in found] == expected and len(expected) > 10
+    similarities = normalise(x) @ normalise(x).T
+    np.fill_diagonal(similarities, -1)
+    for group in found:  # each member's similarity is its best real pair
+        for i, s in group:
+            assert abs(s - similarities[i].max()) < 1e-5 and s >= 0.9
+    # the same from two blocks compared apart, as Spark's groups are
+    n = normalise(x)
+    ids = np.arange(len(x), dtype=np.int64)
+    halves = [linked(n[:800], ids[:800], n[:800], ids[:800], 0.9, same=True),
+              linked(n[800:], ids[800:], n[800:], ids[800:], 0.9, same=True),
+              linked(n[:800], ids[:800], n[800:], ids[800:], 0.9, same=False)]
+    joined = groups(*[np.concatenate(parts) for parts in zip(*halves, strict=True)])
+    assert [[i for i, _ in g] for g in joined] == expected
+
+
+# --- byte-identical files ---------------------------------------------------------------------
+
+
+def test_embed_records_each_files_length_and_sha256(planted):
+    folder, output = planted
+    rows = pq.read_table(output, columns=["path", "bytes", "sha256"]).to_pylist()
+    assert len(rows) == len(os.listdir(folder))
+    for row in rows:
+        data = (folder / os.path.basename(row["path"])).read_bytes()
+        assert (row["bytes"], row["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_dupes_reports_byte_identical_files_as_their_own_groups(planted):
+    _, output = planted
+    result = imgvec("dupes", output, "--threshold", THRESHOLD, "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    names = [(g["kind"], sorted(os.path.basename(m["path"]) for m in g["members"])) for g in found["groups"]]
+    identical = sorted(members for kind, members in names if kind == "identical")
+    assert identical == [["coffee.jpg", "coffee_copy.jpg"], ["rocket.jpg", "rocket_copy.jpg", "rocket_copy2.jpg"]]
+    # the copies are listed once, in their identical group; the near group shows the one kept
+    rocket = next(members for kind, members in names if kind == "near" and "rocket_crop.jpg" in members)
+    assert "rocket.jpg" in rocket and not any("copy" in name for name in rocket)
+
+
+# --- near-duplicates: clustered on Spark against exact ------------------------------------------
+
+
+def test_clustered_dupes_on_spark_find_what_exact_finds_on_real_photos(planted):
+    _, output = planted
+    exact = json.loads(imgvec("dupes", output, "--threshold", THRESHOLD, "--json").stdout)
+    assert exact["search"] == "exact"
+    result = imgvec("dupes", output, "--threshold", THRESHOLD, "--clusters", "4", "--json", "-q", *SPARK)
+    assert result.returncode == 0, result.stderr
+    clustered = json.loads(result.stdout)
+    assert clustered["search"].startswith("clustered: 4 k-means clusters")
+    truth, found = co_members(exact), co_members(clustered)
+    assert len(truth) >= 40  # the planted variants are found at this threshold
+    assert len(truth & found) / len(truth) >= 0.95  # pair recall
+    assert found <= truth  # nothing that exact search would not group
+    features = features_by_path(output)
+    for group in clustered["groups"]:  # each member's similarity is a real pair inside its group
+        vectors = normalise(np.stack([features[m["path"]] for m in group["members"]]))
+        similarities = vectors @ vectors.T
+        np.fill_diagonal(similarities, -1)
+        for member, row in zip(group["members"], similarities, strict=True):
+            assert member["similarity"] >= THRESHOLD - 1e-6
+            if group["kind"] == "near":
+                assert abs(row.max() - member["similarity"]) < 1e-4
+
+
+def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):
+    output, _ = generated
+    exact = json.loads(imgvec("dupes", output, "--threshold", "0.9", "--exact", "--json").stdout)
+    result = imgvec("dupes", output, "--threshold", "0.9", "--json", "-q", *SPARK)  # 30,000 > EXACT_MAX: clustered
+    assert result.returncode == 0, result.stderr
+    clustered = json.loads(result.stdout)
+    assert clustered["search"].startswith("clustered: 15 k-means clusters")
+    truth, found = co_members(exact), co_members(clustered)
+    assert len(truth) > 100_000 and found <= truth
+    assert len(truth & found) / len(truth) >= 0.95
+
+
+def test_dupes_writes_every_group_and_lists_what_keep_would_delete(planted, tmp_path):
+    folder, output = planted
+    out = tmp_path / "groups.parquet"
+    listed = imgvec("dupes", output, "--threshold", THRESHOLD, "--keep", "largest", "--out", out)
+    assert listed.returncode == 0, listed.stderr
+    table = pq.read_table(out)
+    assert table.column_names == ["path", "group", "kind", "representative", "similarity"]
+    delete = listed.stdout.splitlines()
+    rows = table.to_pylist()
+    members = {g: {r["path"] for r in rows if r["group"] == g} for g in {r["group"] for r in rows}}
+    kept = {r["path"] for r in rows} - set(delete)
+    assert delete == sorted(delete) and set(delete) <= {r["path"] for r in rows}
+    for row in rows:
+        sizes = {p: os.path.getsize(folder / os.path.basename(p)) for p in members[row["group"]]}
+        assert sizes[row["representative"]] == max(sizes.values())  # --keep largest
+        assert len(kept & members[row["group"]]) <= 1  # one file of each content survives ...
+        if row["kind"] == "near":
+            assert row["representative"] in kept  # ... the one the group keeps
+        elif not kept & members[row["group"]]:  # ... or an identical file's content lives on in a near group
+            assert any(r["kind"] == "near" and r["path"] == row["representative"] for r in rows)
+    assert "files to delete keeping the largest of each group" in listed.stderr
+    assert_usage_error(imgvec("dupes", output, "--out", out), "already exists")  # never over a file
+    assert_usage_error(imgvec("dupes", output, "--exact", "--clusters", "3"), "cannot go with --exact")
+
+
+# --- the index ---------------------------------------------------------------------------------
+
+
+def test_index_on_spark_then_similar_uses_it_with_recall_against_exact(generated):
+    output, vectors = generated
+    built = imgvec("index", output, "-q", *SPARK)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith("imgvec index: ivf-flat index of 30000 vectors")  # auto: 30,000 > EXACT_MAX
+    description = json.loads((output / "_imgvec_index" / "index.json").read_text())
+    assert description["recall_at_10"] >= 0.95 and description["queries"] == 1000
+    assert len(description["shards"]) == 2  # one per task slot of local[2]
+    queries = [f"img/{i:08d}.jpg" for i in range(0, 30_000, 600)]
+    by_index = json.loads(imgvec("similar", output, *queries, "-k", "10", "--json").stdout)
+    exact = json.loads(imgvec("similar", output, *queries, "-k", "10", "--json", "--exact").stdout)
+    assert by_index[0]["search"].startswith("ivf-flat index") and exact[0]["search"] == "exact search"
+    hits = sum(len({m["path"] for m in a["matches"]} & {m["path"] for m in b["matches"]})
+               for a, b in zip(by_index, exact, strict=True))
+    assert hits / (10 * len(queries)) >= 0.95  # recall@10
+    for result in by_index:  # the similarity reported is the real cosine
+        q = vectors[int(result["query"][4:12])]
+        for m in result["matches"]:
+            assert abs(m["similarity"] - float(vectors[int(m["path"][4:12])] @ q)) < 1e-4
+    text = imgvec("similar", output, queries[0], "-k", "2").stdout
+    assert text.startswith("search: ivf-flat index of 30000 vectors") and "recall@10" in text
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf-pq"])
+def test_every_index_type_builds_and_measures_its_recall(tmp_path, capsys, kind):
+    output = tmp_path / "vectors"
+    vectors_output(output, clustered_vectors(3_000, 32, seed=1))
+    assert imgvec_here(capsys, "index", output, "--index-type", kind, "-q", *SPARK).returncode == 0
+    description = json.loads((output / "_imgvec_index" / "index.json").read_text())
+    assert description["type"] == kind
+    assert description["recall_at_10"] >= {"flat": 1.0, "hnsw": 0.95, "ivf-pq": 0.3}[kind]
+    result = imgvec_here(capsys, "similar", output, "img/00000007.jpg", "-k", "3", "--json")
+    assert result.returncode == 0
+    matches = json.loads(result.stdout)[0]["matches"]
+    assert len(matches) == 3 and "img/00000007.jpg" not in [m["path"] for m in matches]
+
+
+def test_a_rebuilt_index_replaces_the_old_files_and_overwrite_removes_it(tmp_path, capsys):
+    output = tmp_path / "vectors"
+    vectors_output(output, clustered_vectors(500, 8))
+    for _ in range(2):
+        assert imgvec_here(capsys, "index", output, "-q").returncode == 0  # flat: in this process, no Spark
+    files = sorted(os.listdir(output / "_imgvec_index"))
+    build = json.loads((output / "_imgvec_index" / "index.json").read_text())["build"]
+    assert files == sorted(["index.json", f"trained-{build}.faiss", f"queries-{build}.npz", f"shard-{build}-0.faiss"])
+    with FeatureDataset(str(output)).writing({"model": "x", "dim": 8}, resume=False, overwrite=True):
+        assert not os.path.exists(output / "_imgvec_index")
+
+
+def _damaged_shard(output):
+    shard = next((output / "_imgvec_index").glob("shard-*"))
+    shard.write_bytes(shard.read_bytes()[:100])
+
+
+def _garbage_description(output):
+    (output / "_imgvec_index" / "index.json").write_text("{not json")
+
+
+def _other_model(output):
+    path = output / "_imgvec_index" / "index.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model": "resnet50", "dim": 2048}))
+
+
+def _new_part(output):
+    dataset = FeatureDataset(str(output))
+    dataset.write_part(pa.table({"path": ["img/new.jpg"], "features": [[0.5] * 8], "error": pa.nulls(1, pa.string())}),
+                       "part-0001-000000.parquet")
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    (_damaged_shard, "is damaged or missing"), (_garbage_description, "is damaged or of another version"),
+    (_other_model, "built from other features (resnet50, 2048-d)"), (_new_part, "older than its features")])
+def test_an_index_that_cannot_be_used_is_one_line(tmp_path, capsys, damage, fragment):
+    output = tmp_path / "vectors"
+    vectors_output(output, clustered_vectors(300, 8))
+    assert imgvec_here(capsys, "index", output, "-q").returncode == 0
+    damage(output)
+    assert_usage_error(imgvec_here(capsys, "similar", output, "img/00000001.jpg"), fragment)
+    assert imgvec_here(capsys, "similar", output, "img/00000001.jpg", "--exact").returncode == 0
+
+
+def test_an_output_without_features_cannot_be_indexed(tmp_path, capsys):
+    output = tmp_path / "vectors"
+    vectors_output(output, np.empty((0, 8), np.float32))
+    assert_usage_error(imgvec_here(capsys, "index", output), "holds no features")
+    assert_usage_error(imgvec_here(capsys, "dupes", output), "holds no features")
+
+
+# --- outputs written before the sha256 --------------------------------------------------------
+
+
+def test_an_output_of_format_1_is_read_and_resuming_it_marks_format_2(tmp_path, capsys):
+    output = tmp_path / "old"
+    output.mkdir()
+    old = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", pa.string())])
+    pq.write_table(pa.table({"path": ["a.jpg", "b.jpg", "c.jpg"], "features": [[1.0, 0.0], [0.99, 0.1], [0.0, 1.0]],
+                             "error": [None, None, None]}, schema=old), output / "part-00000.parquet")
+    identity = {"model": "resnet18", "weights": "random", "weights_sha256": None, "dim": 2}
+    (output / "_imgvec.json").write_text(json.dumps({**identity, "format": "imgvec-features/1"}))
+    assert imgvec_here(capsys, "info", output).returncode == 0
+    result = imgvec_here(capsys, "dupes", output, "--threshold", "0.9", "--json")
+    found = json.loads(result.stdout)
+    assert [sorted(m["path"] for m in g["members"]) for g in found["groups"]] == [["a.jpg", "b.jpg"]]
+    with FeatureDataset(str(output)).writing(identity, resume=True, overwrite=False):
+        pass
+    assert json.loads((output / "_imgvec.json").read_text())["format"] == "imgvec-features/2"
+    assert FeatureDataset(str(output)).read(["path", "sha256"]).column("sha256").null_count == 3
