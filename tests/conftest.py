@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import shutil
@@ -170,3 +171,9 @@ def visible_on_workers(spark, path) -> set[bool]:
         return os.path.exists(path)
 
     return {r[0] for r in spark.range(0, 4, numPartitions=4).select(exists("id")).collect()}
+
+
+def co_member_pairs(found: dict) -> set:
+    """Every pair of paths that share a near-duplicate group in `imgvec dupes --json` output."""
+    return {tuple(sorted((a["path"], b["path"]))) for g in found["groups"] if g["kind"] == "near"
+            for a, b in itertools.combinations(g["members"], 2)}

@@ -4,11 +4,14 @@ The server runs where the driver's TORCH_HOME is an empty tmpfs, so the
 pretrained file can only reach it the way imgvec ships it.
 """
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from conftest import assert_same_features, files_in, imgvec, reference_features, visible_on_workers
+from conftest import assert_same_features, co_member_pairs, files_in, imgvec, reference_features, visible_on_workers
+from corpus import clustered_vectors, vectors_output
 from deployments import connect_server, hidden_torch_cache, needs_hiding
 from imgvec import ImageFeaturizer, ImageVectorizer, read_images
 
@@ -60,3 +63,21 @@ def test_the_command_on_spark_connect(connect_url, image_dir, tmp_path_factory, 
     assert sorted(table.column("path").to_pylist()) == sorted(f"file:{p}" for p in inputs)
     assert table.column("error").null_count == len(inputs) - 2
     assert f"succeeded {len(inputs) - 2}, failed 2" in result.stdout
+
+
+def test_index_and_clustered_dupes_on_spark_connect(connect_url, tmp_path):
+    output = tmp_path / "vectors"
+    vectors_output(output, clustered_vectors(3_000, 16, seed=2))
+    built = imgvec("index", output, "--index-type", "ivf-flat", "-q", "--master", connect_url)
+    assert built.returncode == 0, built.stderr
+    assert json.loads((output / "_imgvec_index" / "index.json").read_text())["recall_at_10"] >= 0.95
+    similar = json.loads(imgvec("similar", output, "img/00000003.jpg", "--json").stdout)[0]
+    assert similar["search"].startswith("ivf-flat index") and len(similar["matches"]) == 10
+    exact = json.loads(imgvec("dupes", output, "--threshold", "0.9", "--json").stdout)
+    clustered = imgvec("dupes", output, "--threshold", "0.9", "--clusters", "3", "--json", "-q",
+                       "--master", connect_url)
+    assert clustered.returncode == 0, clustered.stderr
+    found = json.loads(clustered.stdout)
+    assert found["search"].startswith("clustered: 3 k-means clusters") and exact["search"] == "exact"
+    truth, pairs = co_member_pairs(exact), co_member_pairs(found)
+    assert truth and pairs <= truth and len(pairs & truth) / len(truth) >= 0.95

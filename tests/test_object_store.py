@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import EXAMPLES, SPARK, assert_usage_error, imgvec, imgvec_here, max_relative_difference
+from conftest import EXAMPLES, SPARK, assert_usage_error, co_member_pairs, imgvec, imgvec_here, max_relative_difference
 from deployments import free_port, hidden_torch_cache, object_store, standalone_cluster
 from imgvec import ImageVectorizer
 
@@ -93,14 +93,31 @@ def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bu
                                                                        resnet18_default):
     for path in EXAMPLES.iterdir():
         put(bucket_fs, f"cluster-in/{path.name}", path.read_bytes())
+    env = {**os.environ, **store}
     with standalone_cluster(str(tmp_path), workers=2, hidden=hidden_torch_cache(), worker_env=store) as master:
         result = imgvec("embed", "s3a://cluster-in/", "-o", "s3://vectors/cluster", "--model", "resnet18",
                         "--shard-size", "3", "-q", "--master", master, "--conf", "spark.cores.max=2",
-                        "--conf", "spark.executor.memory=1g", env={**os.environ, **store})
-    assert result.returncode == 0, result.stderr
+                        "--conf", "spark.executor.memory=1g", env=env)
+        assert result.returncode == 0, result.stderr
+        # the search commands on the same cluster, reading and writing the bucket
+        cluster = ["--master", master, "--conf", "spark.cores.max=2", "--conf", "spark.executor.memory=1g", "-q"]
+        built = imgvec("index", "s3://vectors/cluster", "--index-type", "ivf-flat", *cluster, env=env)
+        assert built.returncode == 0, built.stderr
+        clustered = imgvec("dupes", "s3://vectors/cluster", "--threshold", "0.998", "--clusters", "2", "--json",
+                           "--out", "s3://vectors/groups.parquet", *cluster, env=env)
+        assert clustered.returncode == 0, clustered.stderr
     v = ImageVectorizer("resnet18")  # the 'default' (seeded) weights, which only the driver's cache holds
     expected = {p.name: v.extract_features(p.read_bytes()) for p in EXAMPLES.iterdir()}
     assert_equal_to_local(read_output(bucket_fs, "vectors/cluster"), expected, "s3a://cluster-in/")
+    similar = json.loads(imgvec("similar", "s3://vectors/cluster", "s3a://cluster-in/chelsea.jpg", "--json",
+                                env=env).stdout)[0]
+    assert similar["search"].startswith("ivf-flat index of 10 vectors") and len(similar["matches"]) == 9
+    exact = json.loads(imgvec("dupes", "s3://vectors/cluster", "--threshold", "0.998", "--json", env=env).stdout)
+    found = json.loads(clustered.stdout)
+    assert found["search"].startswith("clustered") and exact["search"] == "exact"
+    assert co_member_pairs(exact) and co_member_pairs(found) == co_member_pairs(exact)
+    written = pq.read_table("vectors/groups.parquet", filesystem=bucket_fs)
+    assert written.num_rows == sum(len(g["members"]) for g in found["groups"])
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -7,7 +7,6 @@ copies) embedded by a real model; generated clustered vectors where scale matter
 
 import hashlib
 import io
-import itertools
 import json
 import os
 
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from conftest import EXAMPLES, SPARK, assert_usage_error, imgvec, imgvec_here
+from conftest import EXAMPLES, SPARK, assert_usage_error, co_member_pairs, imgvec, imgvec_here
 from corpus import clustered_vectors, vectors_output
 from imgvec.output import FeatureDataset
 from imgvec.search import duplicate_groups, groups, linked, normalise
@@ -65,11 +64,6 @@ def generated(tmp_path_factory):
     vectors = clustered_vectors(30_000, 64)
     vectors_output(folder, vectors)
     return folder, normalise(vectors)
-
-
-def co_members(found: dict, kind: str = "near") -> set:
-    return {tuple(sorted((a["path"], b["path"]))) for g in found["groups"] if g["kind"] == kind
-            for a, b in itertools.combinations(g["members"], 2)}
 
 
 def features_by_path(output) -> dict:
@@ -151,7 +145,7 @@ def test_clustered_dupes_on_spark_find_what_exact_finds_on_real_photos(planted):
     assert result.returncode == 0, result.stderr
     clustered = json.loads(result.stdout)
     assert clustered["search"].startswith("clustered: 4 k-means clusters")
-    truth, found = co_members(exact), co_members(clustered)
+    truth, found = co_member_pairs(exact), co_member_pairs(clustered)
     assert len(truth) >= 40  # the planted variants are found at this threshold
     assert len(truth & found) / len(truth) >= 0.95  # pair recall
     assert found <= truth  # nothing that exact search would not group
@@ -173,7 +167,7 @@ def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):
     assert result.returncode == 0, result.stderr
     clustered = json.loads(result.stdout)
     assert clustered["search"].startswith("clustered: 15 k-means clusters")
-    truth, found = co_members(exact), co_members(clustered)
+    truth, found = co_member_pairs(exact), co_member_pairs(clustered)
     assert len(truth) > 100_000 and found <= truth
     assert len(truth & found) / len(truth) >= 0.95
 
