@@ -88,7 +88,6 @@ class AddTask:
                 yield self.add(row["id"], row["parts"], row["numbers"], faiss.clone_index(trained), folder, queries)
 
     def add(self, shard: int, parts: list[str], numbers: list[int], index, folder: Location, queries):
-        import faiss
 
         dataset = FeatureDataset(self.output)
         truth = Best(len(queries["ids"]), RECALL_AT)
@@ -103,7 +102,7 @@ class AddTask:
             similarities[queries["ids"][:, None] == ids[None, :]] = -np.inf  # a query is not its own neighbour
             truth.update(similarities, ids)
             count += len(ids)
-        folder.child(f"shard-{self.build}-{shard}.faiss").write_bytes(faiss.serialize_index(index).tobytes())
+        _write_faiss(index, folder.child(f"shard-{self.build}-{shard}.faiss"))
         return pa.RecordBatch.from_pylist([{"shard": shard, "count": count, "truth_ids": truth.ids.ravel().tolist(),
                                             "truth_similarities": truth.similarities.ravel().tolist()}],
                                           schema=TASK_RESULT)
@@ -136,7 +135,7 @@ def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = d
         if not index.is_trained:
             index.train(sample[queries:])
         folder.make_folder()
-        folder.child(f"trained-{build}.faiss").write_bytes(faiss.serialize_index(index).tobytes())
+        _write_faiss(index, folder.child(f"trained-{build}.faiss"))
         buffer = io.BytesIO()
         np.savez(buffer, ids=sample_ids[:queries], vectors=sample[:queries])
         folder.child(f"queries-{build}.npz").write_bytes(buffer.getvalue())
@@ -333,11 +332,23 @@ def _powers(factory: str) -> list[int]:
     return [2**i for i in range(int(math.log2(lists))) if 2**i < lists] + [lists]
 
 
+def _write_faiss(index, where: Location) -> None:
+    """Streamed to the file (a shard can be as large as memory: no second copy of it as bytes)."""
+    import faiss
+
+    def write(path, fs):
+        with fs.open_output_stream(path) as stream:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(stream.write))
+
+    where.write_with(write)
+
+
 def _read_faiss(where: Location, dim: int | None = None):
     import faiss
 
     try:
-        index = faiss.deserialize_index(np.frombuffer(where.read_bytes(), np.uint8))
+        with where.fs.open_input_stream(where.path) as stream:
+            index = faiss.read_index(faiss.PyCallbackIOReader(stream.read))
     except (RuntimeError, OSError) as exc:
         raise IndexProblem(f"the index file {where.uri} is damaged or missing ({' '.join(str(exc).split())[:80]}); "
                           "run imgvec index again, or pass --exact") from None
