@@ -59,7 +59,8 @@ def make_output(count: int, dim: int, seed: int = 0) -> str:
             noise = rng.uniform(0.05, 0.4, (len(planted), 1)).astype(np.float32)
             rows[planted] = originals + noise * rng.standard_normal((len(planted), dim), np.float32)
             previous = rows
-            features = pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), dim).cast(pa.list_(pa.float32()))
+            features = pa.ListArray.from_arrays(pa.array(np.arange(0, rows.size + 1, dim, dtype=np.int32)),
+                                                pa.array(rows.ravel()))
             dataset.write_part(pa.table({"path": [f"img/{i:08d}.jpg" for i in range(start, start + n)],
                                          "features": features, "error": pa.nulls(n, pa.string())}),
                                f"part-0000-{start // PART_ROWS:06d}.parquet")

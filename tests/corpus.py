@@ -150,9 +150,9 @@ def vectors_output(folder, vectors: np.ndarray, *, part_rows: int = 512, model: 
     with dataset.writing(identity, resume=False, overwrite=False):
         for start in range(0, len(vectors), part_rows):
             rows = vectors[start : start + part_rows]
-            features = pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), vectors.shape[1])
+            offsets = pa.array(np.arange(0, rows.size + 1, max(1, vectors.shape[1]), dtype=np.int32))
             dataset.write_part(pa.table({"path": [f"img/{i:08d}.jpg" for i in range(start, start + len(rows))],
-                                         "features": features.cast(pa.list_(pa.float32())),
+                                         "features": pa.ListArray.from_arrays(offsets, pa.array(rows.ravel())),
                                          "error": pa.nulls(len(rows), pa.string())}),
                                f"part-0000-{start // part_rows:06d}.parquet")
         dataset.update_counts(dataset.counts())

@@ -237,6 +237,28 @@ def test_every_index_type_builds_and_measures_its_recall(tmp_path, capsys, kind)
     assert len(matches) == 3 and "img/00000007.jpg" not in [m["path"] for m in matches]
 
 
+def test_an_index_larger_than_memory_is_sharded_and_searched_shard_by_shard(tmp_path, capsys, monkeypatch):
+    import imgvec.index
+    from imgvec.index import NeighbourIndex
+
+    output = tmp_path / "vectors"
+    vectors = clustered_vectors(3_000, 32, seed=4)
+    vectors_output(output, vectors, part_rows=100)
+    # 3,000 x (32 floats + an id) = 408,000 bytes, in shards of at most 64 KiB: 7 shards
+    assert imgvec_here(capsys, "index", output, "--index-type", "ivf-flat", "--memory", "64K", "-q",
+                       *SPARK).returncode == 0
+    assert len(json.loads((output / "_imgvec_index" / "index.json").read_text())["shards"]) == 7
+    queries = normalise(vectors[:20])
+    held = NeighbourIndex.open(FeatureDataset(str(output)))
+    in_memory = held.search(queries, 5)
+    monkeypatch.setattr(imgvec.index, "_free_memory", lambda: 0)  # as on a machine too small to hold them all
+    streamed = NeighbourIndex.open(FeatureDataset(str(output)))
+    one_by_one = streamed.search(queries, 5)
+    assert held._loaded is not None and streamed._loaded is None
+    np.testing.assert_array_equal(in_memory[1], one_by_one[1])
+    np.testing.assert_allclose(in_memory[0], one_by_one[0], atol=1e-6)
+
+
 def test_a_rebuilt_index_replaces_the_old_files_and_overwrite_removes_it(tmp_path, capsys):
     output = tmp_path / "vectors"
     vectors_output(output, clustered_vectors(500, 8))

@@ -303,13 +303,20 @@ def run_models(args) -> int:
 
 
 def run_info(args) -> int:
+    from imgvec.index import IndexProblem, NeighbourIndex
+
     dataset = _open_dataset(args.output)
     info = {**dataset.metadata(), **dataset.counts(), "location": dataset.location, "parts": len(dataset.parts())}
+    try:
+        index = NeighbourIndex.open(dataset)
+        info["index"] = index.summary if index else "none (imgvec index builds one)"
+    except IndexProblem as problem:  # info describes the output; the index's problem is part of that
+        info["index"] = f"unusable: {problem}"
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
         for key in ("location", "model", "dim", "weights", "weights_sha256", "precision", "draft", "imgvec_version",
-                    "created", "updated", "parts", "total", "succeeded", "failed"):
+                    "created", "updated", "parts", "total", "succeeded", "failed", "index"):
             print(f"{key:<15} {info.get(key)}")
         for kind, n in info["error_kinds"].items():
             print(f"  error {kind:<12} {n}")

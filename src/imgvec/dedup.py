@@ -54,7 +54,7 @@ class Group:
 @dataclass
 class Duplicates:
     groups: list[Group]
-    images: int  # vectors compared
+    images: int  # images with features
     threshold: float
     how: str  # "exact" or "clustered (K clusters, ...)"
     seconds: float = 0.0
@@ -109,17 +109,18 @@ def find_duplicates(output: str, threshold: float = defaults.THRESHOLD, *, keep:
 def _in_process(dataset, parts, threshold):
     identical = _identical(pa.concat_tables([_hashes(dataset, name, number) for number, name in enumerate(parts)]))
     copies = _copies(identical)
-    ids, vectors = [], []
+    ids, vectors, images = [], [], 0
     for number, name in enumerate(parts):
         part_rows, part = part_vectors(dataset.where.child(name), number)
         keep = ~np.isin(part_rows, copies)
+        images += len(part_rows)
         if keep.any():
             ids.append(part_rows[keep])
             vectors.append(normalise(part[keep]))
     if not ids:
         raise ValueError(f"{dataset.location} holds no features (every image failed)")
     ids, vectors = np.concatenate(ids), np.concatenate(vectors)
-    return identical, groups(*linked(vectors, ids, vectors, ids, threshold, same=True)), len(ids), "exact"
+    return identical, groups(*linked(vectors, ids, vectors, ids, threshold, same=True)), images, "exact"
 
 
 def _copies(identical: list[list[int]]) -> np.ndarray:
@@ -158,11 +159,8 @@ def _label(dataset, parts, identical: list[list[int]], near, keep: str) -> list[
 def _group(kind: str, members, about: dict, keep: str) -> Group:
     rows = sorted(({"path": about[i]["path"], "similarity": round(float(s), 6), "bytes": about[i]["bytes"]}
                    for i, s in members), key=lambda m: m["path"])
-    if keep == "largest":
-        representative = max(rows, key=lambda m: (m["bytes"] or -1, [-ord(c) for c in m["path"]]))["path"]
-    else:
-        representative = rows[0]["path"]
-    return Group(kind, representative, rows)
+    kept = max(rows, key=lambda m: m["bytes"] or -1) if keep == "largest" else rows[0]  # ties: the first path
+    return Group(kind, kept["path"], rows)
 
 
 # --- at scale, on Spark ---------------------------------------------------------------------
@@ -294,7 +292,7 @@ def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
     similarity = links.column("similarity").to_numpy(zero_copy_only=False)
     near = groups(a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link])
     how = f"clustered: {clusters} k-means clusters, {int(sum(blocks * (blocks + 1) // 2))} compared blocks"
-    return identical, near, count - len(copies), how
+    return identical, near, count, how
 
 
 def _sample(dataset, parts, size: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec import defaults
-from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, part_vectors
+from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, part_vectors, path_range
 from imgvec.progress import Progress
 from imgvec.search import Best, normalise
 from imgvec.storage import Location, check_reachable
@@ -32,7 +32,8 @@ FORMAT = "imgvec-index/1"
 RECALL_AT = 10
 QUERIES = 1_000  # held-out queries for recall@10 at build
 TASK_RESULT = pa.schema([("shard", pa.int64()), ("count", pa.int64()), ("truth_ids", pa.list_(pa.int64())),
-                         ("truth_similarities", pa.list_(pa.float32()))])
+                         ("truth_similarities", pa.list_(pa.float32())), ("parts", pa.list_(pa.string())),
+                         ("first_paths", pa.list_(pa.string())), ("last_paths", pa.list_(pa.string()))])
 PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64()))])
 
 
@@ -88,11 +89,11 @@ class AddTask:
                 yield self.add(row["id"], row["parts"], row["numbers"], faiss.clone_index(trained), folder, queries)
 
     def add(self, shard: int, parts: list[str], numbers: list[int], index, folder: Location, queries):
-
         dataset = FeatureDataset(self.output)
         truth = Best(len(queries["ids"]), RECALL_AT)
-        count = 0
+        count, ranges = 0, []
         for name, number in zip(parts, numbers, strict=True):
+            ranges.append(path_range(dataset.where.child(name)) or (None, None))  # queries by path look here
             ids, vectors = part_vectors(dataset.where.child(name), number)
             if not len(ids):
                 continue
@@ -104,8 +105,9 @@ class AddTask:
             count += len(ids)
         _write_faiss(index, folder.child(f"shard-{self.build}-{shard}.faiss"))
         return pa.RecordBatch.from_pylist([{"shard": shard, "count": count, "truth_ids": truth.ids.ravel().tolist(),
-                                            "truth_similarities": truth.similarities.ravel().tolist()}],
-                                          schema=TASK_RESULT)
+                                            "truth_similarities": truth.similarities.ravel().tolist(),
+                                            "parts": parts, "first_paths": [r[0] for r in ranges],
+                                            "last_paths": [r[1] for r in ranges]}], schema=TASK_RESULT)
 
 
 def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = defaults.INDEX_MEMORY,
@@ -128,8 +130,8 @@ def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = d
     folder = dataset.where.child(INDEX)
     build = uuid.uuid4().hex[:8]
     with dataset.locked():
-        sample_ids, sample = _sample(dataset, parts, _training_size(kind, count) + QUERIES)
         training = _training_size(kind, count)
+        sample_ids, sample = _sample(dataset, parts, training + QUERIES)
         queries = QUERIES if len(sample_ids) >= training + QUERIES else max(1, len(sample_ids) // 10)
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
@@ -141,9 +143,9 @@ def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = d
         folder.child(f"queries-{build}.npz").write_bytes(buffer.getvalue())
         progress = Progress(count, quiet=quiet, unit="vectors")
         try:
-            results = _add(spark, master, conf, dataset, build, parts, kind,
-                           math.ceil(count * _bytes_per_vector(kind, dim) / memory),
-                                    lambda share: progress.update(share * count))
+            needed = math.ceil(count * _bytes_per_vector(kind, dim) / memory)
+            results = _add(spark, master, conf, dataset, build, parts, kind, needed,
+                           lambda share: progress.update(share * count))
         finally:
             progress.close()
         truth = Best(queries, RECALL_AT)
@@ -155,7 +157,10 @@ def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = d
             "count": int(sum(results.column("count").to_pylist())), "model": metadata.get("model"),
             "weights_sha256": metadata.get("weights_sha256"), "parts": parts,
             "shards": [f"shard-{build}-{s}.faiss" for s in sorted(results.column("shard").to_pylist())],
-            "queries": queries, "created": _now()}
+            "queries": queries, "created": _now(),
+            "path_ranges": {name: [first, last] for row in results.to_pylist()
+                            for name, first, last in zip(row["parts"], row["first_paths"], row["last_paths"],
+                                                         strict=True) if first is not None}}
         searcher = NeighbourIndex(dataset, description)
         description.update(searcher.tune(sample[:queries], sample_ids[:queries], truth))
         description["seconds"] = round(time.monotonic() - started, 1)

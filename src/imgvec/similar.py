@@ -25,7 +25,8 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
     check_reachable(dataset.where, "output")
     metadata = dataset.metadata()
     index = None if exact else NeighbourIndex.open(dataset)
-    vectors, own_ids = _query_vectors(dataset, metadata, queries)
+    ranges = index.description.get("path_ranges") if index else None  # saves reading every part's footer
+    vectors, own_ids = _query_vectors(dataset, metadata, queries, ranges)
     if index is not None:
         how, parts = index.summary, index.description["parts"]
         similarities, ids = index.search(vectors, k + 1)
@@ -45,10 +46,11 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
     return how, results
 
 
-def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str]) -> tuple[np.ndarray, list[int]]:
+def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str],
+                   ranges: dict | None) -> tuple[np.ndarray, list[int]]:
     """Each query's features and its own row id in the output (-1 for an image file from elsewhere)."""
     spellings = {query: _spellings(query) for query in queries}
-    known = dataset.lookup({s for candidates in spellings.values() for s in candidates})
+    known = dataset.lookup({s for candidates in spellings.values() for s in candidates}, ranges)
     vectors, ids, vectorizer = [], [], None
     for query in queries:
         hit = next((known[s] for s in spellings[query] if s in known), None)
