@@ -29,7 +29,7 @@ import pyarrow as pa
 from imgvec import defaults
 from imgvec.output import FeatureDataset, part_ids, part_vectors, read_part
 from imgvec.progress import Progress
-from imgvec.search import groups, linked, normalise
+from imgvec.search import groups, linked, normalise, sample_vectors
 from imgvec.storage import check_reachable
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
@@ -276,7 +276,7 @@ def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
     copies = _copies(identical)
 
     clusters = clusters or max(1, round(count / defaults.CLUSTER_SIZE))
-    sample = _sample(dataset, parts, SAMPLE_PER_CLUSTER * clusters)
+    _, sample = sample_vectors(dataset, parts, SAMPLE_PER_CLUSTER * clusters)
     clusters = min(clusters, len(sample))
     kmeans = faiss.Kmeans(sample.shape[1], clusters, niter=20, seed=0, spherical=True)
     kmeans.train(sample)
@@ -293,22 +293,6 @@ def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
     near = groups(a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link])
     how = f"clustered: {clusters} k-means clusters, {int(sum(blocks * (blocks + 1) // 2))} compared blocks"
     return identical, near, count, how
-
-
-def _sample(dataset, parts, size: int) -> np.ndarray:
-    """Normalised vectors from whole parts taken at random (seeded): the k-means training set."""
-    rng = np.random.default_rng(0)
-    vectors, have = [], 0
-    for number in rng.permutation(len(parts)):
-        if have >= size:
-            break
-        _, part = part_vectors(dataset.where.child(parts[number]), int(number))
-        if len(part):
-            vectors.append(normalise(part))
-            have += len(part)
-    if not vectors:
-        raise ValueError(f"{dataset.location} holds no features (every image failed)")
-    return np.ascontiguousarray(np.concatenate(vectors))
 
 
 def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> np.ndarray:

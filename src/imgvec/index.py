@@ -25,7 +25,7 @@ import pyarrow as pa
 from imgvec import defaults
 from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, part_vectors, path_range
 from imgvec.progress import Progress
-from imgvec.search import Best, normalise
+from imgvec.search import Best, normalise, sample_vectors
 from imgvec.storage import Location, check_reachable
 
 FORMAT = "imgvec-index/1"
@@ -131,7 +131,7 @@ def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = d
     build = uuid.uuid4().hex[:8]
     with dataset.locked():
         training = _training_size(kind, count)
-        sample_ids, sample = _sample(dataset, parts, training + QUERIES)
+        sample_ids, sample = sample_vectors(dataset, parts, training + QUERIES)
         queries = QUERIES if len(sample_ids) >= training + QUERIES else max(1, len(sample_ids) // 10)
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
@@ -177,23 +177,6 @@ def _training_size(kind: str, count: int) -> int:
         return 0
     size = 50 * inverted_lists(count)  # FAISS asks for at least 39 per list
     return max(size, 256 * 40) if kind == "ivf-pq" else size  # and 39 per code of each PQ sub-quantizer
-
-
-def _sample(dataset: FeatureDataset, parts: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and normalised vectors of about `size` rows from whole parts taken at random (seeded), shuffled."""
-    rng = np.random.default_rng(0)
-    ids, vectors, have = [], [], 0
-    for number in rng.permutation(len(parts)):
-        if have >= size:
-            break
-        part_ids, part = part_vectors(dataset.where.child(parts[number]), int(number))
-        if len(part_ids):
-            ids.append(part_ids)
-            vectors.append(normalise(part))
-            have += len(part_ids)
-    ids, vectors = np.concatenate(ids), np.concatenate(vectors)
-    order = rng.permutation(len(ids))[:size]
-    return ids[order], np.ascontiguousarray(vectors[order])
 
 
 def _add(spark, master, conf, dataset, build, parts, kind: str, needed: int, report) -> pa.Table:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from imgvec.output import part_vectors
+
 BLOCK = 4096
 
 
@@ -30,6 +32,26 @@ def nearest(query: np.ndarray, vectors: np.ndarray, k: int, exclude: int | None 
     top = np.argpartition(-similarities, k - 1)[:k]
     top = top[np.argsort(-similarities[top], kind="stable")]
     return [(int(i), float(similarities[i])) for i in top]
+
+
+def sample_vectors(dataset, parts: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and normalised vectors of about `size` rows of a FeatureDataset, from whole parts taken at random
+    (seeded: the same sample every time), shuffled: training sets for FAISS."""
+    rng = np.random.default_rng(0)
+    ids, vectors, have = [], [], 0
+    for number in rng.permutation(len(parts)):
+        if have >= size:
+            break
+        part_ids, part = part_vectors(dataset.where.child(parts[number]), int(number))
+        if len(part_ids):
+            ids.append(part_ids)
+            vectors.append(normalise(part))
+            have += len(part_ids)
+    if not ids:
+        raise ValueError(f"{dataset.location} holds no features (every image failed)")
+    ids, vectors = np.concatenate(ids), np.concatenate(vectors)
+    order = rng.permutation(len(ids))[:size]
+    return ids[order], np.ascontiguousarray(vectors[order])
 
 
 def top_k(similarities: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
