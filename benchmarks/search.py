@@ -114,6 +114,26 @@ def queries(output: str, count: int = 1000) -> dict:
             "recall_at_10": round(hits / (10 * len(query_vectors)), 4)}
 
 
+def index_and_queries(output: str, dim: int, spark: list[str]) -> dict:
+    seconds, text = imgvec("index", output, *spark)
+    description = json.load(open(os.path.join(output, "_imgvec_index", "index.json")))
+    run = {"index": {"seconds": round(seconds, 1), "type": description["type"], "factory": description["factory"],
+                     "shards": len(description["shards"]), "nprobe": description.get("nprobe"),
+                     "recall_at_10_at_build": description["recall_at_10"]}}
+    print(f"{dim}-d: {text.strip()} (command {seconds:.1f} s)", flush=True)
+    run["queries"] = queries(output)
+    print(f"{dim}-d: queries {run['queries']}", flush=True)
+    return run
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def pairs(found: dict) -> set:
     from itertools import combinations
 
@@ -128,22 +148,17 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=100_000, help="vectors of the dupes quality check")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--dupes-dims", type=int, nargs="*", default=[512], help="dimensions to run dupes on")
+    parser.add_argument("--no-index", action="store_true", help="dupes only (the index and queries are skipped)")
     args = parser.parse_args()
     spark = ["--master", f"local[{args.cores}]", "-q"]
-    results = {"machine": platform.processor() or platform.machine(), "cores": args.cores,
+    results = {"machine": _cpu(), "cores": args.cores,
                "vectors": args.vectors, "date": datetime.date.today().isoformat(), "runs": []}
     for dim in args.dims:
         started = time.monotonic()
         output = make_output(args.vectors, dim)
         run = {"dim": dim, "generate_seconds": round(time.monotonic() - started, 1)}
-        seconds, text = imgvec("index", output, *spark)
-        description = json.load(open(os.path.join(output, "_imgvec_index", "index.json")))
-        run["index"] = {"seconds": round(seconds, 1), "type": description["type"], "factory": description["factory"],
-                        "shards": len(description["shards"]), "nprobe": description.get("nprobe"),
-                        "recall_at_10_at_build": description["recall_at_10"]}
-        print(f"{dim}-d: {text.strip()} (command {seconds:.1f} s)", flush=True)
-        run["queries"] = queries(output)
-        print(f"{dim}-d: queries {run['queries']}", flush=True)
+        if not args.no_index:
+            run.update(index_and_queries(output, dim, spark))
         if dim in args.dupes_dims:
             seconds, text = imgvec("dupes", output, "--threshold", THRESHOLD, "--json", *spark)
             found = json.loads(text)
@@ -164,7 +179,7 @@ def main() -> None:
             print(f"{dim}-d: dupes on a sample {run['dupes_sample']}", flush=True)
         results["runs"].append(run)
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    path = os.path.join(folder, f"search-{results['date']}.json")
+    path = os.path.join(folder, f"search-{results['date']}-{'-'.join(map(str, args.dims))}.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     print(f"results: {path}")
