@@ -282,7 +282,7 @@ def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
     kmeans.train(sample)
     centroids = kmeans.centroids.astype(np.float32)
     margin = 1.0 - threshold  # a pair at the threshold may straddle two clusters whose centroids are this close
-    blocks = _blocks(sample, centroids, margin, count)
+    blocks, second = _blocks(sample, centroids, margin, count)
     assigned = plan(copies).mapInArrow(AssignTask(dataset.location, centroids.tobytes(), tuple(blocks), margin),
                                        ddl(ASSIGNED))
     compared = assigned.groupBy("cluster", "low", "high").applyInArrow(compare_task(threshold), ddl(LINKS))
@@ -291,17 +291,22 @@ def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
     a, b = links.column("a").to_numpy(), links.column("b").to_numpy()
     similarity = links.column("similarity").to_numpy(zero_copy_only=False)
     near = groups(a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link])
-    how = f"clustered: {clusters} k-means clusters, {int(sum(blocks * (blocks + 1) // 2))} compared blocks"
+    how = (f"clustered: {clusters} k-means clusters, {int(sum(blocks * (blocks + 1) // 2))} compared blocks, "
+           f"{second:.0%} of vectors also in a second cluster")
     return identical, near, count, how
 
 
-def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> np.ndarray:
-    """Per cluster, the blocks its expected rows (from the sample's assignment) are cut into."""
-    similarities = sample @ centroids.T
-    order = np.argsort(-similarities, axis=1)[:, :2]
-    expected = np.bincount(order[:, 0], minlength=len(centroids)).astype(np.float64)
-    if len(centroids) > 1:
-        top = np.take_along_axis(similarities, order, 1)
-        expected += np.bincount(order[top[:, 1] >= top[:, 0] - margin, 1], minlength=len(centroids))
+def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> tuple[np.ndarray, float]:
+    """Per cluster, the blocks its expected rows (from the sample's assignment) are cut into; and the share of
+    vectors that also go to a second cluster."""
+    import faiss
+
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(centroids)
+    near = min(2, len(centroids))
+    similarities, nearest = quantizer.search(sample, near)
+    expected = np.bincount(nearest[:, 0], minlength=len(centroids)).astype(np.float64)
+    second = similarities[:, 1] >= similarities[:, 0] - margin if near == 2 else np.zeros(len(sample), bool)
+    expected += np.bincount(nearest[second, 1], minlength=len(centroids))
     expected *= count / len(sample)
-    return np.maximum(1, np.ceil(expected / UNIT)).astype(np.int64)
+    return np.maximum(1, np.ceil(expected / UNIT)).astype(np.int64), float(second.mean())

@@ -282,20 +282,29 @@ class NeighbourIndex:
             _apply(shard, name, value, faiss)
 
     def _shards(self):
-        """The shards: loaded once (IVF ones merged into one) if together they fit in half the memory free
-        now, else read one at a time for each search."""
+        """The shards, merged where they are IVF: held in memory when together they fit in half the memory
+        free now; else read again for each search, in runs that fit."""
         if self._loaded is None:
-            files = [self.folder.child(name) for name in self.description["shards"]]
-            if sum(f.info().size or 0 for f in files) > _free_memory() // 2:
-                return (self._load(where) for where in files)
-            self._loaded = []
-            for where in files:
-                shard = self._load(where)
-                if self._loaded and self.description["type"].startswith("ivf"):
-                    self._loaded[0].merge_from(shard, 0)  # one IVF index: a query scans its lists once
-                else:
-                    self._loaded.append(shard)
+            files = [(where, where.info().size or 0) for where in map(self.folder.child, self.description["shards"])]
+            budget = _free_memory() // 2
+            if sum(size for _, size in files) > budget:
+                return self._merged(files, budget)
+            self._loaded = list(self._merged(files, budget))
         return iter(self._loaded)
+
+    def _merged(self, files, budget: int):
+        held, size_held = None, 0
+        for where, size in files:
+            shard = self._load(where)
+            if held is not None and self.description["type"].startswith("ivf") and size_held + size <= budget:
+                held.merge_from(shard, 0)  # one IVF index: a query scans its lists once
+                size_held += size
+                continue
+            if held is not None:
+                yield held
+            held, size_held = shard, size
+        if held is not None:
+            yield held
 
     def _load(self, where: Location):
         import faiss
