@@ -39,8 +39,9 @@ SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per
 PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64())),
                   ("skip", pa.list_(pa.int64()))])
 HASHES = pa.schema([("id", pa.int64()), ("sha256", pa.string()), ("bytes", pa.int64())])
+# features as raw float32 bytes: the JVM moves one value per row, not dim array elements (measured below)
 ASSIGNED = pa.schema([("cluster", pa.int64()), ("low", pa.int64()), ("high", pa.int64()), ("block", pa.int64()),
-                      ("id", pa.int64()), ("features", pa.list_(pa.float32()))])
+                      ("id", pa.int64()), ("features", pa.binary())])
 LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float32())])  # null: a link only
 
 
@@ -221,13 +222,13 @@ def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.Re
     repeat = np.repeat(np.arange(len(rows)), count)
     other = np.concatenate([np.arange(c) for c in count]) if len(count) else np.empty(0, np.int64)
     mine = block[repeat]
-    dim = vectors.shape[1]
-    flat = vectors[rows[repeat]].ravel()
+    chosen = np.ascontiguousarray(vectors[rows[repeat]], np.float32)
+    width = chosen.shape[1] * 4
+    offsets = pa.py_buffer(np.arange(0, len(chosen) * width + 1, width, dtype=np.int32))
+    features = pa.Array.from_buffers(pa.binary(), len(chosen), [None, offsets, pa.py_buffer(chosen)])
     return pa.RecordBatch.from_arrays([
         pa.array(cluster[repeat]), pa.array(np.minimum(mine, other)), pa.array(np.maximum(mine, other)),
-        pa.array(mine), pa.array(ids[rows[repeat]]),
-        pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, dim, dtype=np.int32)), pa.array(flat))],
-        schema=ASSIGNED)
+        pa.array(mine), pa.array(ids[rows[repeat]]), features], schema=ASSIGNED)
 
 
 def compare_task(threshold: float):
@@ -240,8 +241,7 @@ def compare_task(threshold: float):
         low, high = table.column("low")[0].as_py(), table.column("high")[0].as_py()
         block = table.column("block").to_numpy()
         ids = table.column("id").to_numpy()
-        flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        vectors = flat.reshape(table.num_rows, -1)
+        vectors = _matrix(table.column("features").combine_chunks())
         if low == high:
             result = linked(vectors, ids, vectors, ids, threshold, same=True)
         else:
@@ -253,6 +253,13 @@ def compare_task(threshold: float):
                          "similarity": pa.array(similarity, pa.float32(), from_pandas=True)}, schema=LINKS)
 
     return compare
+
+
+def _matrix(features: pa.BinaryArray) -> np.ndarray:
+    """Rows of float32 bytes, all of one length and back to back -> [n, dim]."""
+    offsets = np.frombuffer(features.buffers()[1], np.int32)[features.offset : features.offset + len(features) + 1]
+    data = np.frombuffer(features.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    return data.view(np.float32).reshape(len(features), -1)
 
 
 def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
