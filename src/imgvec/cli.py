@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     dupes.add_argument("--exact", action="store_true", help="compare every pair in this process, however many")
     dupes.add_argument("--clusters", type=int, help="k-means clusters on Spark (default: one per "
                        f"{defaults.CLUSTER_SIZE} images); given, the clustered search runs whatever the size")
-    dupes.add_argument("--keep", choices=("first", "largest"), help="print the files one would delete, one per "
+    dupes.add_argument("--keep", choices=defaults.KEEPS, help="print the files one would delete, one per "
                        "line, keeping in each group the first path (first) or the largest file (largest)")
     dupes.add_argument("--out", metavar="FILE", help="write every group as Parquet [path, group, kind, "
                        "representative, similarity] (a local path or URI; must not exist)")

@@ -33,7 +33,6 @@ from imgvec.search import groups, linked, normalise, sample_vectors
 from imgvec.storage import check_reachable
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
-KEEPS = ("first", "largest")
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
 # A task's parts, and the rows in them that the near-duplicate search leaves out (identical copies)
 PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64())),
@@ -78,8 +77,8 @@ def find_duplicates(output: str, threshold: float = defaults.THRESHOLD, *, keep:
     """Identical and near-duplicate groups of OUTPUT. ValueError (before any job) for bad arguments."""
     if not -1 <= threshold <= 1:
         raise ValueError("--threshold is a cosine similarity between -1 and 1, e.g. 0.9")
-    if keep not in KEEPS:
-        raise ValueError(f"--keep is one of {', '.join(KEEPS)}, not {keep!r}")
+    if keep not in defaults.KEEPS:
+        raise ValueError(f"--keep is one of {', '.join(defaults.KEEPS)}, not {keep!r}")
     if clusters is not None and (exact or clusters < 1):
         raise ValueError("--clusters is a number of k-means clusters (at least 1), and cannot go with --exact")
     started = time.monotonic()

@@ -21,3 +21,4 @@ INDEX_MEMORY = 8 * 2**30  # bytes of one index shard: what one ordinary machine 
 RECALL_TARGET = 0.95  # recall@10 the index's search settings are tuned for at build time
 CLUSTER_SIZE = 2_000  # images per k-means cluster of `imgvec dupes` at scale (SemDeDup-style)
 KEEP = "first"  # which file of a duplicate group `imgvec dupes --keep` keeps: first (by path) or largest
+KEEPS = ("first", "largest")

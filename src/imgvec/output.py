@@ -189,11 +189,7 @@ class FeatureDataset:
         """Images with features as the last run counted them; the parts' row counts when that run was cut short."""
         if isinstance(metadata.get("succeeded"), int):
             return metadata["succeeded"]
-        total = 0
-        for part in self.parts():
-            with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
-                total += parquet.metadata.num_rows
-        return total
+        return sum(footer(part).num_rows for part in self.parts())
 
     def counts(self) -> dict:
         table = self.read(["error"])
@@ -257,8 +253,21 @@ def read_part(part: Location, columns=SCHEMA.names) -> pa.Table:
             problem = f"schema {_schema_text(schema)}"
     except (pa.ArrowException, OSError) as exc:
         problem = " ".join(str(exc).split())[:100]
-    raise OutputError(f"part {part.uri} is damaged ({problem}); delete it and run imgvec embed "
-                      "with --resume to embed its images again")
+    raise _damaged(part, problem)
+
+
+def _damaged(part: Location, problem: str) -> OutputError:
+    return OutputError(f"part {part.uri} is damaged ({problem}); delete it and run imgvec embed "
+                       "with --resume to embed its images again")
+
+
+def footer(part: Location) -> pq.FileMetaData:
+    """A part's Parquet footer (row counts, statistics); a damaged part is an OutputError."""
+    try:
+        with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
+            return parquet.metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(part, " ".join(str(exc).split())[:100]) from None
 
 
 def part_ids(number: int, rows) -> np.ndarray:
@@ -278,8 +287,9 @@ def part_vectors(part: Location, number: int) -> tuple[np.ndarray, np.ndarray]:
 
 def path_range(part: Location) -> tuple[str, str] | None:
     """The first and last path of a part, from its footer's statistics (parts hold runs of sorted names)."""
-    with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
-        metadata = parquet.metadata
+    metadata = footer(part)
+    if "path" not in metadata.schema.names:
+        return None  # not a part imgvec wrote: reading it says so
     column = metadata.schema.names.index("path")
     ranges = [metadata.row_group(g).column(column).statistics for g in range(metadata.num_row_groups)]
     if not ranges or any(r is None or not r.has_min_max for r in ranges):

@@ -24,6 +24,8 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
     dataset = FeatureDataset(output)
     check_reachable(dataset.where, "output")
     metadata = dataset.metadata()
+    if not dataset.part_names():
+        raise ValueError(f"{dataset.location} holds no features yet")
     index = None if exact else NeighbourIndex.open(dataset)
     ranges = index.description.get("path_ranges") if index else None  # saves reading every part's footer
     vectors, own_ids = _query_vectors(dataset, metadata, queries, ranges)
@@ -33,7 +35,7 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
     else:
         parts = dataset.part_names()
         how = "exact search"
-        similarities, ids = _exact(dataset, parts, vectors, own_ids, k + 1)
+        similarities, ids = _exact(dataset, parts, vectors, k + 1)
     results = []
     for query, own, row_similarities, row_ids in zip(queries, own_ids, similarities, ids, strict=True):
         keep = [(s, i) for s, i in zip(row_similarities, row_ids, strict=True) if i >= 0 and i != own][:k]
@@ -41,8 +43,6 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
         results.append({"query": query, "search": how, "matches": [
             {"rank": r + 1, "path": p, "similarity": round(float(s), 6)}
             for r, ((s, _), p) in enumerate(zip(keep, paths, strict=True))]})
-    if not any(r["matches"] for r in results) and not dataset.part_names():
-        raise ValueError(f"{dataset.location} holds no features yet")
     return how, results
 
 
@@ -71,7 +71,7 @@ def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str],
     return np.stack(vectors).astype(np.float32), ids
 
 
-def _exact(dataset, parts: list[str], queries: np.ndarray, own_ids: list[int], k: int):
+def _exact(dataset, parts: list[str], queries: np.ndarray, k: int):
     queries = normalise(queries)
     best = Best(len(queries), k)
     for number, name in enumerate(parts):
