@@ -243,7 +243,8 @@ def run_dupes(args) -> int:
 
         out.write_with(lambda path, fs: pq.write_table(found.table(), path, filesystem=fs))
     identical = [g for g in found.groups if g.kind == "identical"]
-    summary = (f"{len(found.groups)} groups among {found.images} images (cosine >= {found.threshold}; "
+    groups = f"{len(found.groups)} group" + ("" if len(found.groups) == 1 else "s")
+    summary = (f"{groups} among {found.images} images (cosine >= {found.threshold}; "
                f"{found.how}; {found.seconds:.1f} s): {len(identical)} of byte-identical files, "
                f"{len(found.groups) - len(identical)} of near-duplicates")
     if args.json:
