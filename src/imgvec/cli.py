@@ -211,8 +211,9 @@ def run_index(args) -> int:
                         conf=dict(_key_value(item) for item in args.conf), quiet=args.quiet)
     setting = "".join(f", {name} {built[name]}" for name in ("nprobe", "ef_search") if name in built)
     print(f"imgvec index: {built['type']} index of {built['count']} vectors in {built['seconds']:.1f} s "
-          f"({built['factory']}{setting}; {len(built['shards'])} shards)")
-    print(f"  recall@10 {built['recall_at_10']:.3f} against exact search on {built['queries']} held-out queries")
+          f"({built['factory']}{setting}; {_count(len(built['shards']), 'shard')})")
+    print(f"  recall@10 {built['recall_at_10']:.3f} against exact search on "
+          f"{_count(built['queries'], 'held-out query', 'held-out queries')}")
     return 0
 
 
@@ -243,8 +244,7 @@ def run_dupes(args) -> int:
 
         out.write_with(lambda path, fs: pq.write_table(found.table(), path, filesystem=fs))
     identical = [g for g in found.groups if g.kind == "identical"]
-    groups = f"{len(found.groups)} group" + ("" if len(found.groups) == 1 else "s")
-    summary = (f"{groups} among {found.images} images (cosine >= {found.threshold}; "
+    summary = (f"{_count(len(found.groups), 'group')} among {found.images} images (cosine >= {found.threshold}; "
                f"{found.how}; {found.seconds:.1f} s): {len(identical)} of byte-identical files, "
                f"{len(found.groups) - len(identical)} of near-duplicates")
     if args.json:
@@ -271,6 +271,10 @@ def run_dupes(args) -> int:
     if out is not None:
         print(f"groups written to {out.uri}", file=sys.stderr)
     return 0
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _new_file(text: str):
