@@ -309,9 +309,10 @@ def run_models(args) -> int:
 
 def run_info(args) -> int:
     from imgvec.index import IndexProblem, NeighbourIndex
+    from imgvec.output import open_output
 
-    dataset = _open_dataset(args.output)
-    info = {**dataset.metadata(), **dataset.counts(), "location": dataset.location, "parts": len(dataset.parts())}
+    dataset, metadata = open_output(args.output)
+    info = {**metadata, **dataset.counts(), "location": dataset.location, "parts": len(dataset.parts())}
     try:
         index = NeighbourIndex.open(dataset)
         info["index"] = index.summary if index else "none (imgvec index builds one)"
@@ -326,16 +327,6 @@ def run_info(args) -> int:
         for kind, n in info["error_kinds"].items():
             print(f"  error {kind:<12} {n}")
     return 0
-
-
-def _open_dataset(location: str):
-    """An existing output, local or in a store; a clear error when it cannot be reached."""
-    from imgvec.output import FeatureDataset
-    from imgvec.storage import check_reachable
-
-    dataset = FeatureDataset(location)
-    check_reachable(dataset.where, "output")
-    return dataset
 
 
 def _key_value(item: str) -> tuple[str, str]:

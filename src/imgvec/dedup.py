@@ -27,10 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec import defaults
-from imgvec.output import FeatureDataset, part_ids, part_vectors, read_part
+from imgvec.output import FeatureDataset, open_output, part_ids, part_vectors, read_part
 from imgvec.progress import Progress
 from imgvec.search import groups, linked, normalise, sample_vectors
-from imgvec.storage import check_reachable
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
@@ -82,9 +81,7 @@ def find_duplicates(output: str, threshold: float = defaults.THRESHOLD, *, keep:
     if clusters is not None and (exact or clusters < 1):
         raise ValueError("--clusters is a number of k-means clusters (at least 1), and cannot go with --exact")
     started = time.monotonic()
-    dataset = FeatureDataset(output)
-    check_reachable(dataset.where, "output")
-    metadata = dataset.metadata()
+    dataset, metadata = open_output(output)
     parts = dataset.part_names()
     if not parts:
         raise ValueError(f"{dataset.location} holds no features yet")

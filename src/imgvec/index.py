@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec import defaults
-from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, part_vectors, path_range
+from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, open_output, part_vectors, path_range
 from imgvec.progress import Progress
 from imgvec.search import Best, normalise, sample_vectors
-from imgvec.storage import Location, check_reachable
+from imgvec.storage import Location
 
 FORMAT = "imgvec-index/1"
 RECALL_AT = 10
@@ -118,9 +118,7 @@ def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = d
     if kind not in defaults.INDEX_TYPES:
         raise ValueError(f"--index-type must be one of {', '.join(defaults.INDEX_TYPES)}, not {kind!r}")
     started = time.monotonic()
-    dataset = FeatureDataset(output)
-    check_reachable(dataset.where, "output")
-    metadata = dataset.metadata()
+    dataset, metadata = open_output(output)
     parts = dataset.part_names()
     count = dataset.size(metadata)
     if not count:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgvec.storage import S3_SCHEMES, Location, is_local, local_path, open_location
+from imgvec.storage import S3_SCHEMES, Location, check_reachable, is_local, local_path, open_location
 
 METADATA = "_imgvec.json"
 LOCK = "_imgvec.lock"
@@ -231,16 +231,14 @@ class FeatureDataset:
                                    None if features is None else features.to_numpy().astype(np.float32))
         return found
 
-    def vectors(self) -> tuple[list[str], np.ndarray]:
-        """Paths and an [N, dim] float32 matrix of the images that have features."""
-        table = self.read(["path", "features"])
-        table = table.filter(table.column("features").is_valid())
-        if table.num_rows == 0:
-            return [], np.empty((0, 0), np.float32)
-        flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        if flat.size % table.num_rows:
-            raise OutputError(f"{self.location} holds features of different lengths; embed again into a new output")
-        return table.column("path").to_pylist(), flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
+
+
+def open_output(location: str) -> tuple[FeatureDataset, dict]:
+    """An existing output to read (local or in a store) and its metadata; a clear error when it cannot be
+    reached or is not an imgvec output."""
+    dataset = FeatureDataset(location)
+    check_reachable(dataset.where, "output")
+    return dataset, dataset.metadata()
 
 
 def read_part(part: Location, columns=SCHEMA.names) -> pa.Table:

@@ -12,18 +12,15 @@ import numpy as np
 
 from imgvec import defaults
 from imgvec.index import NeighbourIndex
-from imgvec.output import FeatureDataset, part_vectors
+from imgvec.output import FeatureDataset, open_output, part_vectors
 from imgvec.search import Best, normalise
-from imgvec.storage import check_reachable
 
 
 def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact: bool = False) -> tuple[str, list]:
     """(how the search was made, [{query, matches: [{rank, path, similarity}]}]); ValueError for bad input."""
     if k < 1:
         raise ValueError(f"-k must be at least 1, not {k}")
-    dataset = FeatureDataset(output)
-    check_reachable(dataset.where, "output")
-    metadata = dataset.metadata()
+    dataset, metadata = open_output(output)
     if not dataset.part_names():
         raise ValueError(f"{dataset.location} holds no features yet")
     index = None if exact else NeighbourIndex.open(dataset)
