@@ -314,7 +314,7 @@ def run_info(args) -> int:
     dataset, metadata = open_output(args.output)
     info = {**metadata, **dataset.counts(), "location": dataset.location, "parts": len(dataset.parts())}
     try:
-        index = NeighbourIndex.open(dataset)
+        index = NeighbourIndex.open(dataset, metadata=metadata)
         info["index"] = index.summary if index else "none (imgvec index builds one)"
     except IndexProblem as problem:  # info describes the output; the index's problem is part of that
         info["index"] = f"unusable: {problem}"

@@ -209,8 +209,12 @@ class NeighbourIndex:
         self._loaded = None
 
     @classmethod
-    def open(cls, dataset: FeatureDataset) -> NeighbourIndex | None:
-        """The output's index (None when it has none); an IndexProblem when it cannot be used as it is."""
+    def open(cls, dataset: FeatureDataset, *, metadata: dict | None = None,
+             parts: list[str] | None = None) -> NeighbourIndex | None:
+        """The output's index (None when it has none); an IndexProblem when it cannot be used as it is.
+
+        `metadata` and `parts`, when the caller has them already, spare reading them again (on a store,
+        a request each)."""
         where = dataset.where.child(INDEX).child("index.json")
         if not where.is_file():
             return None
@@ -220,13 +224,13 @@ class NeighbourIndex:
         except (ValueError, UnicodeDecodeError, AssertionError):
             raise IndexProblem(f"the index {where.uri} is damaged or of another version; run imgvec index "
                               f"{dataset.location} again, or pass --exact") from None
-        metadata = dataset.metadata()
+        metadata = metadata or dataset.metadata()
         made_by = (description.get("model"), description.get("weights_sha256"), description.get("dim"))
         if made_by != (metadata.get("model"), metadata.get("weights_sha256"), metadata.get("dim")):
             raise IndexProblem(f"the index in {dataset.location} was built from other features "
                               f"({description.get('model')}, {description.get('dim')}-d) than the output holds "
                               f"({metadata.get('model')}, {metadata.get('dim')}-d); run imgvec index again")
-        if description.get("parts") != dataset.part_names():
+        if description.get("parts") != (dataset.part_names() if parts is None else parts):
             raise IndexProblem(f"the index in {dataset.location} is older than its features (embed wrote parts "
                               "since); run imgvec index again, or pass --exact")
         return cls(dataset, description)

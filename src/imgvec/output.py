@@ -211,14 +211,14 @@ class FeatureDataset:
             order.append(mine)
         return pa.concat_tables(tables).take(np.argsort(np.concatenate(order), kind="stable"))
 
-    def lookup(self, paths, ranges: dict | None = None) -> dict[str, tuple[int, np.ndarray | None]]:
-        """Where `paths` are in the output: {path: (row id, features or None)}.
+    def lookup(self, paths, parts: list[str], ranges: dict | None = None) -> dict[str, tuple[int, np.ndarray | None]]:
+        """Where `paths` are in the output's `parts`: {path: (row id, features or None)}.
 
         Only parts whose path range may hold one are read: the range from `ranges` ({part: [first, last]},
         as an index records them) or else from the part's footer.
         """
         wanted, found = set(paths), {}
-        for number, name in enumerate(self.part_names()):
+        for number, name in enumerate(parts):
             part = self.where.child(name)
             known = (ranges or {}).get(name) or path_range(part)
             if known and not any(known[0] <= p <= known[1] for p in wanted):

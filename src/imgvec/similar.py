@@ -21,16 +21,16 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
     if k < 1:
         raise ValueError(f"-k must be at least 1, not {k}")
     dataset, metadata = open_output(output)
-    if not dataset.part_names():
+    parts = dataset.part_names()  # listed once: on a store, each listing is a request
+    if not parts:
         raise ValueError(f"{dataset.location} holds no features yet")
-    index = None if exact else NeighbourIndex.open(dataset)
+    index = None if exact else NeighbourIndex.open(dataset, metadata=metadata, parts=parts)
     ranges = index.description.get("path_ranges") if index else None  # saves reading every part's footer
-    vectors, own_ids = _query_vectors(dataset, metadata, queries, ranges)
+    vectors, own_ids = _query_vectors(dataset, metadata, queries, parts, ranges)
     if index is not None:
-        how, parts = index.summary, index.description["parts"]
+        how = index.summary
         similarities, ids = index.search(vectors, k + 1)
     else:
-        parts = dataset.part_names()
         how = "exact search"
         similarities, ids = _exact(dataset, parts, vectors, k + 1)
     results = []
@@ -43,11 +43,11 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
     return how, results
 
 
-def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str],
+def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str], parts: list[str],
                    ranges: dict | None) -> tuple[np.ndarray, list[int]]:
     """Each query's features and its own row id in the output (-1 for an image file from elsewhere)."""
     spellings = {query: _spellings(query) for query in queries}
-    known = dataset.lookup({s for candidates in spellings.values() for s in candidates}, ranges)
+    known = dataset.lookup({s for candidates in spellings.values() for s in candidates}, parts, ranges)
     vectors, ids, vectorizer = [], [], None
     for query in queries:
         hit = next((known[s] for s in spellings[query] if s in known), None)
