@@ -27,15 +27,12 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec import defaults
-from imgvec.output import FeatureDataset, open_output, part_ids, part_vectors, read_part
+from imgvec.output import FeatureDataset, open_output, part_ids, part_vectors, parts_plan, read_part
 from imgvec.progress import Progress
 from imgvec.search import groups, linked, normalise, sample_vectors
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
-# A task's parts, and the rows in them that the near-duplicate search leaves out (identical copies)
-PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64())),
-                  ("skip", pa.list_(pa.int64()))])
 HASHES = pa.schema([("id", pa.int64()), ("sha256", pa.string()), ("bytes", pa.int64())])
 # features as raw float32 bytes: the JVM moves one value per row, not dim array elements (measured below)
 ASSIGNED = pa.schema([("cluster", pa.int64()), ("low", pa.int64()), ("high", pa.int64()), ("block", pa.int64()),
@@ -264,13 +261,12 @@ def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
 
     from imgvec.jobs import collect, ddl, one_row_per_partition, task_slots
 
-    tasks = np.array_split(np.arange(len(parts)), max(1, min(len(parts), 4 * (task_slots(spark) or 8))))
+    runs = parts_plan(parts, 4 * (task_slots(spark) or 8))
 
     def plan(skip: np.ndarray):
-        return one_row_per_partition(spark, pa.table({
-            "id": list(range(len(tasks))), "parts": [[parts[i] for i in numbers] for numbers in tasks],
-            "numbers": [numbers.tolist() for numbers in tasks],
-            "skip": [skip[np.isin(skip >> 32, numbers)].tolist() for numbers in tasks]}, schema=PLAN))
+        """The runs of parts, each with the rows in them that the near-duplicate search leaves out."""
+        mine = [skip[np.isin(skip >> 32, numbers)].tolist() for numbers in runs.column("numbers").to_pylist()]
+        return one_row_per_partition(spark, runs.append_column("skip", pa.array(mine, pa.list_(pa.int64()))))
 
     nothing = np.empty(0, np.int64)
     same = (plan(nothing).mapInArrow(HashTask(dataset.location), ddl(HASHES))

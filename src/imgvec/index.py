@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec import defaults
-from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, open_output, part_vectors, path_range
+from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, open_output, part_vectors, parts_plan, path_range
 from imgvec.progress import Progress
 from imgvec.search import Best, normalise, sample_vectors
 from imgvec.storage import Location
@@ -34,7 +34,6 @@ QUERIES = 1_000  # held-out queries for recall@10 at build
 TASK_RESULT = pa.schema([("shard", pa.int64()), ("count", pa.int64()), ("truth_ids", pa.list_(pa.int64())),
                          ("truth_similarities", pa.list_(pa.float32())), ("parts", pa.list_(pa.string())),
                          ("first_paths", pa.list_(pa.string())), ("last_paths", pa.list_(pa.string()))])
-PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64()))])
 
 
 class IndexProblem(ValueError):
@@ -186,17 +185,11 @@ def _add(spark, master, conf, dataset, build, parts, kind: str, needed: int, rep
 
     task = AddTask(dataset.location, build)
     if kind == "flat" and spark is None:
-        plan = _plan(parts, needed)
+        plan = parts_plan(parts, needed)
         return pa.Table.from_batches(list(task(plan.to_batches())), TASK_RESULT)
     spark = spark or session(master, conf or {})
-    plan = _plan(parts, max(needed, task_slots(spark) or 2))
+    plan = parts_plan(parts, max(needed, task_slots(spark) or 2))
     return collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(TASK_RESULT)), report)
-
-
-def _plan(parts: list[str], tasks: int) -> pa.Table:
-    groups = np.array_split(np.arange(len(parts)), max(1, min(len(parts), tasks)))
-    return pa.table({"id": list(range(len(groups))), "parts": [[parts[i] for i in g] for g in groups],
-                     "numbers": [g.tolist() for g in groups]}, schema=PLAN)
 
 
 class NeighbourIndex:

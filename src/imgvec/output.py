@@ -233,6 +233,17 @@ class FeatureDataset:
 
 
 
+# A job over an output's parts (index, dupes): each task's part names and their numbers (for row ids).
+PARTS_PLAN = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string())), ("numbers", pa.list_(pa.int64()))])
+
+
+def parts_plan(parts: list[str], tasks: int) -> pa.Table:
+    """The parts cut into `tasks` runs of consecutive parts (fewer when there are fewer parts), a row each."""
+    runs = np.array_split(np.arange(len(parts)), max(1, min(len(parts), tasks)))
+    return pa.table({"id": list(range(len(runs))), "parts": [[parts[i] for i in run] for run in runs],
+                     "numbers": [run.tolist() for run in runs]}, schema=PARTS_PLAN)
+
+
 def open_output(location: str) -> tuple[FeatureDataset, dict]:
     """An existing output to read (local or in a store) and its metadata; a clear error when it cannot be
     reached or is not an imgvec output."""
