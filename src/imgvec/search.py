@@ -23,15 +23,14 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 
 def nearest(query: np.ndarray, vectors: np.ndarray, k: int, exclude: int | None = None) -> list[tuple[int, float]]:
     """The k rows of `vectors` most cosine-similar to `query`: (row, similarity), best first."""
-    similarities = normalise(vectors) @ normalise(query[None, :])[0]
+    similarities = normalise(query[None, :]) @ normalise(vectors).T
     if exclude is not None:
-        similarities[exclude] = -np.inf
-    k = min(k, len(similarities) - (exclude is not None))
+        similarities[0, exclude] = -np.inf
+    k = min(k, similarities.shape[1] - (exclude is not None))
     if k <= 0:
         return []
-    top = np.argpartition(-similarities, k - 1)[:k]
-    top = top[np.argsort(-similarities[top], kind="stable")]
-    return [(int(i), float(similarities[i])) for i in top]
+    values, rows = top_k(similarities, np.arange(similarities.shape[1])[None, :], k)
+    return [(int(i), float(s)) for i, s in zip(rows[0], values[0], strict=True)]
 
 
 def sample_vectors(dataset, parts: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +153,9 @@ def groups(link_from, link_to, best_id, best_partner, best_similarity) -> list[l
     nodes, inverse = np.unique(np.concatenate([link_from, link_to, best_id, best_partner]), return_inverse=True)
     n_links, n_best = len(link_from), len(best_id)
     labels = np.arange(len(nodes), dtype=np.int64)
-    join(labels, inverse[:n_links], inverse[n_links : 2 * n_links])
-    join(labels, inverse[2 * n_links : 2 * n_links + n_best], inverse[2 * n_links + n_best :])
+    # a link ties link_from to link_to, a best pair best_id to best_partner: one union over both
+    join(labels, np.concatenate([inverse[:n_links], inverse[2 * n_links : 2 * n_links + n_best]]),
+         np.concatenate([inverse[n_links : 2 * n_links], inverse[2 * n_links + n_best :]]))
     best = np.full(len(nodes), -np.inf, np.float32)
     np.maximum.at(best, inverse[2 * n_links : 2 * n_links + n_best], np.asarray(best_similarity, np.float32))
     members: dict[int, list[tuple[int, float]]] = {}
