@@ -40,6 +40,7 @@ def make_output(count: int, dim: int, seed: int = 0) -> str:
     import pyarrow as pa
 
     from imgvec.output import FORMAT, FeatureDataset
+    from imgvec.writing import run_writing
 
     folder = os.path.join(CACHE, f"vectors-{count}-{dim}-{seed}")
     if os.path.exists(os.path.join(folder, ".complete")):
@@ -48,7 +49,7 @@ def make_output(count: int, dim: int, seed: int = 0) -> str:
     centres = rng.standard_normal((max(1, count // 50), dim)).astype(np.float32)
     dataset = FeatureDataset(folder)
     identity = {"model": "generated", "weights": "none", "weights_sha256": None, "dim": dim, "format": FORMAT}
-    with dataset.writing(identity, resume=False, overwrite=True):
+    with run_writing(dataset, identity, resume=False, overwrite=True):
         previous = None
         for start in range(0, count, PART_ROWS):
             n = min(PART_ROWS, count - start)
@@ -64,7 +65,7 @@ def make_output(count: int, dim: int, seed: int = 0) -> str:
             dataset.write_part(pa.table({"path": [f"img/{i:08d}.jpg" for i in range(start, start + n)],
                                          "features": features, "error": pa.nulls(n, pa.string())}),
                                f"part-0000-{start // PART_ROWS:06d}.parquet")
-        dataset.update_counts(dataset.counts())
+        dataset.update_metadata(dataset.counts())
     open(os.path.join(folder, ".complete"), "w").close()
     return folder
 
@@ -81,7 +82,8 @@ def imgvec(*args) -> tuple[float, str]:
 def queries(output: str, count: int = 1000) -> dict:
     """Latency of single queries through the stored index, and their recall@10 against exact search."""
     from imgvec.index import NeighbourIndex
-    from imgvec.output import FeatureDataset, part_vectors
+    from imgvec.output import FeatureDataset
+    from imgvec.rows import part_vectors
     from imgvec.search import Best, normalise
 
     dataset = FeatureDataset(output)
@@ -93,7 +95,7 @@ def queries(output: str, count: int = 1000) -> dict:
     query_vectors = normalise(query_vectors)
     loading = time.monotonic()
     index = NeighbourIndex.open(dataset)
-    index.search(query_vectors[:1], 11)  # loads the shards
+    index.search(query_vectors[:1], 11)  # loads the segments
     load_seconds = time.monotonic() - loading
     latencies, found = [], []
     for vector in query_vectors:

@@ -2,65 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import pathlib
-import shutil
-import subprocess
-import sys
 import tempfile
-import types
 
 import pytest
 
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="imgvec-test-torch-home-")
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples" / "images"
-
-
-IMGVEC = shutil.which("imgvec", path=os.path.dirname(sys.executable)) or shutil.which("imgvec")
-SPARK = ["--master", "local[2]"]
-
-
-def imgvec(*args, timeout=300, **kwargs):
-    """The real `imgvec` command in a subprocess."""
-    return subprocess.run([IMGVEC, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def imgvec_here(capsys, *args):
-    """The `imgvec` command's main() in this process: for commands that must stop before Spark starts."""
-    from imgvec.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return types.SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
-
-
-def assert_usage_error(result, fragment):
-    """Exit 2 and one line that says what is wrong, with no traceback and no terminal escape codes."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("imgvec: error:") and fragment in lines[-1], result.stderr
-    assert "Traceback" not in result.stderr and "\x1b" not in result.stderr
-
-
-def seed_default_weights(model_name: str, seed: int = 1234) -> str:
-    """Put a deterministic state_dict where torchvision's hub cache expects its pretrained file."""
-    import torch
-    import torchvision.models as tvm
-
-    from imgvec.weights import hub_checkpoint_path
-
-    enum = {"resnet50": tvm.ResNet50_Weights, "resnet18": tvm.ResNet18_Weights}[model_name]
-    path = hub_checkpoint_path(enum.DEFAULT.url)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = getattr(tvm, model_name)(weights=None)
-        torch.save(net.state_dict(), path + ".tmp")
-        os.replace(path + ".tmp", path)
-    return path
+from helpers import EXAMPLES, classic_session, seed_default_weights  # noqa: E402  (after TORCH_HOME)
 
 
 @pytest.fixture(scope="session")
@@ -84,38 +34,6 @@ def example_bytes(example_paths) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in example_paths}
 
 
-def max_relative_difference(a, b) -> float:
-    import numpy as np
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
-
-
-def classic_session(master: str = "local[2]", **conf):
-    """A fresh classic SparkSession; any earlier one in this process is stopped first."""
-    from pyspark import SparkContext
-    from pyspark.sql import SparkSession
-
-    from imgvec.spark import get_session
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-    os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)  # left behind by an earlier Spark Connect session
-    # The first session's settings become the JVM's system properties, which every later
-    # SparkContext in this process reads as defaults: forget the ones an earlier test chose.
-    if SparkContext._jvm is not None:
-        for key in _session_settings_set:
-            SparkContext._jvm.java.lang.System.clearProperty(key)
-    base = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
-            "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"}
-    _session_settings_set.update(conf)
-    return get_session(master, app_name="imgvec-tests", conf={**base, **conf})
-
-
-_session_settings_set: set[str] = set()
-
-
 @pytest.fixture(scope="module")
 def spark():
     session = classic_session("local[2]")
@@ -132,48 +50,3 @@ def image_dir(tmp_path, example_bytes):
     (tmp_path / "broken.jpg").write_bytes(example_bytes["chelsea.jpg"][:2000])
     (tmp_path / "nested" / "notes.txt").write_bytes(b"not an image")
     return tmp_path
-
-
-def reference_features(vectorizer, paths) -> dict:
-    """Single-process features for each file: what every distributed run must equal."""
-    import numpy as np
-
-    out = {}
-    for path in paths:
-        features, errors = vectorizer.embed([open(path, "rb").read()])
-        out[str(path)] = None if errors[0] else np.asarray(features[0])
-    return out
-
-
-def assert_same_features(rows, reference, path_col="path", features_col="features"):
-    """Every row's features equal the single-process reference (max relative difference <= 1e-4)."""
-    assert len(rows) == len(reference)
-    for row in rows:
-        path = row[path_col].removeprefix("file:")
-        expected = reference[path]
-        if expected is None:
-            assert row[features_col] is None and row["error"], path
-        else:
-            assert row["error"] is None, (path, row["error"])
-            assert max_relative_difference(row[features_col], expected) <= 1e-4, path
-
-
-def files_in(directory) -> list[str]:
-    return [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
-
-
-def visible_on_workers(spark, path) -> set[bool]:
-    """Whether the executors can see `path` (a file of the driver's)."""
-    from pyspark.sql.functions import udf
-
-    @udf("boolean")
-    def exists(_):
-        return os.path.exists(path)
-
-    return {r[0] for r in spark.range(0, 4, numPartitions=4).select(exists("id")).collect()}
-
-
-def co_member_pairs(found: dict) -> set:
-    """Every pair of paths that share a near-duplicate group in `imgvec dupes --json` output."""
-    return {tuple(sorted((a["path"], b["path"]))) for g in found["groups"] if g["kind"] == "near"
-            for a, b in itertools.combinations(g["members"], 2)}

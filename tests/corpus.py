@@ -127,33 +127,3 @@ def corpus() -> dict[str, tuple[bytes, str]]:
         "jpeg_header_only": (jpeg[:2], "any_error"),
     }
     return items
-
-
-def clustered_vectors(n: int, dim: int, *, seed: int = 0, per_cluster: int = 50, spread: float = 0.35) -> np.ndarray:
-    """n float32 vectors around n / per_cluster random centres: neighbours and near-duplicates to find.
-
-    With spread 0.35 two vectors of one centre have cosine ~0.89: many pairs lie near a 0.9 threshold.
-    """
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, n // per_cluster), dim)).astype(np.float32)
-    return centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, dim)).astype(np.float32)
-
-
-def vectors_output(folder, vectors: np.ndarray, *, part_rows: int = 512, model: str = "generated"):
-    """An imgvec output holding `vectors` (paths img/00000000.jpg, ...), written by imgvec's own writer."""
-    import pyarrow as pa
-
-    from imgvec.output import FORMAT, FeatureDataset
-
-    dataset = FeatureDataset(str(folder))
-    identity = {"model": model, "weights": "none", "weights_sha256": None, "dim": vectors.shape[1], "format": FORMAT}
-    with dataset.writing(identity, resume=False, overwrite=False):
-        for start in range(0, len(vectors), part_rows):
-            rows = vectors[start : start + part_rows]
-            offsets = pa.array(np.arange(0, rows.size + 1, max(1, vectors.shape[1]), dtype=np.int32))
-            dataset.write_part(pa.table({"path": [f"img/{i:08d}.jpg" for i in range(start, start + len(rows))],
-                                         "features": pa.ListArray.from_arrays(offsets, pa.array(rows.ravel())),
-                                         "error": pa.nulls(len(rows), pa.string())}),
-                               f"part-0000-{start // part_rows:06d}.parquet")
-        dataset.update_counts(dataset.counts())
-    return dataset

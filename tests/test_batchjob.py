@@ -18,7 +18,7 @@ import pytest
 from pyspark import cloudpickle
 from torch import nn
 
-from conftest import EXAMPLES, classic_session
+from helpers import EXAMPLES, classic_session
 from imgvec import ModelEntry, Preprocess
 from imgvec.embed import embed
 

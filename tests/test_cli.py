@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec
-from imgvec.output import FeatureDataset, OutputError
+from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec
+from imgvec.lock import LockError
+from imgvec.output import FeatureDataset
 from imgvec.progress import Progress
+from imgvec.writing import run_writing
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +165,8 @@ def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_byte
     while not list(output.glob("part-*.parquet")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     metadata = json.loads((output / "_imgvec.json").read_text())
-    second = FeatureDataset(str(output)).writing(metadata, resume=True, overwrite=False)  # a run meanwhile
-    with pytest.raises(OutputError, match="being written by another imgvec run"), second:
+    second = run_writing(FeatureDataset(str(output)), metadata, resume=True, overwrite=False)  # a run meanwhile
+    with pytest.raises(LockError, match="being written by another imgvec run"), second:
         pass
     assert process.poll() is None
     while len(list(output.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline and process.poll() is None:

@@ -6,14 +6,14 @@ pretrained file can only reach them the way imgvec ships it.
 
 import pytest
 
-from conftest import (
+from deployments import hidden_torch_cache, needs_hiding, standalone_cluster
+from helpers import (
     assert_same_features,
     classic_session,
     files_in,
     reference_features,
     visible_on_workers,
 )
-from deployments import hidden_torch_cache, needs_hiding, standalone_cluster
 from imgvec import ImageVectorizer, read_images
 
 pytestmark = pytest.mark.spark

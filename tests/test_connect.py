@@ -10,9 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from conftest import assert_same_features, co_member_pairs, files_in, imgvec, reference_features, visible_on_workers
-from corpus import clustered_vectors, vectors_output
 from deployments import connect_server, hidden_torch_cache, needs_hiding
+from helpers import (
+    assert_same_features,
+    clustered_vectors,
+    co_member_pairs,
+    files_in,
+    imgvec,
+    reference_features,
+    vectors_output,
+    visible_on_workers,
+)
 from imgvec import ImageFeaturizer, ImageVectorizer, read_images
 
 pytestmark = pytest.mark.spark

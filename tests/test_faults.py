@@ -15,8 +15,8 @@ import pytest
 from pyspark import cloudpickle
 from torch import nn
 
-from conftest import SPARK, classic_session, imgvec
 from corpus import corpus
+from helpers import SPARK, classic_session, imgvec
 from imgvec import ImageVectorizer, ModelEntry, Preprocess
 
 # The model below is defined in this test module, which Spark's Python workers cannot import.

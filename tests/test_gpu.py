@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import max_relative_difference
+from helpers import max_relative_difference
 from imgvec import ImageVectorizer, read_images
 from imgvec.featurize import resolve_device
 

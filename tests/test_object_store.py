@@ -12,8 +12,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import EXAMPLES, SPARK, assert_usage_error, co_member_pairs, imgvec, imgvec_here, max_relative_difference
 from deployments import free_port, hidden_torch_cache, object_store, standalone_cluster
+from helpers import EXAMPLES, SPARK, assert_usage_error, co_member_pairs, imgvec, imgvec_here, max_relative_difference
 from imgvec import ImageVectorizer
 
 pytestmark = pytest.mark.spark

@@ -17,10 +17,12 @@ import pytest
 import torch
 import torchvision
 
-from conftest import EXAMPLES, assert_usage_error, imgvec, imgvec_here
+from helpers import EXAMPLES, assert_usage_error, imgvec, imgvec_here
 from imgvec import ImageVectorizer
 from imgvec.embed import identity as identity_of
-from imgvec.output import FeatureDataset, OutputError
+from imgvec.lock import LockError
+from imgvec.output import FeatureDataset
+from imgvec.writing import run_writing
 
 # No Spark master listens here: a command that got as far as starting a job would fail differently.
 NO_SPARK = ["--master", "spark://127.0.0.1:9"]
@@ -38,7 +40,7 @@ def small_output(folder, rows=3) -> FeatureDataset:
     dataset = FeatureDataset(str(folder))
     identity = identity_of(ImageVectorizer("resnet18", weights="random"))
     dim = identity["dim"]
-    with dataset.writing(identity, resume=False, overwrite=False):
+    with run_writing(dataset, identity, resume=False, overwrite=False):
         dataset.write_part(pa.table({"path": [f"file:/p/{i}.jpg" for i in range(rows)],
                                      "features": [[float(i + j) for j in range(dim)] for i in range(rows)],
                                      "error": pa.nulls(rows, pa.string())}), "part-0000-000000.parquet")
@@ -80,7 +82,7 @@ def test_overwrite_refuses_an_imgvec_output_that_also_holds_foreign_files(capsys
 def test_overwrite_deletes_exactly_what_imgvec_wrote(tmp_path):
     dataset = small_output(tmp_path / "o")
     small = {"model": "resnet18", "weights": "random", "weights_sha256": None, "dim": 2, "format": "x"}
-    with dataset.writing(small, resume=False, overwrite=True):
+    with run_writing(dataset, small, resume=False, overwrite=True):
         assert sorted(os.listdir(tmp_path / "o")) == ["_imgvec.json", "_imgvec.lock"]
         assert dataset.read().num_rows == 0
     assert os.listdir(tmp_path / "o") == ["_imgvec.json"]  # the lock goes with the run
@@ -159,16 +161,16 @@ def test_a_stray_file_next_to_the_parts_is_never_fatal(capsys, tmp_path):
 def test_a_live_run_holds_the_output_and_a_dead_one_does_not(capsys, tmp_path, photos):
     dataset = small_output(tmp_path / "o")
     identity = dataset.metadata()
-    with dataset.writing(identity, resume=True, overwrite=False):  # a run of this process, alive
+    with run_writing(dataset, identity, resume=True, overwrite=False):  # a run of this process, alive
         assert_usage_error(imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--resume", *RANDOM, *NO_SPARK),
                            "is being written by another imgvec run")
-        with pytest.raises(OutputError, match="another imgvec run"), dataset.writing(identity, resume=False,
+        with pytest.raises(LockError, match="another imgvec run"), run_writing(dataset, identity, resume=False,
                                                                                      overwrite=True):
             pass
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock = {"run": "gone", "host": os.uname().nodename, "pid": int(dead.stdout), "refreshed": 4e9, "started": "x"}
     (tmp_path / "o" / "_imgvec.lock").write_text(json.dumps(lock))
-    with dataset.writing(identity, resume=True, overwrite=False):  # its process is gone: taken over
+    with run_writing(dataset, identity, resume=True, overwrite=False):  # its process is gone: taken over
         pass
     assert not (tmp_path / "o" / "_imgvec.lock").exists()
 

@@ -16,10 +16,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from conftest import EXAMPLES, SPARK, assert_usage_error, co_member_pairs, imgvec, imgvec_here
-from corpus import clustered_vectors, vectors_output
+from helpers import (
+    EXAMPLES,
+    SPARK,
+    assert_usage_error,
+    clustered_vectors,
+    co_member_pairs,
+    imgvec,
+    imgvec_here,
+    vectors_output,
+)
 from imgvec.output import FeatureDataset
 from imgvec.search import duplicate_groups, groups, linked, normalise
+from imgvec.writing import run_writing
 
 THRESHOLD = 0.8
 
@@ -172,29 +181,83 @@ def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):
     assert len(truth & found) / len(truth) >= 0.95
 
 
-def test_dupes_writes_every_group_and_lists_what_keep_would_delete(planted, tmp_path):
+@pytest.mark.parametrize("threshold", [THRESHOLD, 0.6])
+def test_every_file_keep_lists_has_a_kept_file_of_its_group_at_the_threshold(planted, tmp_path, threshold):
+    """A chain A~B~C may be one group to look at, but never makes a file deletable on its own."""
     folder, output = planted
     out = tmp_path / "groups.parquet"
-    listed = imgvec("dupes", output, "--threshold", THRESHOLD, "--keep", "largest", "--out", out)
+    listed = imgvec("dupes", output, "--threshold", threshold, "--keep", "largest", "--out", out)
     assert listed.returncode == 0, listed.stderr
     table = pq.read_table(out)
-    assert table.column_names == ["path", "group", "kind", "representative", "similarity"]
+    assert table.column_names == ["path", "group", "kind", "representative", "similarity", "kept_file",
+                                  "kept_similarity"]
     delete = listed.stdout.splitlines()
     rows = table.to_pylist()
-    members = {g: {r["path"] for r in rows if r["group"] == g} for g in {r["group"] for r in rows}}
-    kept = {r["path"] for r in rows} - set(delete)
-    assert delete == sorted(delete) and set(delete) <= {r["path"] for r in rows}
-    for row in rows:
-        sizes = {p: os.path.getsize(folder / os.path.basename(p)) for p in members[row["group"]]}
-        assert sizes[row["representative"]] == max(sizes.values())  # --keep largest
-        assert len(kept & members[row["group"]]) <= 1  # one file of each content survives ...
-        if row["kind"] == "near":
-            assert row["representative"] in kept  # ... the one the group keeps
-        elif not kept & members[row["group"]]:  # ... or an identical file's content lives on in a near group
-            assert any(r["kind"] == "near" and r["path"] == row["representative"] for r in rows)
-    assert "files to delete keeping the largest of each group" in listed.stderr
+    members = {(r["group"], r["path"]): r for r in rows}  # a file kept for its identical copies is in two groups
+    features = {p: v / np.linalg.norm(v) for p, v in features_by_path(output).items()}
+    assert delete == sorted(delete) and set(delete) == {r["path"] for r in rows if r["kept_file"] != r["path"]}
+    for row in (r for r in rows if r["path"] in delete):
+        path = row["path"]
+        kept = members[row["group"], row["kept_file"]]  # in the same group ...
+        assert kept["kept_file"] == kept["path"] and kept["path"] not in delete  # ... and kept
+        if row["kind"] == "identical":
+            assert (folder / os.path.basename(path)).read_bytes() == (folder / os.path.basename(kept["path"])).read_bytes()
+        else:
+            cosine = float(features[path] @ features[kept["path"]])
+            assert cosine >= threshold - 1e-5 and abs(cosine - row["kept_similarity"]) < 1e-4
+    for group in {r["group"] for r in rows}:  # --keep largest: the largest file of a group is kept
+        members = [r for r in rows if r["group"] == group]
+        largest = max(members, key=lambda r: (os.path.getsize(folder / os.path.basename(r["path"])), r["path"]))
+        sizes = {os.path.getsize(folder / os.path.basename(r["path"])) for r in members if r["path"] == r["kept_file"]}
+        assert os.path.getsize(folder / os.path.basename(largest["path"])) in sizes
+    found = json.loads(imgvec("dupes", output, "--threshold", threshold, "--keep", "largest", "--json").stdout)
+    assert found["delete"] == delete and found["threshold_source"] == "given"
+    for group in found["groups"]:  # each group reports its weakest pair: the least similar of its members
+        if group["kind"] == "near":
+            vectors = np.stack([features[m["path"]] for m in group["members"]])
+            assert abs(group["weakest"]["similarity"] - (vectors @ vectors.T).min()) < 1e-4
+    assert "files to delete, each with a kept file of its group at cosine >=" in listed.stderr
     assert_usage_error(imgvec("dupes", output, "--out", out), "already exists")  # never over a file
     assert_usage_error(imgvec("dupes", output, "--exact", "--clusters", "3"), "cannot go with --exact")
+
+
+def chain(dim: int = 16) -> np.ndarray:
+    """Vectors A, B, C, D, each at cosine ~0.8 to the next: A~B~C~D is one group, but A and D are far apart."""
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0][:4].astype(np.float32)
+    angle = np.arccos(0.8)
+    return np.stack([np.cos(k * angle) * basis[0] + np.sin(k * angle) * basis[1] for k in range(4)])
+
+
+def test_a_chain_is_one_group_to_look_at_but_never_makes_a_file_deletable(tmp_path, capsys):
+    output = tmp_path / "vectors"
+    x = chain()
+    strangers = np.random.default_rng(9).standard_normal((50, 16)).astype(np.float32)
+    vectors_output(output, np.concatenate([x, strangers]))
+    result = imgvec_here(capsys, "dupes", output, "--threshold", "0.75", "--keep", "first", "--json")
+    group = json.loads(result.stdout)["groups"][0]
+    paths = [f"img/{i:08d}.jpg" for i in range(4)]
+    assert [m["path"] for m in group["members"]] == paths  # one group for browsing
+    kept = {m["path"]: m["kept_file"] for m in group["members"]}
+    # A is kept (first path); B joins A; C is not near A (cosine 0.28): kept; D joins C
+    assert kept == {paths[0]: paths[0], paths[1]: paths[0], paths[2]: paths[2], paths[3]: paths[2]}
+    assert group["kept"] == [paths[0], paths[2]] and json.loads(result.stdout)["delete"] == [paths[1], paths[3]]
+    assert abs(group["weakest"]["similarity"] - float(normalise(x)[0] @ normalise(x)[3])) < 1e-5
+    assert group["weakest"]["similarity"] < 0.75 and {group["weakest"]["a"], group["weakest"]["b"]} == {paths[0], paths[3]}
+
+
+def test_witnesses_keep_order_and_forced_files():
+    from imgvec.witness import keep_order, weakest_pair, witnesses
+
+    x = normalise(chain())
+    leader, similarity = witnesses(x, 0.75)
+    assert leader.tolist() == [0, 0, 2, 2] and np.allclose(similarity, [1, 0.8, 1, 0.8], atol=1e-5)
+    leader, _ = witnesses(x, 0.75, forced=[False, True, False, False])  # B must be kept (another output's)
+    assert leader.tolist() == [0, 1, 1, 3]  # C joins B, the most similar kept file; D, near C only, is kept
+    assert weakest_pair(x)[:2] == (0, 3)
+    rows = [{"path": "b", "bytes": 10, "source": 0}, {"path": "a", "bytes": 5, "source": 0},
+            {"path": "c", "bytes": 99, "source": 1}]
+    assert keep_order(rows, "first") == [2, 1, 0] and keep_order(rows, "largest") == [2, 0, 1]
 
 
 # --- the index ---------------------------------------------------------------------------------
@@ -207,7 +270,7 @@ def test_index_on_spark_then_similar_uses_it_with_recall_against_exact(generated
     assert built.stdout.startswith("imgvec index: ivf-flat index of 30000 vectors")  # auto: 30,000 > EXACT_MAX
     description = json.loads((output / "_imgvec_index" / "index.json").read_text())
     assert description["recall_at_10"] >= 0.95 and description["queries"] == 1000
-    assert len(description["shards"]) == 2  # one per task slot of local[2]
+    assert len(description["segments"]) == 2  # one per task slot of local[2]
     queries = [f"img/{i:08d}.jpg" for i in range(0, 30_000, 600)]
     by_index = json.loads(imgvec("similar", output, *queries, "-k", "10", "--json").stdout)
     exact = json.loads(imgvec("similar", output, *queries, "-k", "10", "--json", "--exact").stdout)
@@ -237,17 +300,17 @@ def test_every_index_type_builds_and_measures_its_recall(tmp_path, capsys, kind)
     assert len(matches) == 3 and "img/00000007.jpg" not in [m["path"] for m in matches]
 
 
-def test_an_index_larger_than_memory_is_sharded_and_searched_shard_by_shard(tmp_path, capsys, monkeypatch):
+def test_an_index_larger_than_memory_is_segmented_and_searched_in_runs(tmp_path, capsys, monkeypatch):
     import imgvec.index
     from imgvec.index import NeighbourIndex
 
     output = tmp_path / "vectors"
     vectors = clustered_vectors(3_000, 32, seed=4)
     vectors_output(output, vectors, part_rows=100)
-    # 3,000 x (32 floats + an id) = 408,000 bytes, in shards of at most 64 KiB: 7 shards
+    # 3,000 x (32 floats + an id) = 408,000 bytes, in segments of at most 64 KiB: 7 segments
     assert imgvec_here(capsys, "index", output, "--index-type", "ivf-flat", "--memory", "64K", "-q",
                        *SPARK).returncode == 0
-    assert len(json.loads((output / "_imgvec_index" / "index.json").read_text())["shards"]) == 7
+    assert len(json.loads((output / "_imgvec_index" / "index.json").read_text())["segments"]) == 7
     queries = normalise(vectors[:20])
     held = NeighbourIndex.open(FeatureDataset(str(output)))
     in_memory = held.search(queries, 5)
@@ -263,17 +326,18 @@ def test_a_rebuilt_index_replaces_the_old_files_and_overwrite_removes_it(tmp_pat
     output = tmp_path / "vectors"
     vectors_output(output, clustered_vectors(500, 8))
     for _ in range(2):
-        assert imgvec_here(capsys, "index", output, "-q").returncode == 0  # flat: in this process, no Spark
+        assert imgvec_here(capsys, "index", output, "--rebuild", "-q").returncode == 0  # flat: in this process
     files = sorted(os.listdir(output / "_imgvec_index"))
     build = json.loads((output / "_imgvec_index" / "index.json").read_text())["build"]
-    assert files == sorted(["index.json", f"trained-{build}.faiss", f"queries-{build}.npz", f"shard-{build}-0.faiss"])
-    with FeatureDataset(str(output)).writing({"model": "x", "dim": 8}, resume=False, overwrite=True):
+    assert files == sorted(["index.json", f"trained-{build}.faiss", f"queries-{build}.npz", f"truth-{build}-0.npz",
+                            f"segment-{build}-0.faiss"])
+    with run_writing(FeatureDataset(str(output)), {"model": "x", "dim": 8}, resume=False, overwrite=True):
         assert not os.path.exists(output / "_imgvec_index")
 
 
-def _damaged_shard(output):
-    shard = next((output / "_imgvec_index").glob("shard-*"))
-    shard.write_bytes(shard.read_bytes()[:100])
+def _damaged_segment(output):
+    segment = next((output / "_imgvec_index").glob("segment-*"))
+    segment.write_bytes(segment.read_bytes()[:100])
 
 
 def _garbage_description(output):
@@ -292,7 +356,7 @@ def _new_part(output):
 
 
 @pytest.mark.parametrize("damage,fragment", [
-    (_damaged_shard, "is damaged or missing"), (_garbage_description, "is damaged or of another version"),
+    (_damaged_segment, "is damaged or missing"), (_garbage_description, "is damaged or of another version"),
     (_other_model, "built from other features (resnet50, 2048-d)"), (_new_part, "older than its features")])
 def test_an_index_that_cannot_be_used_is_one_line(tmp_path, capsys, damage, fragment):
     output = tmp_path / "vectors"
@@ -325,7 +389,7 @@ def test_an_output_of_format_1_is_read_and_resuming_it_marks_format_2(tmp_path, 
     result = imgvec_here(capsys, "dupes", output, "--threshold", "0.9", "--json")
     found = json.loads(result.stdout)
     assert [sorted(m["path"] for m in g["members"]) for g in found["groups"]] == [["a.jpg", "b.jpg"]]
-    with FeatureDataset(str(output)).writing(identity, resume=True, overwrite=False):
+    with run_writing(FeatureDataset(str(output)), identity, resume=True, overwrite=False):
         pass
     assert json.loads((output / "_imgvec.json").read_text())["format"] == "imgvec-features/2"
     assert FeatureDataset(str(output)).read(["path", "sha256"]).column("sha256").null_count == 3

@@ -5,7 +5,7 @@ pretrained ResNet-50 file is pre-seeded into the torch hub cache (see conftest),
 real default-weights path runs.
 """
 
-from conftest import EXAMPLES
+from helpers import EXAMPLES
 from imgvec import ImageVectorizer
 
 

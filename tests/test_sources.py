@@ -6,7 +6,7 @@ import unicodedata
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import EXAMPLES, SPARK, imgvec, max_relative_difference
+from helpers import EXAMPLES, SPARK, imgvec, max_relative_difference
 from imgvec import ImageVectorizer, read_images
 from imgvec.sources import Item, shards
 from imgvec.storage import list_local_files

@@ -11,8 +11,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import udf
 from pyspark.sql.types import ArrayType, FloatType
 
-from conftest import assert_same_features, files_in, reference_features
 from corpus import corpus
+from helpers import assert_same_features, files_in, reference_features
 from imgvec import ImageFeaturizer, ImageVectorizer, read_images
 
 pytestmark = pytest.mark.spark

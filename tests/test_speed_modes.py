@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES
 from corpus import encode
+from helpers import EXAMPLES
 from imgvec import ImageVectorizer
 from imgvec.search import duplicate_groups, nearest
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import classic_session
+from helpers import classic_session
 from imgvec import ImageVectorizer
 
 pytestmark = pytest.mark.spark

@@ -11,8 +11,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import max_relative_difference
 from corpus import corpus
+from helpers import max_relative_difference
 from imgvec import ImageVectorizer
 
 

@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"auto (default): flat (exact) up to {defaults.EXACT_MAX} vectors, ivf-flat while "
                        "the vectors fit --memory, ivf-pq (compressed) beyond; hnsw on request")
     index.add_argument("--memory", type=_size, default=defaults.INDEX_MEMORY, metavar="BYTES",
-                       help=f"most memory one index shard may take, e.g. 16G (default {defaults.INDEX_MEMORY >> 30}G);"
-                       " a larger index is stored in shards")
+                       help=f"most memory one index segment may take, e.g. 16G (default "
+                       f"{defaults.INDEX_MEMORY >> 30}G); a larger index is stored in segments")
+    index.add_argument("--rebuild", action="store_true", help="train the index anew (by default the parts embedded "
+                       "since the last build are added to it, without retraining)")
     _spark_options(index)
 
     similar = commands.add_parser("similar", help="rank the images most like a query",
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("-k", type=int, default=defaults.K, help=f"matches per query (default {defaults.K})")
     similar.add_argument("--exact", action="store_true", help="compare with every vector, even when there is an index")
     similar.add_argument("--json", action="store_true", help="JSON on stdout")
+    similar.add_argument("--html", metavar="FILE", help="also write a page of thumbnails of each query and its "
+                         "matches (one self-contained file; must not exist)")
 
     dupes = commands.add_parser(
         "dupes", help="groups of byte-identical files and of near-duplicate images",
@@ -95,19 +99,41 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{defaults.EXACT_MAX} images every pair is compared in this process; beyond, on Spark: "
                     "k-means clusters, then every pair inside each cluster (SemDeDup).")
     dupes.add_argument("output", metavar="OUTPUT")
-    dupes.add_argument("--threshold", type=float, default=defaults.THRESHOLD,
-                       help=f"cosine similarity (default {defaults.THRESHOLD})")
+    dupes.add_argument("--threshold", type=float, help="cosine similarity (default: the one imgvec calibrate "
+                       f"measured for OUTPUT, else the model's own, else {defaults.THRESHOLD})")
+    dupes.add_argument("--against", action="append", default=[], metavar="OLD", help="only groups holding an "
+                       "image of OUTPUT, compared with OLD's images too (an output of the same model; by its index "
+                       "when it has one); OLD's files are always kept. May be repeated")
     dupes.add_argument("--exact", action="store_true", help="compare every pair in this process, however many")
     dupes.add_argument("--clusters", type=int, help="k-means clusters on Spark (default: one per "
                        f"{defaults.CLUSTER_SIZE} images); given, the clustered search runs whatever the size")
     dupes.add_argument("--keep", choices=defaults.KEEPS, help="print the files one would delete, one per "
-                       "line, keeping in each group the first path (first) or the largest file (largest)")
+                       "line: each has a kept file of its group at the threshold; files are kept in order of "
+                       "path (first) or size (largest)")
     dupes.add_argument("--out", metavar="FILE", help="write every group as Parquet [path, group, kind, "
-                       "representative, similarity] (a local path or URI; must not exist)")
+                       "representative, similarity, kept_file, kept_similarity] (a local path or URI; must not "
+                       "exist)")
+    dupes.add_argument("--html", metavar="FILE", help="write a page of thumbnails of the largest groups "
+                       "(--show), kept files marked (one self-contained file; must not exist)")
     dupes.add_argument("--json", action="store_true", help="JSON on stdout")
     dupes.add_argument("--show", type=int, default=10, help="largest groups printed, and members of each "
                        "(default 10)")
     _spark_options(dupes)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="measure what each dupes threshold finds on OUTPUT's own images",
+        description="Make known copies of a sample of OUTPUT's images (crops, small re-encodes, colour, mirror, "
+                    "text, border, rotation, picture-in-picture), embed them on Spark with OUTPUT's model and "
+                    "measure, per threshold, the copies found and the false pairs expected at OUTPUT's size. "
+                    "Records the recommended threshold, which imgvec dupes then uses.")
+    calibrate.add_argument("output", metavar="OUTPUT")
+    calibrate.add_argument("--sample", type=int, default=defaults.CALIBRATION_SAMPLE,
+                           help=f"originals to edit (default {defaults.CALIBRATION_SAMPLE})")
+    calibrate.add_argument("--precision", type=float, default=defaults.CALIBRATION_PRECISION,
+                           help="expected precision at OUTPUT's size the threshold must keep "
+                           f"(default {defaults.CALIBRATION_PRECISION})")
+    calibrate.add_argument("--json", action="store_true", help="JSON on stdout")
+    _spark_options(calibrate)
 
     models = commands.add_parser("models", help="the models imgvec knows")
     models.add_argument("--json", action="store_true", help="JSON on stdout")
@@ -180,7 +206,7 @@ def _fail(message: str) -> int:
 
 
 def run_embed(args) -> int:
-    conf = dict(_key_value(item) for item in args.conf)
+    conf = _conf(args)
     if args.max_error_rate is not None and not 0 <= args.max_error_rate <= 1:
         raise UsageError("--max-error-rate is a share between 0 and 1, e.g. 0.05")
     from imgvec.embed import embed
@@ -207,19 +233,23 @@ def run_embed(args) -> int:
 def run_index(args) -> int:
     from imgvec.index import build_index
 
-    built = build_index(args.output, kind=args.index_type, memory=args.memory, master=args.master,
-                        conf=dict(_key_value(item) for item in args.conf), quiet=args.quiet)
+    built = build_index(args.output, kind=args.index_type, memory=args.memory, rebuild=args.rebuild,
+                        master=args.master, conf=_conf(args), quiet=args.quiet)
     setting = "".join(f", {name} {built[name]}" for name in ("nprobe", "ef_search") if name in built)
-    print(f"imgvec index: {built['type']} index of {built['count']} vectors in {built['seconds']:.1f} s "
-          f"({built['factory']}{setting}; {_count(len(built['shards']), 'shard')})")
+    what = "built" if built["updates"] == 0 else f"updated: {_count(built['added'], 'vector')} added without retraining"
+    print(f"imgvec index: {built['type']} index of {built['count']} vectors in {built['seconds']:.1f} s, {what} "
+          f"({built['factory']}{setting}; {_count(len(built['segments']), 'segment')})")
     print(f"  recall@10 {built['recall_at_10']:.3f} against exact search on "
           f"{_count(built['queries'], 'held-out query', 'held-out queries')}")
+    if built["advice"]:
+        print(f"  {built['advice']}")
     return 0
 
 
 def run_similar(args) -> int:
     from imgvec.similar import find_similar
 
+    page = _new_file(args.html, "--html") if args.html else None
     how, results = find_similar(args.output, args.queries, args.k, exact=args.exact)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -229,40 +259,54 @@ def run_similar(args) -> int:
             print(f"query: {result['query']}")
             for m in result["matches"]:
                 print(f"  {m['rank']:3d}  {m['similarity']:.4f}  {m['path']}")
+    if page is not None:
+        from imgvec.gallery import similar_page
+
+        page.write_bytes(similar_page(how, results).encode())
+        print(f"page written to {page.uri}", file=sys.stderr)
     return 0
 
 
 def run_dupes(args) -> int:
     from imgvec.dedup import find_duplicates
 
-    out = _new_file(args.out) if args.out else None
+    out = _new_file(args.out, "--out") if args.out else None
+    page = _new_file(args.html, "--html") if args.html else None
+    if args.show < 1:
+        raise UsageError("--show is how many groups to show, at least 1")
     found = find_duplicates(args.output, args.threshold, keep=args.keep or defaults.KEEP, exact=args.exact,
-                            clusters=args.clusters, master=args.master,
-                            conf=dict(_key_value(item) for item in args.conf), quiet=args.quiet)
+                            clusters=args.clusters, against=args.against, master=args.master, conf=_conf(args),
+                            quiet=args.quiet)
     if out is not None:
         import pyarrow.parquet as pq
 
         out.write_with(lambda path, fs: pq.write_table(found.table(), path, filesystem=fs))
+    if found.threshold_source != "given":
+        print(f"imgvec: threshold {found.threshold}: {found.threshold_source}", file=sys.stderr)
     identical = [g for g in found.groups if g.kind == "identical"]
     summary = (f"{_count(len(found.groups), 'group')} among {found.images} images (cosine >= {found.threshold}; "
                f"{found.how}; {found.seconds:.1f} s): {len(identical)} of byte-identical files, "
                f"{len(found.groups) - len(identical)} of near-duplicates")
     if args.json:
-        print(json.dumps({"images": found.images, "threshold": found.threshold, "search": found.how,
-                          "groups": [vars(g) for g in found.groups],
+        print(json.dumps({"images": found.images, "threshold": found.threshold, "threshold_source":
+                          found.threshold_source, "search": found.how, "groups": [vars(g) for g in found.groups],
                           **({"delete": found.to_delete()} if args.keep else {})}, indent=2))
     elif args.keep:  # the list alone on stdout, to read or to pipe; the summary on stderr
-        print(summary + f"; {len(found.to_delete())} files to delete keeping the {args.keep} of each group",
-              file=sys.stderr)
+        print(summary + f"; {len(found.to_delete())} files to delete, each with a kept file of its group at "
+              f"cosine >= {found.threshold} (kept: the {args.keep} of each)", file=sys.stderr)
         for path in found.to_delete():
             print(path)
     else:
         print(summary)
         for n, group in enumerate(found.groups[: args.show], 1):
-            print(f"group {n} ({group.kind}, {len(group.members)} images)")
+            weakest = f", weakest pair {group.weakest['similarity']:.4f}" if group.kind == "near" else ""
+            print(f"group {n} ({group.kind}, {len(group.members)} images{weakest})")
             for member in group.members[: args.show]:
-                print(f"  {member['similarity']:.4f}  {member['path']}" + ("  (keep)" if member["path"] ==
-                                                                          group.representative else ""))
+                if member["kept_file"] == member["path"]:
+                    print(f"  {member['similarity']:.4f}  {member['path']}  (keep)")
+                else:
+                    copy = "" if len(group.kept) == 1 else f"  (copy of {member['kept_file']})"
+                    print(f"  {member['kept_similarity']:.4f}  {member['path']}{copy}")
             if len(group.members) > args.show:
                 print(f"  ... and {len(group.members) - args.show} more")
         if len(found.groups) > args.show:
@@ -270,6 +314,40 @@ def run_dupes(args) -> int:
                   "writes every group)"))
     if out is not None:
         print(f"groups written to {out.uri}", file=sys.stderr)
+    if page is not None:
+        from imgvec.gallery import dupes_page
+
+        page.write_bytes(dupes_page(found, args.show, out.uri if out else None, master=args.master,
+                                    conf=_conf(args)).encode())
+        print(f"page written to {page.uri}", file=sys.stderr)
+    return 0
+
+
+def run_calibrate(args) -> int:
+    from imgvec.calibrate import calibrate
+
+    if args.sample < 2:
+        raise UsageError("--sample is how many originals to edit, at least 2")
+    if not 0 < args.precision < 1:
+        raise UsageError("--precision is a share between 0 and 1, e.g. 0.99")
+    result = calibrate(args.output, sample=args.sample, precision=args.precision, master=args.master,
+                       conf=_conf(args), quiet=args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    kinds = list(result["edits"])
+    print(f"imgvec calibrate: {result['originals']} originals x {len(kinds)} edits of {result['images']} images "
+          f"({result['model']}), in {result['seconds']:.1f} s")
+    print(f"{'threshold':>9}  " + "  ".join(f"{k[:6]:>6}" for k in kinds) + "  recall  false pairs at "
+          f"{result['images']} images  precision")
+    for row in result["table"]:
+        marker = "  <- recommended" if row["threshold"] == result["threshold"] else ""
+        print(f"{row['threshold']:>9.2f}  " + "  ".join(f"{row['recall_by_edit'][k]:>6.2f}" for k in kinds)
+              + f"  {row['recall']:>6.2f}  {row['expected_false_pairs']:>11.3g}{'':>{len(str(result['images']))+8}}"
+              f"  {row['precision']:>9.4f}{marker}")
+    print(f"threshold {result['threshold']}: recall {result['recall']:.2f}, expected precision "
+          f"{result['expected_precision']:.4f} at {result['images']} images; recorded in {result['output']}, "
+          "imgvec dupes uses it from now on")
     return 0
 
 
@@ -277,16 +355,16 @@ def _count(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
-def _new_file(text: str):
-    """Where --out writes, checked before any work: never over an existing file."""
+def _new_file(text: str, flag: str):
+    """Where --out or --html writes, checked before any work: never over an existing file."""
     from imgvec.storage import check_reachable, open_location
 
     where = open_location(text)
-    check_reachable(where, "--out")
+    check_reachable(where, flag)
     if where.info().type != where.info().type.NotFound:
-        raise UsageError(f"--out {where.uri} already exists; give a new file name")
+        raise UsageError(f"{flag} {where.uri} already exists; give a new file name")
     if where.is_local and not os.path.isdir(os.path.dirname(where.path)):
-        raise UsageError(f"--out {where.uri}: its folder does not exist")
+        raise UsageError(f"{flag} {where.uri}: its folder does not exist")
     return where
 
 
@@ -312,17 +390,22 @@ def run_info(args) -> int:
     from imgvec.output import open_output
 
     dataset, metadata = open_output(args.output)
-    info = {**metadata, **dataset.counts(), "location": dataset.location, "parts": len(dataset.parts())}
+    parts = dataset.part_names()
+    info = {**metadata, **dataset.counts(), "location": dataset.location, "parts": len(parts),
+            "dim": dataset.dim(metadata, parts)}
     try:
-        index = NeighbourIndex.open(dataset, metadata=metadata)
+        index = NeighbourIndex.open(dataset, metadata=metadata, parts=parts)
         info["index"] = index.summary if index else "none (imgvec index builds one)"
     except IndexProblem as problem:  # info describes the output; the index's problem is part of that
         info["index"] = f"unusable: {problem}"
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
+        calibration = info.get("calibration")
+        info["threshold"] = (f"{calibration['threshold']} (imgvec calibrate, {calibration['created']})" if calibration
+                             else "not calibrated (imgvec calibrate measures one)")
         for key in ("location", "model", "dim", "weights", "weights_sha256", "precision", "draft", "imgvec_version",
-                    "created", "updated", "parts", "total", "succeeded", "failed", "index"):
+                    "created", "updated", "parts", "total", "succeeded", "failed", "index", "threshold"):
             print(f"{key:<15} {info.get(key)}")
         for kind, n in info["error_kinds"].items():
             print(f"  error {kind:<12} {n}")
@@ -336,8 +419,12 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
-COMMANDS = {"embed": run_embed, "index": run_index, "similar": run_similar, "dupes": run_dupes, "models": run_models,
-            "info": run_info}
+def _conf(args) -> dict:
+    return dict(_key_value(item) for item in args.conf)
+
+
+COMMANDS = {"embed": run_embed, "index": run_index, "similar": run_similar, "dupes": run_dupes,
+            "calibrate": run_calibrate, "models": run_models, "info": run_info}
 
 if __name__ == "__main__":
     sys.exit(main())

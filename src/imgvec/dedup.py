@@ -1,9 +1,18 @@
 """`imgvec dupes`: groups of byte-identical files, and of near-duplicate images by cosine similarity.
 
 Byte-identical: the same sha256 and byte length, recorded by `embed`; found first. Near-duplicates:
-features with cosine similarity >= threshold, joined transitively into groups, among distinct
-contents: one copy of each identical group stands for it (and is shown as that group's
-representative), so a file is compared once, and its copies are listed in their identical group.
+features with cosine similarity >= threshold, joined transitively into groups for browsing, among
+distinct contents: one copy of each identical group stands for it (and is that group's kept file),
+so a file is compared once, and its copies are listed in their identical group.
+
+What may be deleted never rests on a chain: inside each group, members in keep order (the first
+path, or the largest file) each join the most similar kept file at cosine >= threshold, or are kept
+themselves (witness.py). So every file `--keep` lists has a kept file of its own group at or above
+the threshold, and a group reports its weakest pair. A file kept for its identical copies is kept in
+its near group too, so that no witness is itself deleted.
+
+`against`: only groups holding an image of OUTPUT, compared with the images of other outputs (by
+their index where they have one); their files are always kept.
 
 Small outputs (up to EXACT_MAX vectors), or `exact`: every pair, in this process (search.py).
 Beyond, SemDeDup-style on Spark, the driver only planning:
@@ -27,24 +36,36 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec import defaults
-from imgvec.output import FeatureDataset, open_output, part_ids, part_vectors, parts_plan, read_part
+from imgvec.output import FeatureDataset, read_part
 from imgvec.progress import Progress
-from imgvec.search import groups, linked, normalise, sample_vectors
+from imgvec.rows import part_ids, part_vectors
+from imgvec.search import groups, linked, normalise
+from imgvec.searchable import Searchable, check_comparable, open_searchable, parts_plan
+from imgvec.witness import keep_order, weakest_pair, witnesses
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
+AGAINST_K = 32  # neighbours an index returns per new image, of which those at the threshold are pairs
+SOURCE_SHIFT = 56  # node = (output number << 56) | row id: row ids use 32 bits of row and 24 of part number
 HASHES = pa.schema([("id", pa.int64()), ("sha256", pa.string()), ("bytes", pa.int64())])
 # features as raw float32 bytes: the JVM moves one value per row, not dim array elements (measured below)
 ASSIGNED = pa.schema([("cluster", pa.int64()), ("low", pa.int64()), ("high", pa.int64()), ("block", pa.int64()),
                       ("id", pa.int64()), ("features", pa.binary())])
 LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float32())])  # null: a link only
+TABLE = pa.schema([("path", pa.string()), ("group", pa.int64()), ("kind", pa.string()),
+                   ("representative", pa.string()), ("similarity", pa.float32()), ("kept_file", pa.string()),
+                   ("kept_similarity", pa.float32())])
 
 
 @dataclass
 class Group:
     kind: str  # "identical" (same bytes) or "near" (cosine >= threshold)
-    representative: str  # the file --keep keeps
-    members: list[dict] = field(default_factory=list)  # {path, similarity, bytes}
+    representative: str  # the first file the group keeps (in keep order)
+    # {path, similarity: best pair in the group, bytes, kept_file: the kept file it is a copy of (itself when
+    #  kept), kept_similarity: cosine to that file, output: the output it is in}
+    members: list[dict] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # every file the group keeps
+    weakest: dict | None = None  # {a, b, similarity}: the least similar pair of members
 
 
 @dataclass
@@ -53,68 +74,93 @@ class Duplicates:
     images: int  # images with features
     threshold: float
     how: str  # "exact" or "clustered (K clusters, ...)"
+    threshold_source: str = ""  # where the threshold came from: the user, a calibration, the model's default
     seconds: float = 0.0
 
     def to_delete(self) -> list[str]:
-        """Every file of every group but its representative: what --keep would have one delete."""
-        return sorted({m["path"] for g in self.groups for m in g.members if m["path"] != g.representative})
+        """Every file that has a kept file of its group at cosine >= threshold: what --keep lists."""
+        return sorted({m["path"] for g in self.groups for m in g.members if m["kept_file"] != m["path"]})
 
     def table(self) -> pa.Table:
         rows = [{"path": m["path"], "group": n, "kind": g.kind, "representative": g.representative,
-                 "similarity": m["similarity"]} for n, g in enumerate(self.groups) for m in g.members]
-        return pa.Table.from_pylist(rows, schema=pa.schema([
-            ("path", pa.string()), ("group", pa.int64()), ("kind", pa.string()), ("representative", pa.string()),
-            ("similarity", pa.float32())]))
+                 "similarity": m["similarity"], "kept_file": m["kept_file"], "kept_similarity": m["kept_similarity"]}
+                for n, g in enumerate(self.groups) for m in g.members]
+        return pa.Table.from_pylist(rows, schema=TABLE)
 
 
-def find_duplicates(output: str, threshold: float = defaults.THRESHOLD, *, keep: str = defaults.KEEP,
-                    exact: bool = False, clusters: int | None = None, master: str = "local[*]",
-                    conf: dict | None = None, spark=None, quiet: bool = False) -> Duplicates:
-    """Identical and near-duplicate groups of OUTPUT. ValueError (before any job) for bad arguments."""
-    if not -1 <= threshold <= 1:
+def resolve_threshold(features: Searchable, threshold: float | None) -> tuple[float, str]:
+    """The threshold to use and where it comes from: given, calibrated on this output, or the model's default."""
+    if threshold is not None:
+        return threshold, "given"
+    calibration = features.metadata.get("calibration") or {}
+    if isinstance(calibration.get("threshold"), (int, float)):
+        return float(calibration["threshold"]), (
+            f"calibrated on this output by imgvec calibrate (expected precision >= {calibration.get('precision')})")
+    model = features.metadata.get("model")
+    if model in defaults.THRESHOLDS:
+        return defaults.THRESHOLDS[model], (f"the default for {model}; imgvec calibrate {features.location} "
+                                            "would fit one to this collection")
+    return defaults.THRESHOLD, (f"imgvec's default for a model it has not measured; imgvec calibrate "
+                                f"{features.location} would fit one to this collection")
+
+
+def find_duplicates(output: str, threshold: float | None = None, *, keep: str = defaults.KEEP,
+                    exact: bool = False, clusters: int | None = None, against: list[str] = (),
+                    master: str = "local[*]", conf: dict | None = None, spark=None,
+                    quiet: bool = False) -> Duplicates:
+    """Identical and near-duplicate groups of OUTPUT (those holding one of its images, `against` others).
+    ValueError (before any job) for bad arguments."""
+    if threshold is not None and not -1 <= threshold <= 1:
         raise ValueError("--threshold is a cosine similarity between -1 and 1, e.g. 0.9")
     if keep not in defaults.KEEPS:
         raise ValueError(f"--keep is one of {', '.join(defaults.KEEPS)}, not {keep!r}")
     if clusters is not None and (exact or clusters < 1):
         raise ValueError("--clusters is a number of k-means clusters (at least 1), and cannot go with --exact")
     started = time.monotonic()
-    dataset, metadata = open_output(output)
-    parts = dataset.part_names()
-    if not parts:
-        raise ValueError(f"{dataset.location} holds no features yet")
-    count = dataset.size(metadata)
+    features = open_searchable(output)
+    olds = [open_searchable(location) for location in against]
+    for old in olds:
+        check_comparable(features, old)
+    threshold, source = resolve_threshold(features, threshold)
+    count = features.count
     if exact or (clusters is None and count <= defaults.EXACT_MAX):
-        identical, near, images, how = _in_process(dataset, parts, threshold)
+        identical, links, how = _in_process(features, threshold)
     else:
         from imgvec.jobs import session
 
-        spark = spark or session(master, conf or {})
         progress = Progress(count, quiet=quiet, unit="vectors")
         try:
-            identical, near, images, how = _on_spark(spark, dataset, parts, threshold, clusters, count,
-                                                     lambda share: progress.update(share * count))
+            with session(master, conf, spark) as spark:
+                identical, links, how = _on_spark(spark, features, threshold, clusters,
+                                                  lambda share: progress.update(share * count))
         finally:
             progress.close()
-    result = Duplicates(_label(dataset, parts, identical, near, keep), images, threshold, how)
-    result.seconds = time.monotonic() - started
-    return result
+    if olds:
+        identical, links, how = _against(features, olds, identical, links, threshold, how)
+    found = Duplicates(_label([features, *olds], identical, groups(*links), keep, threshold), count, threshold,
+                       how, source)
+    found.seconds = time.monotonic() - started
+    return found
 
 
-def _in_process(dataset, parts, threshold):
-    identical = _identical(pa.concat_tables([_hashes(dataset, name, number) for number, name in enumerate(parts)]))
-    copies = _copies(identical)
-    ids, vectors, images = [], [], 0
-    for number, name in enumerate(parts):
-        part_rows, part = part_vectors(dataset.where.child(name), number)
-        keep = ~np.isin(part_rows, copies)
-        images += len(part_rows)
-        if keep.any():
-            ids.append(part_rows[keep])
-            vectors.append(normalise(part[keep]))
-    if not ids:
-        raise ValueError(f"{dataset.location} holds no features (every image failed)")
-    ids, vectors = np.concatenate(ids), np.concatenate(vectors)
-    return identical, groups(*linked(vectors, ids, vectors, ids, threshold, same=True)), images, "exact"
+def _in_process(features: Searchable, threshold: float):
+    """(identical groups, links and best pairs of the near-duplicates, how): every pair, in this process."""
+    identical = _identical(pa.concat_tables([_hashes(features.dataset, name, number)
+                                             for number, name in enumerate(features.parts)]))
+    ids, vectors = _distinct_vectors(features, _copies(identical))
+    return identical, linked(vectors, ids, vectors, ids, threshold, same=True), "exact"
+
+
+def _distinct_vectors(features: Searchable, copies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and normalised vectors of every row with features, but the copies of identical files."""
+    ids, vectors = [np.empty(0, np.int64)], [np.empty((0, features.dim), np.float32)]
+    for number in range(len(features.parts)):
+        part_rows, part = features.vectors(number)
+        mine = ~np.isin(part_rows, copies)
+        if mine.any():
+            ids.append(part_rows[mine])
+            vectors.append(normalise(part[mine]))
+    return np.concatenate(ids), np.concatenate(vectors)
 
 
 def _copies(identical: list[list[int]]) -> np.ndarray:
@@ -122,7 +168,7 @@ def _copies(identical: list[list[int]]) -> np.ndarray:
     return np.array(sorted(i for g in identical for i in g[1:]), np.int64)
 
 
-def _hashes(dataset, name: str, number: int) -> pa.Table:
+def _hashes(dataset: FeatureDataset, name: str, number: int) -> pa.Table:
     table = read_part(dataset.where.child(name), ["sha256", "bytes"])
     table = table.append_column("id", pa.array(part_ids(number, np.arange(table.num_rows))))
     return table.filter(table.column("sha256").is_valid()).select(HASHES.names)
@@ -134,27 +180,112 @@ def _identical(hashes: pa.Table) -> list[list[int]]:
     return [sorted(g) for g in same.column("id_list").to_pylist() if len(g) > 1]
 
 
-def _label(dataset, parts, identical: list[list[int]], near, keep: str) -> list[Group]:
-    """Groups with paths, sizes and a representative each, largest first."""
-    ids = sorted({i for g in identical for i in g} | {i for g in near for i, _ in g})
-    rows = dataset.rows_of(ids, parts, ["path", "bytes"]).to_pylist()
-    about = dict(zip(ids, rows, strict=True))
+# --- against other outputs ------------------------------------------------------------------
+
+
+def tag(source: int, ids) -> np.ndarray:
+    """Row ids of output number `source` as nodes of one graph over several outputs."""
+    return (np.int64(source) << SOURCE_SHIFT) | np.asarray(ids, np.int64)
+
+
+def _against(new: Searchable, olds: list[Searchable], identical, links, threshold: float, how: str):
+    """NEW's identical groups and links, with those to the OLD outputs added: its files identical to an OLD
+    file, and its images near an OLD image (by OLD's index, or every OLD vector). Only groups that hold an
+    image of NEW come of it: every link added has one end in NEW."""
+    from imgvec.index import NeighbourIndex
+
+    tables = []
+    for source, features in enumerate([new, *olds]):
+        for number, name in enumerate(features.parts):
+            hashes = _hashes(features.dataset, name, number)
+            tables.append(hashes.set_column(0, "id", pa.array(tag(source, hashes.column("id").to_numpy()))))
+    identical = [g for g in _identical(pa.concat_tables(tables)) if g[0] >> SOURCE_SHIFT == 0]  # sorted: NEW first
+    ids, vectors = _distinct_vectors(new, _copies([[i for i in g if i >> SOURCE_SHIFT == 0] for g in identical]))
+    a, b, s, searches = [], [], [], []
+    for source, old in enumerate(olds, 1):
+        index = NeighbourIndex.open(old.dataset, metadata=old.metadata, parts=old.parts)
+        if index is not None:
+            similarities, found = index.search(vectors, min(AGAINST_K, old.count))
+            rows, cols = np.nonzero((similarities >= threshold) & (found >= 0))
+            a.append(ids[rows])
+            b.append(tag(source, found[rows, cols]))
+            s.append(similarities[rows, cols])
+            searches.append(f"{old.location} by its {index.summary}")
+            continue
+        for number in range(len(old.parts)):
+            old_ids, old_vectors = old.vectors(number)
+            similarities = vectors @ normalise(old_vectors).T if len(old_ids) else np.empty((len(ids), 0))
+            rows, cols = np.nonzero(similarities >= threshold)
+            a.append(ids[rows])
+            b.append(tag(source, old_ids[cols]))
+            s.append(similarities[rows, cols])
+        searches.append(f"{old.location} exactly")
+    a, b = np.concatenate([np.empty(0, np.int64), *a]), np.concatenate([np.empty(0, np.int64), *b])
+    s = np.concatenate([np.empty(0, np.float32), *s]).astype(np.float32)
+    link_from, link_to, best_id, best_partner, best_similarity = links
+    links = (link_from, link_to, np.concatenate([best_id, a, b]), np.concatenate([best_partner, b, a]),
+             np.concatenate([best_similarity, s, s]))
+    return identical, links, f"{how}; against {'; '.join(searches)}"
+
+
+# --- labelling: paths, kept files, witnesses ---------------------------------------------------
+
+
+def _label(sources: list[Searchable], identical: list[list[int]], near, keep: str, threshold: float) -> list[Group]:
+    """Groups with paths, sizes, kept files and their witnesses, largest first. Ids are nodes (tag)."""
+    nodes = sorted({i for g in identical for i in g} | {i for g in near for i, _ in g})
+    about = _rows(sources, nodes)
     result, stands_for = [], {}
     for members in identical:
-        group = _group("identical", [(i, 1.0) for i in members], about, keep)
-        representative = next(i for i in members if about[i]["path"] == group.representative)
-        stands_for[members[0]] = representative  # the copy the near search saw -> the one kept
-        result.append(group)
+        order = keep_order([about[i] for i in members], keep)
+        kept = members[order[0]]
+        stands_for[members[0]] = kept  # the copy the near search saw -> the one kept
+        rows = [{**_public(about[i]), "similarity": 1.0, "kept_file": about[kept]["path"], "kept_similarity": 1.0}
+                for i in members]
+        result.append(_group("identical", rows, [about[kept]["path"]],
+                             {"a": about[members[0]]["path"], "b": about[members[1]]["path"], "similarity": 1.0}))
+    witnessing = set(stands_for.values())
     for members in near:
-        result.append(_group("near", [(stands_for.get(i, i), s) for i, s in members], about, keep))
+        ids = [stands_for.get(i, i) for i, _ in members]
+        best = dict(zip(ids, (s for _, s in members), strict=True))
+        rows = [about[i] for i in ids]
+        order = keep_order(rows, keep)
+        vectors = normalise(np.stack([rows[k]["features"] for k in order]))
+        # kept whatever they resemble: other outputs' files, and files whose identical copies they witness
+        forced = np.array([rows[k]["source"] > 0 or ids[k] in witnessing for k in order])
+        leader, similarity = witnesses(vectors, threshold, forced)
+        a, b, weakest = weakest_pair(vectors)
+        members_rows = []
+        for position, k in enumerate(order):
+            kept = rows[order[leader[position]]]
+            members_rows.append({**_public(rows[k]), "similarity": round(float(best[ids[k]]), 6),
+                                 "kept_file": kept["path"], "kept_similarity": round(float(similarity[position]), 6)})
+        kept_paths = [rows[order[p]]["path"] for p in sorted(set(leader.tolist()))]
+        result.append(_group("near", members_rows, kept_paths, {"a": rows[order[a]]["path"],
+                                                                 "b": rows[order[b]]["path"],
+                                                                 "similarity": round(float(weakest), 6)}))
     return sorted(result, key=lambda g: (-len(g.members), g.kind, g.representative))
 
 
-def _group(kind: str, members, about: dict, keep: str) -> Group:
-    rows = sorted(({"path": about[i]["path"], "similarity": round(float(s), 6), "bytes": about[i]["bytes"]}
-                   for i, s in members), key=lambda m: m["path"])
-    kept = max(rows, key=lambda m: m["bytes"] or -1) if keep == "largest" else rows[0]  # ties: the first path
-    return Group(kind, kept["path"], rows)
+def _group(kind: str, rows: list[dict], kept: list[str], weakest: dict) -> Group:
+    return Group(kind, kept[0], sorted(rows, key=lambda m: m["path"]), kept, weakest)
+
+
+def _public(row: dict) -> dict:
+    shown = {"path": row["path"], "bytes": row["bytes"]}
+    return {**shown, "output": row["output"]} if "output" in row else shown
+
+
+def _rows(sources: list[Searchable], nodes: list[int]) -> dict[int, dict]:
+    """{node: {path, bytes, features, source[, output]}}, read from the parts that hold them."""
+    nodes = np.asarray(nodes, np.int64)
+    about = {}
+    for source, features in enumerate(sources):
+        mine = nodes[(nodes >> SOURCE_SHIFT) == source]
+        table = features.rows(mine & ((np.int64(1) << SOURCE_SHIFT) - 1), ["path", "bytes", "features"])
+        for node, row in zip(mine.tolist(), table.to_pylist(), strict=True):
+            about[node] = {**row, "source": source, **({"output": features.location} if len(sources) > 1 else {})}
+    return about
 
 
 # --- at scale, on Spark ---------------------------------------------------------------------
@@ -255,13 +386,14 @@ def _matrix(features: pa.BinaryArray) -> np.ndarray:
     return data.view(np.float32).reshape(len(features), -1)
 
 
-def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
+def _on_spark(spark, features: Searchable, threshold, clusters, report):
+    """(identical groups, links and best pairs, how): k-means clusters on Spark, every pair inside each."""
     import faiss
     from pyspark.sql import functions as F
 
     from imgvec.jobs import collect, ddl, one_row_per_partition, task_slots
 
-    runs = parts_plan(parts, 4 * (task_slots(spark) or 8))
+    runs = parts_plan(features.parts, 4 * (task_slots(spark) or 8))
 
     def plan(skip: np.ndarray):
         """The runs of parts, each with the rows in them that the near-duplicate search leaves out."""
@@ -269,30 +401,30 @@ def _on_spark(spark, dataset, parts, threshold, clusters, count, report):
         return one_row_per_partition(spark, runs.append_column("skip", pa.array(mine, pa.list_(pa.int64()))))
 
     nothing = np.empty(0, np.int64)
-    same = (plan(nothing).mapInArrow(HashTask(dataset.location), ddl(HASHES))
+    same = (plan(nothing).mapInArrow(HashTask(features.location), ddl(HASHES))
             .groupBy("sha256", "bytes").agg(F.collect_list("id").alias("ids")).filter(F.size("ids") > 1))
     identical = [sorted(g) for g in collect(spark, same.select("ids")).column("ids").to_pylist()]
     copies = _copies(identical)
 
+    count = features.count
     clusters = clusters or max(1, round(count / defaults.CLUSTER_SIZE))
-    _, sample = sample_vectors(dataset, parts, SAMPLE_PER_CLUSTER * clusters)
+    _, sample = features.sample(SAMPLE_PER_CLUSTER * clusters)
     clusters = min(clusters, len(sample))
     kmeans = faiss.Kmeans(sample.shape[1], clusters, niter=20, seed=0, spherical=True)
     kmeans.train(sample)
     centroids = kmeans.centroids.astype(np.float32)
     margin = 1.0 - threshold  # a pair at the threshold may straddle two clusters whose centroids are this close
     blocks, second = _blocks(sample, centroids, margin, count)
-    assigned = plan(copies).mapInArrow(AssignTask(dataset.location, centroids.tobytes(), tuple(blocks), margin),
+    assigned = plan(copies).mapInArrow(AssignTask(features.location, centroids.tobytes(), tuple(blocks), margin),
                                        ddl(ASSIGNED))
     compared = assigned.groupBy("cluster", "low", "high").applyInArrow(compare_task(threshold), ddl(LINKS))
     links = collect(spark, compared, report)
     is_link = links.column("similarity").is_null().to_numpy(zero_copy_only=False)
     a, b = links.column("a").to_numpy(), links.column("b").to_numpy()
-    similarity = links.column("similarity").to_numpy(zero_copy_only=False)
-    near = groups(a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link])
+    similarity = links.column("similarity").to_numpy(zero_copy_only=False).astype(np.float32)
     how = (f"clustered: {clusters} k-means clusters, {int(sum(blocks * (blocks + 1) // 2))} compared blocks, "
            f"{second:.0%} of vectors also in a second cluster")
-    return identical, near, count, how
+    return identical, (a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link]), how
 
 
 def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> tuple[np.ndarray, float]:

@@ -13,7 +13,12 @@ MAX_PIXELS = 120_000_000  # a 100-megapixel camera; at most ~400 MB of pixels fo
 DRAFT = False  # reduced-scale JPEG decoding is opt-in
 SHARD_SIZE = 512  # images per task of the batch job: PySpark's ~0.25 s per task stays under 15% on tiny images
 K = 10  # matches per query of `imgvec similar`
-THRESHOLD = 0.9  # cosine similarity at which `imgvec dupes` calls two images near-duplicates
+THRESHOLD = 0.9  # cosine at which `imgvec dupes` calls two images near-duplicates, for a model not measured
+# Each built-in model's own threshold for `imgvec dupes` (README, "Choosing a threshold"); `imgvec calibrate`
+# measures one on a user's collection, which `dupes` then prefers.
+THRESHOLDS: dict[str, float] = {}
+CALIBRATION_SAMPLE = 2_000  # originals `imgvec calibrate` edits and embeds
+CALIBRATION_PRECISION = 0.99  # the expected precision at the output's size its recommended threshold must keep
 EXACT_MAX = 20_000  # up to this many vectors, search and dupes compare every pair: a few seconds on one core
 INDEX_TYPE = "auto"  # flat up to EXACT_MAX vectors, then ivf-flat, then ivf-pq past INDEX_MEMORY
 INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")

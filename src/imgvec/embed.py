@@ -13,11 +13,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from imgvec import defaults
+from imgvec.lock import now
 from imgvec.output import FORMAT, FeatureDataset
 from imgvec.progress import Progress
 from imgvec.sources import check_inputs_exist, open_source, shards
 from imgvec.storage import check_reachable
 from imgvec.vectorizer import ImageVectorizer
+from imgvec.writing import check_apart, run_writing
 
 
 @dataclass
@@ -70,8 +72,9 @@ def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weight
     check_inputs_exist(inputs)
     dataset = FeatureDataset(output)
     check_reachable(dataset.where, "output")
-    dataset.check_apart_from(inputs)
-    with dataset.writing(identity(vectorizer), resume=resume, overwrite=overwrite):
+    check_apart(dataset, inputs)
+    made_by = identity(vectorizer)
+    with run_writing(dataset, made_by, resume=resume, overwrite=overwrite):
         started = time.monotonic()
         done = dataset.done_paths()  # the path column only; a damaged part is an error now
         items = source.list()
@@ -79,17 +82,19 @@ def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weight
         todo = [item for item in items if item.path not in done]
         summary.skipped = len(items) - len(todo)
         if todo:
-            if spark is None:
-                from imgvec.jobs import session
+            from imgvec.jobs import session
 
-                spark = session(master, conf or {})
-            planning = time.monotonic()
-            planned = shards(todo, _shard_size(spark, len(todo), shard_size))
-            summary.shards = len(planned)
-            summary.planning_seconds = time.monotonic() - planning
-            _run(spark, vectorizer, source, dataset, planned, summary, quiet, progress_stream)
+            with session(master, conf, spark) as spark:
+                planning = time.monotonic()
+                planned = shards(todo, _shard_size(spark, len(todo), shard_size))
+                summary.shards = len(planned)
+                summary.planning_seconds = time.monotonic() - planning
+                _run(spark, vectorizer, source, dataset, planned, summary, quiet, progress_stream)
         summary.seconds = time.monotonic() - started
-        dataset.update_counts(dataset.counts())
+        recorded = {**dataset.counts(), "updated": now()}
+        if made_by["dim"] is None:  # a TorchScript model says its dimension only by running
+            recorded["dim"] = dataset.dim(recorded)
+        dataset.update_metadata(recorded)
     return summary
 
 

@@ -1,12 +1,16 @@
-"""A FAISS nearest-neighbour index of an output's features: built on Spark, stored with the output.
+"""A FAISS nearest-neighbour index of an output's features: built on Spark, stored with the output, kept current.
 
-`OUTPUT/_imgvec_index/` holds `index.json` (type, search setting, the parts it covers, the model
-that made the features, recall@10 measured at build), the trained empty index, the held-out
-queries, and one `shard-<build>-<n>.faiss` per Spark task. The driver trains on a sample of the
-vectors; each task reads its own parts, adds their vectors to a copy of the trained index, writes
-it as one shard and computes the exact top 10 of the held-out queries among its vectors, so the
-build measures its own recall against exact search without a second pass. Vectors are
-normalised: inner product = cosine similarity. Row ids are (part number << 32 | row).
+`OUTPUT/_imgvec_index/` (names.py) holds `index.json` (type, search setting, the parts it covers, the
+model that made the features, recall@10 measured at build), the trained empty index, the held-out
+queries, their exact neighbours, and one segment per Spark task. The driver trains on a sample of
+the vectors; each task reads its own parts, adds their vectors to a copy of the trained index,
+writes it as one segment and computes the exact top 10 of the held-out queries among its vectors,
+so the build measures its own recall against exact search without a second pass.
+
+After `embed --resume` has added parts, `imgvec index` adds only those, as new segments of the same
+trained index (no retraining), merges their exact neighbours into the held-out queries' and
+measures recall@10 again; `--rebuild` trains anew. Vectors are normalised: inner product = cosine
+similarity. Row ids are (part number << 32 | row), rows.py.
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from imgvec import defaults
-from imgvec.output import INDEX, INDEX_FILE, FeatureDataset, open_output, part_vectors, parts_plan, path_range
+from imgvec import defaults, names
+from imgvec.lock import now
+from imgvec.output import FeatureDataset, path_range
 from imgvec.progress import Progress
-from imgvec.search import Best, normalise, sample_vectors
+from imgvec.rows import part_vectors
+from imgvec.search import Best, normalise
+from imgvec.searchable import Searchable, open_searchable, parts_plan
 from imgvec.storage import Location
 
-FORMAT = "imgvec-index/1"
+FORMAT = "imgvec-index/2"  # /2: segments (were "shards" in /1), held-out neighbours kept for updates
+READABLE = ("imgvec-index/1", FORMAT)
 RECALL_AT = 10
 QUERIES = 1_000  # held-out queries for recall@10 at build
-TASK_RESULT = pa.schema([("shard", pa.int64()), ("count", pa.int64()), ("truth_ids", pa.list_(pa.int64())),
+TASK_RESULT = pa.schema([("segment", pa.int64()), ("count", pa.int64()), ("truth_ids", pa.list_(pa.int64())),
                          ("truth_similarities", pa.list_(pa.float32())), ("parts", pa.list_(pa.string())),
                          ("first_paths", pa.list_(pa.string())), ("last_paths", pa.list_(pa.string()))])
 
@@ -65,29 +73,36 @@ def _pq_bytes(dim: int) -> int:
     return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
 
 
-def _bytes_per_vector(kind: str, dim: int) -> int:
+def bytes_per_vector(kind: str, dim: int) -> int:
     return {"ivf-pq": _pq_bytes(dim) + 8, "hnsw": dim * 4 + 8 + 32 * 2 * 4}.get(kind, dim * 4 + 8)
+
+
+def segments_needed(kind: str, count: int, dim: int, memory: int) -> int:
+    """Segments for `count` vectors so that each fits in `memory`."""
+    return max(1, math.ceil(count * bytes_per_vector(kind, dim) / memory))
 
 
 @dataclass(frozen=True)
 class AddTask:
-    """One index shard, on a worker: a copy of the trained index gets the vectors of its parts."""
+    """Index segments, on a worker: a copy of the trained index gets the vectors of some parts."""
 
     output: str
     build: str
+    first: int  # the number of this job's first segment: an update adds segments after the build's
 
     def __call__(self, batches):
         import faiss
 
         faiss.omp_set_num_threads(_task_cpus())
-        folder = FeatureDataset(self.output).where.child(INDEX)
-        trained = _read_faiss(folder.child(f"trained-{self.build}.faiss"))
-        queries = np.load(io.BytesIO(folder.child(f"queries-{self.build}.npz").read_bytes()))
+        folder = FeatureDataset(self.output).where.child(names.INDEX)
+        trained = _read_faiss(folder.child(names.trained(self.build)))
+        queries = _read_npz(folder.child(names.queries(self.build)))
         for batch in batches:
             for row in batch.to_pylist():
-                yield self.add(row["id"], row["parts"], row["numbers"], faiss.clone_index(trained), folder, queries)
+                yield self.add(self.first + row["id"], row["parts"], row["numbers"], faiss.clone_index(trained),
+                               folder, queries)
 
-    def add(self, shard: int, parts: list[str], numbers: list[int], index, folder: Location, queries):
+    def add(self, segment: int, parts: list[str], numbers: list[int], index, folder: Location, queries):
         dataset = FeatureDataset(self.output)
         truth = Best(len(queries["ids"]), RECALL_AT)
         count, ranges = 0, []
@@ -102,71 +117,140 @@ class AddTask:
             similarities[queries["ids"][:, None] == ids[None, :]] = -np.inf  # a query is not its own neighbour
             truth.update(similarities, ids)
             count += len(ids)
-        _write_faiss(index, folder.child(f"shard-{self.build}-{shard}.faiss"))
-        return pa.RecordBatch.from_pylist([{"shard": shard, "count": count, "truth_ids": truth.ids.ravel().tolist(),
+        _write_faiss(index, folder.child(names.segment(self.build, segment)))
+        return pa.RecordBatch.from_pylist([{"segment": segment, "count": count,
+                                            "truth_ids": truth.ids.ravel().tolist(),
                                             "truth_similarities": truth.similarities.ravel().tolist(),
                                             "parts": parts, "first_paths": [r[0] for r in ranges],
                                             "last_paths": [r[1] for r in ranges]}], schema=TASK_RESULT)
 
 
 def build_index(output: str, *, kind: str = defaults.INDEX_TYPE, memory: int = defaults.INDEX_MEMORY,
-                master: str = "local[*]", conf: dict | None = None, spark=None, quiet: bool = False) -> dict:
-    """Build (or rebuild) OUTPUT's index; returns its description (index.json). ValueError before any job."""
-    import faiss
-
+                rebuild: bool = False, master: str = "local[*]", conf: dict | None = None, spark=None,
+                quiet: bool = False) -> dict:
+    """Build OUTPUT's index, or add the parts embedded since to the one it has; returns its description
+    (index.json) with "added" (vectors indexed now) and "advice" (a reason to --rebuild, or None).
+    ValueError before any job for bad arguments."""
     if kind not in defaults.INDEX_TYPES:
         raise ValueError(f"--index-type must be one of {', '.join(defaults.INDEX_TYPES)}, not {kind!r}")
     started = time.monotonic()
-    dataset, metadata = open_output(output)
-    parts = dataset.part_names()
-    count = dataset.size(metadata)
-    if not count:
-        raise IndexProblem(f"{dataset.location} holds no features to index")
-    dim = int(metadata["dim"])
+    features = open_searchable(output)
+    with features.dataset.locked():
+        current = None if rebuild else _updatable(features, kind)
+        if current is None:
+            description = _build(features, kind, memory, master, conf, spark, quiet)
+        else:
+            description = _update(features, current, memory, master, conf, spark, quiet)
+        description["seconds"] = round(time.monotonic() - started, 1)
+        folder = features.dataset.where.child(names.INDEX)
+        folder.child(names.INDEX_DESCRIPTION).write_bytes(json.dumps(description, indent=2).encode())
+        for entry in folder.entries():  # what this description no longer names: the build it replaced, old truth
+            name = entry.base_name
+            if names.is_index_file(name) and name not in _files(description) and not names.is_temporary(name):
+                folder.child(name).delete()
+    return description
+
+
+def _files(description: dict) -> set[str]:
+    build = description["build"]
+    return {names.INDEX_DESCRIPTION, names.trained(build), names.queries(build),
+            names.truth(build, description["updates"]), *description["segments"]}
+
+
+def _build(features: Searchable, kind, memory, master, conf, spark, quiet) -> dict:
+    import faiss
+
+    count, dim = features.count, features.dim
     kind, factory = choose(kind, count, dim, memory)
-    folder = dataset.where.child(INDEX)
+    folder = features.dataset.where.child(names.INDEX)
     build = uuid.uuid4().hex[:8]
-    with dataset.locked():
-        training = _training_size(kind, count)
-        sample_ids, sample = sample_vectors(dataset, parts, training + QUERIES)
-        queries = QUERIES if len(sample_ids) >= training + QUERIES else max(1, len(sample_ids) // 10)
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            index.train(sample[queries:])
-        folder.make_folder()
-        _write_faiss(index, folder.child(f"trained-{build}.faiss"))
-        buffer = io.BytesIO()
-        np.savez(buffer, ids=sample_ids[:queries], vectors=sample[:queries])
-        folder.child(f"queries-{build}.npz").write_bytes(buffer.getvalue())
-        progress = Progress(count, quiet=quiet, unit="vectors")
+    training = _training_size(kind, count)
+    sample_ids, sample = features.sample(training + QUERIES)
+    queries = QUERIES if len(sample_ids) >= training + QUERIES else max(1, len(sample_ids) // 10)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(sample[queries:])
+    folder.make_folder()
+    _write_faiss(index, folder.child(names.trained(build)))
+    _write_npz(folder.child(names.queries(build)), ids=sample_ids[:queries], vectors=sample[:queries])
+    description = {"format": FORMAT, "build": build, "type": kind, "factory": factory, "metric": "cosine",
+                   "dim": dim, "count": 0, "trained_on": count, "model": features.metadata.get("model"),
+                   "weights_sha256": features.metadata.get("weights_sha256"), "parts": [], "segments": [],
+                   "path_ranges": {}, "updates": -1, "queries": queries, "created": now()}
+    return _add(features, description, Best(queries, RECALL_AT), memory, master, conf, spark, quiet)
+
+
+def _update(features: Searchable, description: dict, memory, master, conf, spark, quiet) -> dict:
+    folder = features.dataset.where.child(names.INDEX)
+    truth = Best(description["queries"], RECALL_AT)
+    held = _read_npz(folder.child(names.truth(description["build"], description["updates"])))
+    truth.update(held["similarities"], held["ids"])
+    return _add(features, description, truth, memory, master, conf, spark, quiet)
+
+
+def _add(features: Searchable, description: dict, truth: Best, memory, master, conf, spark, quiet) -> dict:
+    """Adds the parts the index lacks as new segments, merges their queries' neighbours, re-measures recall."""
+    known = len(description["parts"])
+    new = features.parts[known:]
+    numbers = list(range(known, len(features.parts)))
+    build, kind = description["build"], description["type"]
+    folder = features.dataset.where.child(names.INDEX)
+    added = 0
+    if new:
+        expected = max(1, features.count - description["count"])
+        needed = segments_needed(kind, expected, features.dim, memory)
+        progress = Progress(expected, quiet=quiet, unit="vectors")
         try:
-            needed = math.ceil(count * _bytes_per_vector(kind, dim) / memory)
-            results = _add(spark, master, conf, dataset, build, parts, kind, needed,
-                           lambda share: progress.update(share * count))
+            results = _run_add(features, build, len(description["segments"]), new, numbers, kind, needed, master,
+                               conf, spark, lambda share: progress.update(share * expected))
         finally:
             progress.close()
-        truth = Best(queries, RECALL_AT)
+        queries = description["queries"]
         for row in results.to_pylist():
             truth.update(np.array(row["truth_similarities"], np.float32).reshape(queries, RECALL_AT),
                          np.array(row["truth_ids"], np.int64).reshape(queries, RECALL_AT))
-        description = {
-            "format": FORMAT, "build": build, "type": kind, "factory": factory, "metric": "cosine", "dim": dim,
-            "count": int(sum(results.column("count").to_pylist())), "model": metadata.get("model"),
-            "weights_sha256": metadata.get("weights_sha256"), "parts": parts,
-            "shards": [f"shard-{build}-{s}.faiss" for s in sorted(results.column("shard").to_pylist())],
-            "queries": queries, "created": _now(),
-            "path_ranges": {name: [first, last] for row in results.to_pylist()
-                            for name, first, last in zip(row["parts"], row["first_paths"], row["last_paths"],
-                                                         strict=True) if first is not None}}
-        searcher = NeighbourIndex(dataset, description)
-        description.update(searcher.tune(sample[:queries], sample_ids[:queries], truth))
-        description["seconds"] = round(time.monotonic() - started, 1)
-        folder.child("index.json").write_bytes(json.dumps(description, indent=2).encode())
-        for entry in folder.entries():  # the build this one replaces
-            name = os.path.basename(entry.path)
-            if INDEX_FILE.fullmatch(name) and name != "index.json" and build not in name:
-                folder.child(name).delete()
+            description["path_ranges"].update({name: [first, last] for name, first, last in zip(
+                row["parts"], row["first_paths"], row["last_paths"], strict=True) if first is not None})
+        added = int(sum(results.column("count").to_pylist()))
+        description["segments"] += [names.segment(build, s) for s in sorted(results.column("segment").to_pylist())]
+    description.update(parts=features.parts, count=description["count"] + added, updated=now())
+    description["updates"] += 1
+    _write_npz(folder.child(names.truth(build, description["updates"])), ids=truth.ids, similarities=truth.similarities)
+    queries = _read_npz(folder.child(names.queries(build)))
+    description.update(NeighbourIndex(features.dataset, description).tune(queries["vectors"], queries["ids"], truth))
+    description["added"] = added
+    description["advice"] = _advice(description)
     return description
+
+
+def _advice(description: dict) -> str | None:
+    """Why the index should be trained anew, if it should."""
+    since = description["count"] - description["trained_on"]
+    if since > description["trained_on"]:
+        return (f"{since} vectors were added since the index was trained on {description['trained_on']}: "
+                "run imgvec index --rebuild to train it on them all")
+    if description["recall_at_10"] < defaults.RECALL_TARGET:
+        return (f"recall@10 is {description['recall_at_10']:.3f}, below {defaults.RECALL_TARGET}: "
+                "run imgvec index --rebuild")
+    return None
+
+
+def _updatable(features: Searchable, kind: str) -> dict | None:
+    """The current index's description when new parts can be added to it: same features, same type asked for,
+    its parts the first of the output's (embed --resume adds parts after them). None: build anew."""
+    try:
+        index = NeighbourIndex.open(features.dataset, metadata=features.metadata, parts=features.parts,
+                                    stale_ok=True)
+    except IndexProblem:
+        return None
+    if index is None:
+        return None
+    d = index.description
+    if d["format"] != FORMAT or kind not in ("auto", d["type"]) or features.parts[: len(d["parts"])] != d["parts"]:
+        return None
+    if not index.folder.child(names.truth(d["build"], d["updates"])).is_file():
+        return None
+    return d
 
 
 def _training_size(kind: str, count: int) -> int:
@@ -176,56 +260,60 @@ def _training_size(kind: str, count: int) -> int:
     return max(size, 256 * 40) if kind == "ivf-pq" else size  # and 39 per code of each PQ sub-quantizer
 
 
-def _add(spark, master, conf, dataset, build, parts, kind: str, needed: int, report) -> pa.Table:
-    """One task per index shard: as many as `needed` for each to fit in memory, and at least one per task slot.
+def _run_add(features: Searchable, build, first, parts, numbers, kind: str, needed: int, master, conf, spark,
+             report) -> pa.Table:
+    """One task per new segment: as many as `needed` for each to fit in memory, and at least one per task slot.
 
     A flat index (a small set) is built in this process, by the same task, without starting Spark.
     """
     from imgvec.jobs import collect, ddl, one_row_per_partition, session, task_slots
 
-    task = AddTask(dataset.location, build)
+    task = AddTask(features.location, build, first)
     if kind == "flat" and spark is None:
-        plan = parts_plan(parts, needed)
+        plan = parts_plan(parts, needed, numbers)
         return pa.Table.from_batches(list(task(plan.to_batches())), TASK_RESULT)
-    spark = spark or session(master, conf or {})
-    plan = parts_plan(parts, max(needed, task_slots(spark) or 2))
-    return collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(TASK_RESULT)), report)
+    with session(master, conf, spark) as spark:
+        plan = parts_plan(parts, max(needed, task_slots(spark) or 2), numbers)
+        return collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(TASK_RESULT)), report)
 
 
 class NeighbourIndex:
-    """A built index, searched with the setting tuned at build; shards loaded once when they fit in memory."""
+    """A built index, searched with its tuned setting; segments loaded once when they fit in memory."""
 
     def __init__(self, dataset: FeatureDataset, description: dict):
         self.dataset = dataset
         self.description = description
-        self.folder = dataset.where.child(INDEX)
+        self.folder = dataset.where.child(names.INDEX)
         self._loaded = None
 
     @classmethod
-    def open(cls, dataset: FeatureDataset, *, metadata: dict | None = None,
-             parts: list[str] | None = None) -> NeighbourIndex | None:
+    def open(cls, dataset: FeatureDataset, *, metadata: dict | None = None, parts: list[str] | None = None,
+             stale_ok: bool = False) -> NeighbourIndex | None:
         """The output's index (None when it has none); an IndexProblem when it cannot be used as it is.
 
         `metadata` and `parts`, when the caller has them already, spare reading them again (on a store,
-        a request each)."""
-        where = dataset.where.child(INDEX).child("index.json")
+        a request each). `stale_ok`: an index of fewer parts than the output is returned (to update it)."""
+        where = dataset.where.child(names.INDEX).child(names.INDEX_DESCRIPTION)
         if not where.is_file():
             return None
         try:
             description = json.loads(where.read_bytes())
-            assert isinstance(description, dict) and description.get("format") == FORMAT
+            assert isinstance(description, dict) and description.get("format") in READABLE
         except (ValueError, UnicodeDecodeError, AssertionError):
             raise IndexProblem(f"the index {where.uri} is damaged or of another version; run imgvec index "
-                              f"{dataset.location} again, or pass --exact") from None
+                              f"{dataset.location} --rebuild, or pass --exact") from None
+        if "segments" not in description:  # imgvec-index/1 called them shards
+            description["segments"] = description.pop("shards", [])
         metadata = metadata or dataset.metadata()
         made_by = (description.get("model"), description.get("weights_sha256"), description.get("dim"))
-        if made_by != (metadata.get("model"), metadata.get("weights_sha256"), metadata.get("dim")):
+        held = (metadata.get("model"), metadata.get("weights_sha256"), dataset.dim(metadata, parts))
+        if made_by != held:
             raise IndexProblem(f"the index in {dataset.location} was built from other features "
                               f"({description.get('model')}, {description.get('dim')}-d) than the output holds "
-                              f"({metadata.get('model')}, {metadata.get('dim')}-d); run imgvec index again")
-        if description.get("parts") != (dataset.part_names() if parts is None else parts):
+                              f"({held[0]}, {held[2]}-d); run imgvec index --rebuild")
+        if description.get("parts") != (dataset.part_names() if parts is None else parts) and not stale_ok:
             raise IndexProblem(f"the index in {dataset.location} is older than its features (embed wrote parts "
-                              "since); run imgvec index again, or pass --exact")
+                              "since); run imgvec index again to add them, or pass --exact")
         return cls(dataset, description)
 
     @property
@@ -238,8 +326,8 @@ class NeighbourIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), each [len(queries), k], best first; id -1 where fewer than k exist."""
         best = Best(len(queries), k)
-        for shard in self._shards():
-            similarities, ids = shard.search(np.ascontiguousarray(normalise(queries)), k)
+        for segment in self._segments():
+            similarities, ids = segment.search(np.ascontiguousarray(normalise(queries)), k)
             similarities[ids < 0] = -np.inf
             best.update(similarities, ids)
         return best.similarities, best.ids
@@ -273,14 +361,14 @@ class NeighbourIndex:
 
     def _set(self, name: str, value: int, faiss) -> None:
         self.description[name] = value
-        for shard in self._shards():
-            _apply(shard, name, value, faiss)
+        for segment in self._segments():
+            _apply(segment, name, value, faiss)
 
-    def _shards(self):
-        """The shards, merged where they are IVF: held in memory when together they fit in half the memory
+    def _segments(self):
+        """The segments, merged where they are IVF: held in memory when together they fit in half the memory
         free now; else read again for each search, in runs that fit."""
         if self._loaded is None:
-            files = [(where, where.info().size or 0) for where in map(self.folder.child, self.description["shards"])]
+            files = [(where, where.info().size or 0) for where in map(self.folder.child, self.description["segments"])]
             budget = _free_memory() // 2
             if sum(size for _, size in files) > budget:
                 return self._merged(files, budget)
@@ -290,25 +378,25 @@ class NeighbourIndex:
     def _merged(self, files, budget: int):
         held, size_held = None, 0
         for where, size in files:
-            shard = self._load(where)
+            segment = self._load(where)
             if held is not None and self.description["type"].startswith("ivf") and size_held + size <= budget:
-                held.merge_from(shard, 0)  # one IVF index: a query scans its lists once
+                held.merge_from(segment, 0)  # one IVF index: a query scans its lists once
                 size_held += size
                 continue
             if held is not None:
                 yield held
-            held, size_held = shard, size
+            held, size_held = segment, size
         if held is not None:
             yield held
 
     def _load(self, where: Location):
         import faiss
 
-        shard = _read_faiss(where, self.description["dim"])
+        segment = _read_faiss(where, self.description["dim"])
         for name in ("nprobe", "ef_search"):
             if name in self.description:
-                _apply(shard, name, self.description[name], faiss)
-        return shard
+                _apply(segment, name, self.description[name], faiss)
+        return segment
 
 
 def _apply(index, name: str, value: int, faiss) -> None:
@@ -325,7 +413,7 @@ def _powers(factory: str) -> list[int]:
 
 
 def _write_faiss(index, where: Location) -> None:
-    """Streamed to the file (a shard can be as large as memory: no second copy of it as bytes)."""
+    """Streamed to the file (a segment can be as large as memory: no second copy of it as bytes)."""
     import faiss
 
     def write(path, fs):
@@ -365,7 +453,12 @@ def _free_memory() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _now() -> str:
-    import datetime
+def _write_npz(where: Location, **arrays) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    where.write_bytes(buffer.getvalue())
 
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+def _read_npz(where: Location) -> dict:
+    with np.load(io.BytesIO(where.read_bytes())) as held:
+        return {name: held[name] for name in held.files}

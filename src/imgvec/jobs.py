@@ -23,7 +23,7 @@ def run_shards(spark, task: ShardTask, shards: list[list[Item]], report) -> pa.T
     """Runs every shard as one Spark task and returns their COUNTS; report(share of tasks done) meanwhile."""
     plan = pa.table({"id": list(range(len(shards))), "paths": [[i.path for i in s] for s in shards],
                      "sources": [[i.source for i in s] for s in shards],
-                     "groups": [[i.group for i in s] for s in shards]}, schema=PLAN)
+                     "row_groups": [[i.row_group for i in s] for s in shards]}, schema=PLAN)
     return collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(COUNTS)), report)
 
 
@@ -52,14 +52,26 @@ def one_row_per_partition(spark, plan: pa.Table):
     return spark.createDataFrame(rows, ddl(plan.schema))
 
 
-def session(master: str, conf: dict):
-    """The session imgvec's commands run on: local, a cluster, or Spark Connect (sc://)."""
+@contextmanager
+def session(master: str, conf: dict | None, spark=None):
+    """The session a command runs on: `spark` when the caller has one, else local, a cluster or Spark Connect
+    (sc://). It stops only a session it started: one already active in this process (a notebook's) runs on."""
+    if spark is not None:
+        yield spark
+        return
+    from pyspark.sql import SparkSession
+
     from imgvec.spark import get_session
 
-    spark = get_session(master, conf=conf, quiet=True)
+    before = SparkSession.getActiveSession()
+    spark = get_session(master, conf=conf or {}, quiet=True)
     if not is_connect(spark):
         spark.sparkContext.setLogLevel("ERROR")
-    return spark
+    try:
+        yield spark
+    finally:
+        if spark is not before:
+            spark.stop()
 
 
 def task_slots(spark) -> int | None:
@@ -104,10 +116,10 @@ def progress(spark, report):
             spark.removeProgressHandler(handler)
         return
     context = spark.sparkContext
-    group = f"imgvec-{uuid.uuid4().hex[:12]}"
-    context.setJobGroup(group, "imgvec", interruptOnCancel=True)
+    job_group = f"imgvec-{uuid.uuid4().hex[:12]}"
+    context.setJobGroup(job_group, "imgvec", interruptOnCancel=True)
     stop = threading.Event()
-    poller = threading.Thread(target=_poll, args=(context.statusTracker(), group, stop, report), daemon=True)
+    poller = threading.Thread(target=_poll, args=(context.statusTracker(), job_group, stop, report), daemon=True)
     poller.start()
     try:
         yield
@@ -117,10 +129,10 @@ def progress(spark, report):
         context.setLocalProperty("spark.jobGroup.id", None)
 
 
-def _poll(status, group: str, stop: threading.Event, report) -> None:
+def _poll(status, job_group: str, stop: threading.Event, report) -> None:
     while not stop.wait(0.5):
         try:
-            jobs = sorted(status.getJobIdsForGroup(group))
+            jobs = sorted(status.getJobIdsForGroup(job_group))
             job = status.getJobInfo(jobs[-1]) if jobs else None
             stages = [status.getStageInfo(s) for s in job.stageIds] if job else []
             report(_fraction((s.numCompletedTasks, s.numTasks) for s in stages if s))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgvec.output import part_vectors
-
 BLOCK = 4096
 
 
@@ -31,26 +29,6 @@ def nearest(query: np.ndarray, vectors: np.ndarray, k: int, exclude: int | None 
         return []
     values, rows = top_k(similarities, np.arange(similarities.shape[1])[None, :], k)
     return [(int(i), float(s)) for i, s in zip(rows[0], values[0], strict=True)]
-
-
-def sample_vectors(dataset, parts: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and normalised vectors of about `size` rows of a FeatureDataset, from whole parts taken at random
-    (seeded: the same sample every time), shuffled: training sets for FAISS."""
-    rng = np.random.default_rng(0)
-    ids, vectors, have = [], [], 0
-    for number in rng.permutation(len(parts)):
-        if have >= size:
-            break
-        part_ids, part = part_vectors(dataset.where.child(parts[number]), int(number))
-        if len(part_ids):
-            ids.append(part_ids)
-            vectors.append(normalise(part))
-            have += len(part_ids)
-    if not ids:
-        raise ValueError(f"{dataset.location} holds no features (every image failed)")
-    ids, vectors = np.concatenate(ids), np.concatenate(vectors)
-    order = rng.permutation(len(ids))[:size]
-    return ids[order], np.ascontiguousarray(vectors[order])
 
 
 def top_k(similarities: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from itertools import islice
 import numpy as np
 import pyarrow as pa
 
+from imgvec import names
 from imgvec.featurize import FeatureConfig, get_featurizer, use_task_cpus
 from imgvec.output import FeatureDataset
 from imgvec.sources import ImageFiles, Item, ParquetTable
@@ -28,7 +29,7 @@ COUNTS = pa.schema([("shard", pa.int64()), ("rows", pa.int64()), ("failed", pa.i
                     ("error_kinds", pa.string())])
 # What the driver sends each task: its shard number and the items in it.
 PLAN = pa.schema([("id", pa.int64()), ("paths", pa.list_(pa.string())), ("sources", pa.list_(pa.string())),
-                  ("groups", pa.list_(pa.int64()))])
+                  ("row_groups", pa.list_(pa.int64()))])
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ShardTask:
         use_task_cpus()
         for batch in batches:
             for shard in batch.to_pylist():
-                items = [Item(*fields) for fields in zip(shard["paths"], shard["sources"], shard["groups"],
+                items = [Item(*fields) for fields in zip(shard["paths"], shard["sources"], shard["row_groups"],
                                                         strict=True)]
                 yield self.write(shard["id"], items)
 
@@ -63,7 +64,7 @@ class ShardTask:
                 hashes.append(None if data is None else hashlib.sha256(data).hexdigest())
         table = pa.table({"path": paths, "features": _features_column(features), "error": errors,
                           "bytes": pa.array(sizes, pa.int64()), "sha256": pa.array(hashes, pa.string())})
-        FeatureDataset(self.output).write_part(table, f"part-{self.run:04d}-{number:06d}.parquet")
+        FeatureDataset(self.output).write_part(table, names.part(self.run, number))
         kinds = Counter(e.split(":", 1)[0] for e in errors if e)
         return pa.RecordBatch.from_pylist([{"shard": number, "rows": len(paths), "failed": sum(kinds.values()),
                                             "error_kinds": json.dumps(kinds)}], schema=COUNTS)

@@ -12,42 +12,39 @@ import numpy as np
 
 from imgvec import defaults
 from imgvec.index import NeighbourIndex
-from imgvec.output import FeatureDataset, open_output, part_vectors
 from imgvec.search import Best, normalise
+from imgvec.searchable import Searchable, open_searchable
 
 
 def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact: bool = False) -> tuple[str, list]:
     """(how the search was made, [{query, matches: [{rank, path, similarity}]}]); ValueError for bad input."""
     if k < 1:
         raise ValueError(f"-k must be at least 1, not {k}")
-    dataset, metadata = open_output(output)
-    parts = dataset.part_names()  # listed once: on a store, each listing is a request
-    if not parts:
-        raise ValueError(f"{dataset.location} holds no features yet")
-    index = None if exact else NeighbourIndex.open(dataset, metadata=metadata, parts=parts)
+    features = open_searchable(output)
+    index = None if exact else NeighbourIndex.open(features.dataset, metadata=features.metadata, parts=features.parts)
     ranges = index.description.get("path_ranges") if index else None  # saves reading every part's footer
-    vectors, own_ids = _query_vectors(dataset, metadata, queries, parts, ranges)
+    vectors, own_ids = _query_vectors(features, queries, ranges)
     if index is not None:
         how = index.summary
         similarities, ids = index.search(vectors, k + 1)
     else:
         how = "exact search"
-        similarities, ids = _exact(dataset, parts, vectors, k + 1)
+        similarities, ids = exact_search(features, vectors, k + 1)
     results = []
     for query, own, row_similarities, row_ids in zip(queries, own_ids, similarities, ids, strict=True):
         keep = [(s, i) for s, i in zip(row_similarities, row_ids, strict=True) if i >= 0 and i != own][:k]
-        paths = dataset.rows_of([i for _, i in keep], parts).column("path").to_pylist()
+        paths = features.rows([i for _, i in keep]).column("path").to_pylist()
         results.append({"query": query, "search": how, "matches": [
             {"rank": r + 1, "path": p, "similarity": round(float(s), 6)}
             for r, ((s, _), p) in enumerate(zip(keep, paths, strict=True))]})
     return how, results
 
 
-def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str], parts: list[str],
-                   ranges: dict | None) -> tuple[np.ndarray, list[int]]:
+def _query_vectors(features: Searchable, queries: list[str], ranges: dict | None) -> tuple[np.ndarray, list[int]]:
     """Each query's features and its own row id in the output (-1 for an image file from elsewhere)."""
+    dataset = features.dataset
     spellings = {query: _spellings(query) for query in queries}
-    known = dataset.lookup({s for candidates in spellings.values() for s in candidates}, parts, ranges)
+    known = features.lookup({s for candidates in spellings.values() for s in candidates}, ranges)
     vectors, ids, vectorizer = [], [], None
     for query in queries:
         hit = next((known[s] for s in spellings[query] if s in known), None)
@@ -57,7 +54,7 @@ def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str], 
             ids.append(hit[0])
             vectors.append(hit[1])
         elif os.path.isfile(query):
-            vectorizer = vectorizer or _recorded_vectorizer(dataset, metadata)
+            vectorizer = vectorizer or _recorded_vectorizer(features)
             features, errors = vectorizer.embed([open(query, "rb").read()])
             if errors[0]:
                 raise ValueError(f"query {query} cannot be used: {errors[0]}")
@@ -68,24 +65,26 @@ def _query_vectors(dataset: FeatureDataset, metadata: dict, queries: list[str], 
     return np.stack(vectors).astype(np.float32), ids
 
 
-def _exact(dataset, parts: list[str], queries: np.ndarray, k: int):
+def exact_search(features: Searchable, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every vector compared, one part at a time: (similarities, ids), each [len(queries), k], best first."""
     queries = normalise(queries)
     best = Best(len(queries), k)
-    for number, name in enumerate(parts):
-        ids, vectors = part_vectors(dataset.where.child(name), number)
+    for number in range(len(features.parts)):
+        ids, vectors = features.vectors(number)
         if len(ids):
             best.update(queries @ normalise(vectors).T, ids)
     return best.similarities, best.ids
 
 
-def _recorded_vectorizer(dataset: FeatureDataset, metadata: dict):
-    """The model and weights that made the dataset, or an error if they cannot be had identically."""
+def _recorded_vectorizer(features: Searchable):
+    """The model and weights that made the features, or an error if they cannot be had identically."""
     from imgvec.vectorizer import ImageVectorizer
 
+    metadata = features.metadata
     vectorizer = ImageVectorizer(metadata["model"], weights=metadata["weights"], device="cpu")
     if vectorizer.weights_ref.sha256 != metadata.get("weights_sha256"):
         raise ValueError(f"the weights for {metadata['model']} here differ from those that made "
-                         f"{dataset.location}; query with a path that is already in it")
+                         f"{features.location}; query with a path that is already in it")
     return vectorizer
 
 

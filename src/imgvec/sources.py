@@ -20,7 +20,7 @@ from imgvec.storage import check_reachable, is_hidden, list_files, open_input, o
 class Item:
     path: str  # what the output row is keyed by
     source: str  # the file to read it from: the image itself, or the Parquet file holding it
-    group: int = -1  # the row group holding it, in a Parquet source
+    row_group: int = -1  # the Parquet row group holding it, in a table source
 
 
 @dataclass(frozen=True)
@@ -61,20 +61,20 @@ class ParquetTable:
         for uri in files:
             with open_input(uri) as f, pq.ParquetFile(f) as parquet:
                 self._check_columns(parquet.schema_arrow, uri)
-                for group in range(parquet.num_row_groups):
-                    names = parquet.read_row_group(group, columns=[self.path_col]).column(0).cast(pa.string())
-                    items += [Item(name, uri, group) for name in names.to_pylist()]
+                for row_group in range(parquet.num_row_groups):
+                    names = parquet.read_row_group(row_group, columns=[self.path_col]).column(0).cast(pa.string())
+                    items += [Item(name, uri, row_group) for name in names.to_pylist()]
         return items
 
     def read(self, items: list[Item]) -> Iterator[tuple[str, bytes | None, str | None]]:
         """Each row group once, then its rows in the order asked for."""
         cache: dict[tuple[str, int], dict] = {}
         for item in items:
-            key = (item.source, item.group)
+            key = (item.source, item.row_group)
             if key not in cache:
                 cache.clear()  # a shard never splits a row group: the previous one is done
                 with open_input(item.source) as f, pq.ParquetFile(f) as parquet:
-                    table = parquet.read_row_group(item.group, columns=[self.path_col, self.binary_col])
+                    table = parquet.read_row_group(item.row_group, columns=[self.path_col, self.binary_col])
                 names = table.column(0).cast(pa.string()).to_pylist()
                 cache[key] = dict(zip(names, table.column(1).to_pylist(), strict=True))
             data = cache[key].get(item.path)
@@ -124,7 +124,7 @@ def shards(items: list[Item], size: int) -> list[list[Item]]:
     out: list[list[Item]] = []
     current: list[Item] = []
     for item in items:
-        if len(current) >= size and (item.source, item.group) != (current[-1].source, current[-1].group):
+        if len(current) >= size and (item.source, item.row_group) != (current[-1].source, current[-1].row_group):
             out.append(current)
             current = []
         current.append(item)

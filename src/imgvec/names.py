@@ -1,0 +1,79 @@
+"""Every file name of an output, built and parsed here and nowhere else.
+
+OUTPUT/
+  _imgvec.json                       what made the features (output.py)
+  _imgvec.lock                       the run writing it now (lock.py)
+  part-<run>-<shard>.parquet         one shard task's rows (shard.py)
+  .tmp-<random>-<name>               a file being written (storage.Location.write_with)
+  _imgvec_index/                     the nearest-neighbour index (index.py):
+    index.json                         its description
+    trained-<build>.faiss              the trained, empty index
+    queries-<build>.npz                held-out queries
+    truth-<build>-<n>.npz              their exact neighbours among the vectors of update n (0: the build)
+    segment-<build>-<n>.faiss          the vectors of some parts (`shard-…` before imgvec-index/2)
+
+A "shard" is the images of one task of `imgvec embed`; an index is stored in "segments".
+"""
+
+from __future__ import annotations
+
+import re
+
+METADATA = "_imgvec.json"
+LOCK = "_imgvec.lock"
+INDEX = "_imgvec_index"
+INDEX_DESCRIPTION = "index.json"
+
+_PART = re.compile(r"part-(?:([0-9]+)-)?([0-9]+)\.parquet")  # part-<run>-<shard>; format /1 had no run
+_TEMPORARY = re.compile(r"\.tmp-.*")
+_INDEX_FILE = re.compile(r"(trained|queries|segment|shard|truth)-([0-9a-f]+)(?:-([0-9]+))?\.(?:faiss|npz)")
+
+
+def part(run: int, shard: int) -> str:
+    return f"part-{run:04d}-{shard:06d}.parquet"
+
+
+def is_part(name: str) -> bool:
+    return _PART.fullmatch(name) is not None
+
+
+def part_run(name: str) -> int | None:
+    """The run that wrote a part (None for a part of format /1, which had no run number)."""
+    match = _PART.fullmatch(name)
+    return int(match.group(1)) if match and match.group(1) else None
+
+
+def is_temporary(name: str) -> bool:
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+def trained(build: str) -> str:
+    return f"trained-{build}.faiss"
+
+
+def queries(build: str) -> str:
+    return f"queries-{build}.npz"
+
+
+def truth(build: str, update: int) -> str:
+    return f"truth-{build}-{update}.npz"
+
+
+def segment(build: str, number: int) -> str:
+    return f"segment-{build}-{number}.faiss"
+
+
+def is_index_file(name: str) -> bool:
+    """A file imgvec writes into an output's index folder."""
+    return name == INDEX_DESCRIPTION or _INDEX_FILE.fullmatch(name) is not None or is_temporary(name)
+
+
+def index_build(name: str) -> str | None:
+    """The build an index file belongs to (None for index.json and temporaries)."""
+    match = _INDEX_FILE.fullmatch(name)
+    return match.group(2) if match else None
+
+
+def segment_number(name: str) -> int | None:
+    match = _INDEX_FILE.fullmatch(name)
+    return int(match.group(3)) if match and match.group(1) in ("segment", "shard") and match.group(3) else None

@@ -1,0 +1,63 @@
+"""Which files of a group a person may delete: each must have a kept file of its own at the threshold.
+
+Groups are joined transitively (A~B~C) for browsing, but a chain must never make a file deletable:
+members in keep order each join the most similar file kept so far at cosine >= threshold, or are
+kept themselves (greedy leader assignment). Every file not kept then has a witness, a kept file of
+its group at or above the threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 2_048  # rows compared at once when looking for a group's weakest pair
+WEAKEST_MAX = 20_000  # beyond, the weakest pair is sought among a seeded sample of this many members
+
+
+def keep_order(rows: list[dict], keep: str) -> list[int]:
+    """Positions of `rows` ({path, bytes, source}) in keep order: files of other outputs (source > 0) first, then
+    the first path (keep='first') or the largest file, ties by path."""
+    def key(position: int):
+        row = rows[position]
+        size = -(row.get("bytes") or -1) if keep == "largest" else 0
+        return row.get("source", 0) == 0, size, row["path"]
+
+    return sorted(range(len(rows)), key=key)
+
+
+def witnesses(vectors: np.ndarray, threshold: float, forced=None) -> tuple[np.ndarray, np.ndarray]:
+    """For normalised `vectors` in keep order: each one's kept file (a position; itself when kept) and the cosine
+    to it (1 when kept). `forced`: positions that are kept whatever they resemble (other outputs' files)."""
+    n = len(vectors)
+    forced = np.zeros(n, bool) if forced is None else np.asarray(forced, bool)
+    leader = np.arange(n)
+    similarity = np.ones(n, np.float32)
+    kept: list[int] = []
+    for i in range(n):
+        if kept and not forced[i]:
+            cosines = vectors[kept] @ vectors[i]
+            best = int(np.argmax(cosines))
+            if cosines[best] >= threshold:
+                leader[i], similarity[i] = kept[best], cosines[best]
+                continue
+        kept.append(i)
+    return leader, similarity
+
+
+def weakest_pair(vectors: np.ndarray) -> tuple[int, int, float]:
+    """The least similar pair of normalised `vectors` (positions a < b and their cosine); among a seeded
+    sample of WEAKEST_MAX of them in a larger group."""
+    positions = np.arange(len(vectors))
+    if len(vectors) > WEAKEST_MAX:
+        positions = np.sort(np.random.default_rng(0).choice(len(vectors), WEAKEST_MAX, replace=False))
+    chosen = vectors[positions]
+    worst = (0, 1, np.inf)
+    for start in range(0, len(chosen), BLOCK):
+        similarities = chosen[start : start + BLOCK] @ chosen.T
+        rows = np.arange(len(similarities))
+        similarities[rows, start + rows] = np.inf  # a member with itself is no pair
+        row, col = np.unravel_index(np.argmin(similarities), similarities.shape)
+        if similarities[row, col] < worst[2]:
+            worst = (start + int(row), int(col), float(similarities[row, col]))
+    a, b = sorted((int(positions[worst[0]]), int(positions[worst[1]])))
+    return a, b, worst[2]
