@@ -172,3 +172,44 @@ def vectors_output(folder, vectors: np.ndarray, *, part_rows: int = 512, model: 
                                f"part-0000-{start // part_rows:06d}.parquet")
         dataset.update_metadata({**dataset.counts(), "updated": now()})
     return dataset
+
+
+ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"  # screenshots to look at
+
+
+def in_browser(page: pathlib.Path, screenshot: str | None = None) -> dict:
+    """Open an HTML page imgvec wrote in headless Chromium: {images, broken (naturalWidth 0), text}.
+
+    The page itself has no script; a copy of it gets one that counts its images once they have loaded.
+    A screenshot, if asked for, goes to ARTIFACTS.
+    """
+    import json
+    import re
+    import tempfile
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            raise AssertionError("chromium is missing: .ci/run installs it")
+        import pytest
+
+        pytest.skip("needs chromium (apt-get install chromium)")
+    probe = ("<script>window.addEventListener('load', () => { const i = [...document.images]; "
+             "document.body.setAttribute('data-probe', JSON.stringify({images: i.length, "
+             "broken: i.filter(x => !x.complete || x.naturalWidth === 0).length})); });</script>")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
+    with tempfile.TemporaryDirectory() as folder:
+        probed = pathlib.Path(folder) / "probed.html"
+        probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
+        dom = subprocess.run([browser, *flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True,
+                             timeout=120).stdout
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    result = json.loads(found.group(1).replace("&quot;", '"'))
+    result["text"] = re.sub(r"<[^>]+>", " ", dom)
+    if screenshot:
+        ARTIFACTS.mkdir(exist_ok=True)
+        subprocess.run([browser, *flags, "--window-size=1400,1000", f"--screenshot={ARTIFACTS / screenshot}",
+                        page.as_uri()], capture_output=True, timeout=120, check=True)
+        assert (ARTIFACTS / screenshot).stat().st_size > 10_000
+    return result
