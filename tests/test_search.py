@@ -397,3 +397,80 @@ def test_an_output_of_format_1_is_read_and_resuming_it_marks_format_2(tmp_path, 
         pass
     assert json.loads((output / "_imgvec.json").read_text())["format"] == "imgvec-features/2"
     assert FeatureDataset(str(output)).read(["path", "sha256"]).column("sha256").null_count == 3
+
+
+# --- an index that follows its output ---------------------------------------------------------
+
+
+def add_parts(output, vectors: np.ndarray, run: int, part_rows: int = 500) -> None:
+    """What `embed --resume` does to an output: parts of a new run, paths after the old ones, counts updated."""
+    from imgvec.lock import now
+
+    dataset = FeatureDataset(str(output))
+    first = dataset.metadata()["total"]
+    for start in range(0, len(vectors), part_rows):
+        rows = vectors[start : start + part_rows]
+        dataset.write_part(pa.table({"path": [f"img/{first + start + i:08d}.jpg" for i in range(len(rows))],
+                                     "features": pa.array(list(rows), pa.list_(pa.float32())),
+                                     "error": pa.nulls(len(rows), pa.string())}),
+                           f"part-{run:04d}-{start // part_rows:06d}.parquet")
+    dataset.update_metadata({**dataset.counts(), "updated": now()})
+
+
+def test_index_adds_new_parts_without_retraining_and_says_when_to_rebuild(tmp_path, capsys):
+    output = tmp_path / "vectors"
+    vectors = clustered_vectors(6_000, 32, seed=6)
+    vectors_output(output, vectors[:4_000], part_rows=500)
+    folder = output / "_imgvec_index"
+    assert imgvec_here(capsys, "index", output, "--index-type", "ivf-flat", "-q", *SPARK).returncode == 0
+    before = json.loads((folder / "index.json").read_text())
+    trained = folder / f"trained-{before['build']}.faiss"
+    stamps = {name: (folder / name).stat().st_mtime_ns for name in [trained.name, *before["segments"]]}
+    add_parts(output, vectors[4_000:], run=1)
+    assert_usage_error(imgvec_here(capsys, "similar", output, "img/00004001.jpg"), "run imgvec index again")
+    result = imgvec_here(capsys, "index", output, "-q", *SPARK)
+    assert result.returncode == 0
+    after = json.loads((folder / "index.json").read_text())
+    assert "updated: 2000 vectors added without retraining" in result.stdout
+    assert after["build"] == before["build"] and after["count"] == 6_000 and after["trained_on"] == 4_000
+    assert after["segments"][: len(before["segments"])] == before["segments"] and len(after["segments"]) > len(
+        before["segments"])
+    assert {name: (folder / name).stat().st_mtime_ns for name in stamps} == stamps  # nothing rewritten
+    assert after["recall_at_10"] >= 0.95 and after["advice"] is None  # re-measured on the held-out queries
+    queries = [f"img/{i:08d}.jpg" for i in range(4_000, 6_000, 100)]
+    by_index = json.loads(imgvec_here(capsys, "similar", output, *queries, "--json").stdout)
+    exact = json.loads(imgvec_here(capsys, "similar", output, *queries, "--json", "--exact").stdout)
+    hits = sum(len({m["path"] for m in a["matches"]} & {m["path"] for m in b["matches"]})
+               for a, b in zip(by_index, exact, strict=True))
+    assert hits / (10 * len(queries)) >= 0.95 and by_index[0]["search"].startswith("ivf-flat index of 6000")
+    add_parts(output, clustered_vectors(5_000, 32, seed=7), run=2)  # more new than trained on: time to rebuild
+    result = imgvec_here(capsys, "index", output, "-q", *SPARK)
+    assert "run imgvec index --rebuild" in result.stdout
+    result = imgvec_here(capsys, "index", output, "--rebuild", "-q", *SPARK)
+    rebuilt = json.loads((folder / "index.json").read_text())
+    assert rebuilt["build"] != before["build"] and rebuilt["trained_on"] == 11_000 and "built" in result.stdout
+    assert not trained.exists()  # the replaced build's files are gone
+
+
+def test_a_torchscript_model_records_its_dimension_and_every_command_works(tmp_path, capsys):
+    """The documented way to bring one's own model: its output knows its dimension (it once recorded null)."""
+    import torch
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = torch.nn.Identity()
+    scripted = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(net.eval()), str(scripted))
+    output = tmp_path / "vectors"
+    result = imgvec("embed", EXAMPLES, "-o", output, "--model", f"torchscript:{scripted}", "-q", *SPARK)
+    assert result.returncode == 0, result.stderr
+    metadata = json.loads((output / "_imgvec.json").read_text())
+    assert metadata["dim"] == 512
+    for recorded in (512, None):  # an output made before the fix recorded null: read from a part
+        (output / "_imgvec.json").write_text(json.dumps({**metadata, "dim": recorded}))
+        assert json.loads(imgvec_here(capsys, "info", output, "--json").stdout)["dim"] == 512
+        assert imgvec_here(capsys, "index", output, "--rebuild", "-q").returncode == 0
+        query = str(EXAMPLES / "motorcycle_left.jpg")
+        found = json.loads(imgvec_here(capsys, "similar", output, f"file:{query}", "-k", "2", "--json").stdout)
+        assert found[0]["search"].startswith("flat index") and len(found[0]["matches"]) == 2
+        assert imgvec_here(capsys, "dupes", output, "--threshold", "0.99", "--json").returncode == 0
