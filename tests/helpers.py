@@ -152,8 +152,10 @@ def clustered_vectors(n: int, dim: int, *, seed: int = 0, per_cluster: int = 50,
     return centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, dim)).astype(np.float32)
 
 
-def vectors_output(folder, vectors: np.ndarray, *, part_rows: int = 512, model: str = "generated"):
-    """An imgvec output holding `vectors` (paths img/00000000.jpg, ...), written by imgvec's own writer."""
+def vectors_output(folder, vectors: np.ndarray, *, part_rows: int = 512, model: str = "generated", prefix: str = "img",
+                   sha256: list | None = None):
+    """An imgvec output holding `vectors` (paths img/00000000.jpg, ...), written by imgvec's own writer;
+    `sha256`: each row's content hash (identical files), else none recorded."""
     import pyarrow as pa
 
     from imgvec.lock import now
@@ -166,9 +168,12 @@ def vectors_output(folder, vectors: np.ndarray, *, part_rows: int = 512, model: 
         for start in range(0, len(vectors), part_rows):
             rows = vectors[start : start + part_rows]
             offsets = pa.array(np.arange(0, rows.size + 1, max(1, vectors.shape[1]), dtype=np.int32))
-            dataset.write_part(pa.table({"path": [f"img/{i:08d}.jpg" for i in range(start, start + len(rows))],
+            hashes = (sha256 or [None] * len(vectors))[start : start + len(rows)]
+            dataset.write_part(pa.table({"path": [f"{prefix}/{i:08d}.jpg" for i in range(start, start + len(rows))],
                                          "features": pa.ListArray.from_arrays(offsets, pa.array(rows.ravel())),
-                                         "error": pa.nulls(len(rows), pa.string())}),
+                                         "error": pa.nulls(len(rows), pa.string()),
+                                         "bytes": pa.array([None if h is None else 1000 for h in hashes], pa.int64()),
+                                         "sha256": pa.array(hashes, pa.string())}),
                                f"part-0000-{start // part_rows:06d}.parquet")
         dataset.update_metadata({**dataset.counts(), "updated": now()})
     return dataset

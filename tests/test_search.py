@@ -7,6 +7,7 @@ copies) embedded by a real model; generated clustered vectors where scale matter
 
 import hashlib
 import io
+import itertools
 import json
 import os
 
@@ -474,3 +475,64 @@ def test_a_torchscript_model_records_its_dimension_and_every_command_works(tmp_p
         found = json.loads(imgvec_here(capsys, "similar", output, f"file:{query}", "-k", "2", "--json").stdout)
         assert found[0]["search"].startswith("flat index") and len(found[0]["matches"]) == 2
         assert imgvec_here(capsys, "dupes", output, "--threshold", "0.99", "--json").returncode == 0
+
+
+# --- new images against what one already has ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def old_and_new(tmp_path_factory):
+    """OLD: 3,000 clustered vectors. NEW: 300, of which 60 near copies of OLD rows, 20 byte-identical to OLD
+    files, 20 near copies of other NEW rows, the rest new."""
+    folder = tmp_path_factory.mktemp("against")
+    rng = np.random.default_rng(11)
+    old = clustered_vectors(3_000, 32, seed=10, spread=0.6)
+    new = rng.standard_normal((300, 32)).astype(np.float32) * 3
+    new[:60] = old[rng.choice(3_000, 60, replace=False)] + 0.05 * rng.standard_normal((60, 32))
+    identical = rng.choice(3_000, 20, replace=False)
+    new[60:80] = old[identical]
+    new[80:100] = new[200:220] + 0.05 * rng.standard_normal((20, 32))
+    old_hashes = [f"old{i}" for i in range(3_000)]
+    new_hashes = [f"new{i}" for i in range(300)]
+    for k, i in enumerate(identical):
+        new_hashes[60 + k] = old_hashes[i]
+    vectors_output(folder / "old", old, sha256=old_hashes)
+    vectors_output(folder / "new", new, prefix="new", sha256=new_hashes)
+    return folder / "old", folder / "new", normalise(old), normalise(new)
+
+
+def against_pairs(found: dict) -> set:
+    return {(a["path"], b["path"]) for g in found["groups"] for a, b in itertools.product(g["members"], repeat=2)
+            if a["path"].startswith("new/") and b["path"].startswith("img/")}
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_new_images_against_old_ones_never_list_an_old_file(old_and_new, capsys, indexed):
+    old, new, old_vectors, new_vectors = old_and_new
+    if indexed:
+        assert imgvec_here(capsys, "index", old, "--index-type", "ivf-flat", "-q", *SPARK).returncode == 0
+    result = imgvec_here(capsys, "dupes", new, "--against", old, "--threshold", "0.9", "--keep", "first", "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert ("by its ivf-flat index" if indexed else f"{old} exactly") in found["search"]
+    assert all(any(m["path"].startswith("new/") for m in g["members"]) for g in found["groups"])  # NEW in each
+    assert found["delete"] and not any(p.startswith("img/") for p in found["delete"])  # OLD files are kept
+    similarities = new_vectors @ old_vectors.T
+    truth = {(f"new/{i:08d}.jpg", f"img/{j:08d}.jpg") for i, j in zip(*np.nonzero(similarities >= 0.9), strict=True)}
+    assert len(truth) >= 70 and len(against_pairs(found) & truth) / len(truth) >= 0.95  # pair recall vs exact
+    identical = [g for g in found["groups"] if g["kind"] == "identical"]
+    assert len(identical) == 20 and all(g["kept"][0].startswith("img/") for g in identical)
+    for group in found["groups"]:  # every deletable NEW file has a kept file of its group at the threshold
+        for member in group["members"]:
+            if member["kept_file"] != member["path"]:
+                assert member["path"].startswith("new/") and member["kept_similarity"] >= 0.9 - 1e-6
+    own = [g for g in found["groups"] if all(m["path"].startswith("new/") for m in g["members"])]
+    assert len(own) == 20  # NEW's own near copies, among themselves
+
+
+def test_against_an_output_of_another_model_is_one_line(old_and_new, tmp_path, capsys):
+    old, new, old_vectors, _ = old_and_new
+    vectors_output(tmp_path / "other", old_vectors[:100], model="resnet18")
+    assert_usage_error(imgvec_here(capsys, "dupes", new, "--against", tmp_path / "other"), "another model")
+    vectors_output(tmp_path / "wider", np.ones((10, 64), np.float32))
+    assert_usage_error(imgvec_here(capsys, "dupes", new, "--against", tmp_path / "wider"), "64-d")

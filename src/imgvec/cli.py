@@ -338,13 +338,17 @@ def run_calibrate(args) -> int:
     kinds = list(result["edits"])
     print(f"imgvec calibrate: {result['originals']} originals x {len(kinds)} edits of {result['images']} images "
           f"({result['model']}), in {result['seconds']:.1f} s")
-    print(f"{'threshold':>9}  " + "  ".join(f"{k[:6]:>6}" for k in kinds) + "  recall  false pairs at "
-          f"{result['images']} images  precision")
+    print("threshold  " + " ".join(f"{k:>6}" for k in kinds) + "  recall  false pairs  precision   (false pairs "
+          f"and precision expected at {result['images']} images)")
     for row in result["table"]:
-        marker = "  <- recommended" if row["threshold"] == result["threshold"] else ""
-        print(f"{row['threshold']:>9.2f}  " + "  ".join(f"{row['recall_by_edit'][k]:>6.2f}" for k in kinds)
-              + f"  {row['recall']:>6.2f}  {row['expected_false_pairs']:>11.3g}{'':>{len(str(result['images']))+8}}"
-              f"  {row['precision']:>9.4f}{marker}")
+        chosen = row["threshold"] == result["threshold"]
+        if not chosen and round(row["threshold"] * 100) % 5:
+            continue  # every 0.05, and the one recommended (--json has every 0.01)
+        print(f"{row['threshold']:>9.2f}  " + " ".join(f"{row['recall_by_edit'][k]:>6.2f}" for k in kinds)
+              + f"  {row['recall']:>6.2f}  {row['expected_false_pairs']:>11.4g}  {row['precision']:>9.4f}"
+              + ("  <- recommended" if chosen else ""))
+    if not result["reached"]:
+        print(f"no threshold up to 0.99 reaches expected precision {result['precision']}: the highest is recorded")
     print(f"threshold {result['threshold']}: recall {result['recall']:.2f}, expected precision "
           f"{result['expected_precision']:.4f} at {result['images']} images; recorded in {result['output']}, "
           "imgvec dupes uses it from now on")

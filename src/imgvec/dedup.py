@@ -123,31 +123,33 @@ def find_duplicates(output: str, threshold: float | None = None, *, keep: str = 
         check_comparable(features, old)
     threshold, source = resolve_threshold(features, threshold)
     count = features.count
+    identical, known = _identical_across(features, olds) if olds else (None, np.empty(0, np.int64))
     if exact or (clusters is None and count <= defaults.EXACT_MAX):
-        identical, links, how = _in_process(features, threshold)
+        own, links, how = _in_process(features, threshold, known)
     else:
         from imgvec.jobs import session
 
         progress = Progress(count, quiet=quiet, unit="vectors")
         try:
             with session(master, conf, spark) as spark:
-                identical, links, how = _on_spark(spark, features, threshold, clusters,
-                                                  lambda share: progress.update(share * count))
+                own, links, how = _on_spark(spark, features, threshold, clusters, known,
+                                            lambda share: progress.update(share * count))
         finally:
             progress.close()
     if olds:
-        identical, links, how = _against(features, olds, identical, links, threshold, how)
-    found = Duplicates(_label([features, *olds], identical, groups(*links), keep, threshold), count, threshold,
-                       how, source)
+        links, how = _against(features, olds, known, links, threshold, how)
+    found = Duplicates(_label([features, *olds], own if identical is None else identical, groups(*links), keep,
+                              threshold), count, threshold, how, source)
     found.seconds = time.monotonic() - started
     return found
 
 
-def _in_process(features: Searchable, threshold: float):
-    """(identical groups, links and best pairs of the near-duplicates, how): every pair, in this process."""
+def _in_process(features: Searchable, threshold: float, known: np.ndarray):
+    """(identical groups, links and best pairs of the near-duplicates, how): every pair, in this process.
+    `known`: rows left out of the near search (identical to another output's file)."""
     identical = _identical(pa.concat_tables([_hashes(features.dataset, name, number)
                                              for number, name in enumerate(features.parts)]))
-    ids, vectors = _distinct_vectors(features, _copies(identical))
+    ids, vectors = _distinct_vectors(features, np.union1d(_copies(identical), known))
     return identical, linked(vectors, ids, vectors, ids, threshold, same=True), "exact"
 
 
@@ -188,19 +190,25 @@ def tag(source: int, ids) -> np.ndarray:
     return (np.int64(source) << SOURCE_SHIFT) | np.asarray(ids, np.int64)
 
 
-def _against(new: Searchable, olds: list[Searchable], identical, links, threshold: float, how: str):
-    """NEW's identical groups and links, with those to the OLD outputs added: its files identical to an OLD
-    file, and its images near an OLD image (by OLD's index, or every OLD vector). Only groups that hold an
-    image of NEW come of it: every link added has one end in NEW."""
-    from imgvec.index import NeighbourIndex
-
+def _identical_across(new: Searchable, olds: list[Searchable]) -> tuple[list[list[int]], np.ndarray]:
+    """Groups of identical files that hold a file of NEW, over NEW and the OLD outputs (nodes: tag), and the rows
+    of NEW identical to an OLD file: their content is searched as OLD's, so the near search leaves them out."""
     tables = []
     for source, features in enumerate([new, *olds]):
         for number, name in enumerate(features.parts):
             hashes = _hashes(features.dataset, name, number)
             tables.append(hashes.set_column(0, "id", pa.array(tag(source, hashes.column("id").to_numpy()))))
     identical = [g for g in _identical(pa.concat_tables(tables)) if g[0] >> SOURCE_SHIFT == 0]  # sorted: NEW first
-    ids, vectors = _distinct_vectors(new, _copies([[i for i in g if i >> SOURCE_SHIFT == 0] for g in identical]))
+    known = [i for g in identical if g[-1] >> SOURCE_SHIFT for i in g if i >> SOURCE_SHIFT == 0]
+    return identical, np.array(known, np.int64)
+
+
+def _against(new: Searchable, olds: list[Searchable], known: np.ndarray, links, threshold: float, how: str):
+    """NEW's links with those to the OLD outputs added: its images near an OLD image (by OLD's index, or every
+    OLD vector). Only groups that hold an image of NEW come of it: every link added has one end in NEW."""
+    from imgvec.index import NeighbourIndex
+
+    ids, vectors = _distinct_vectors(new, known)
     a, b, s, searches = [], [], [], []
     for source, old in enumerate(olds, 1):
         index = NeighbourIndex.open(old.dataset, metadata=old.metadata, parts=old.parts)
@@ -225,7 +233,7 @@ def _against(new: Searchable, olds: list[Searchable], identical, links, threshol
     link_from, link_to, best_id, best_partner, best_similarity = links
     links = (link_from, link_to, np.concatenate([best_id, a, b]), np.concatenate([best_partner, b, a]),
              np.concatenate([best_similarity, s, s]))
-    return identical, links, f"{how}; against {'; '.join(searches)}"
+    return links, f"{how}; against {'; '.join(searches)}"
 
 
 # --- labelling: paths, kept files, witnesses ---------------------------------------------------
@@ -386,7 +394,7 @@ def _matrix(features: pa.BinaryArray) -> np.ndarray:
     return data.view(np.float32).reshape(len(features), -1)
 
 
-def _on_spark(spark, features: Searchable, threshold, clusters, report):
+def _on_spark(spark, features: Searchable, threshold, clusters, known: np.ndarray, report):
     """(identical groups, links and best pairs, how): k-means clusters on Spark, every pair inside each."""
     import faiss
     from pyspark.sql import functions as F
@@ -404,7 +412,7 @@ def _on_spark(spark, features: Searchable, threshold, clusters, report):
     same = (plan(nothing).mapInArrow(HashTask(features.location), ddl(HASHES))
             .groupBy("sha256", "bytes").agg(F.collect_list("id").alias("ids")).filter(F.size("ids") > 1))
     identical = [sorted(g) for g in collect(spark, same.select("ids")).column("ids").to_pylist()]
-    copies = _copies(identical)
+    copies = np.union1d(_copies(identical), known)
 
     count = features.count
     clusters = clusters or max(1, round(count / defaults.CLUSTER_SIZE))

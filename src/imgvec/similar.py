@@ -78,14 +78,12 @@ def exact_search(features: Searchable, queries: np.ndarray, k: int) -> tuple[np.
 
 def _recorded_vectorizer(features: Searchable):
     """The model and weights that made the features, or an error if they cannot be had identically."""
-    from imgvec.vectorizer import ImageVectorizer
+    from imgvec.vectorizer import recorded_vectorizer
 
-    metadata = features.metadata
-    vectorizer = ImageVectorizer(metadata["model"], weights=metadata["weights"], device="cpu")
-    if vectorizer.weights_ref.sha256 != metadata.get("weights_sha256"):
-        raise ValueError(f"the weights for {metadata['model']} here differ from those that made "
-                         f"{features.location}; query with a path that is already in it")
-    return vectorizer
+    try:
+        return recorded_vectorizer(features.metadata, features.location)
+    except ValueError as error:
+        raise ValueError(f"{error}; query with a path that is already in it") from None
 
 
 def _spellings(query: str) -> list[str]:

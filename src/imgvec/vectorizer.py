@@ -98,3 +98,13 @@ class ImageVectorizer:
         c = self.config
         return (f"ImageVectorizer(model={self.model_name!r}, weights={self.weights!r}, "
                 f"device={c.device!r}, batch_size={c.batch_size})")
+
+
+def recorded_vectorizer(metadata: dict, location: str) -> ImageVectorizer:
+    """The model, weights and modes that made an output, on the CPU here; an error if the weights differ."""
+    vectorizer = ImageVectorizer(metadata["model"], weights=metadata["weights"], device="cpu",
+                                 precision=metadata.get("precision") or defaults.PRECISION,
+                                 draft=bool(metadata.get("draft")))
+    if vectorizer.weights_ref.sha256 != metadata.get("weights_sha256"):
+        raise ValueError(f"the weights for {metadata['model']} here differ from those that made {location}")
+    return vectorizer
