@@ -86,7 +86,6 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
 
     started = time.monotonic()
     features = open_searchable(output)
-    vectorizer = recorded_vectorizer(features.metadata, features.location)
     images = features.count
     ids, vectors = features.sample(sample)
     rows = features.rows(ids, ["path", "sha256"]).to_pylist()
@@ -96,6 +95,7 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     distinct_pairs = n * (n - 1) // 2
     all_pairs = images * (images - 1) // 2
     _check_resolution(n, images, distinct_pairs, all_pairs, precision, features.location)
+    vectorizer = recorded_vectorizer(features.metadata, features.location)
     paths = [r["path"] for r in rows]
     tasks = max(1, -(-n // ORIGINALS_PER_TASK))
     order = np.arange(n)

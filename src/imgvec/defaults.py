@@ -14,9 +14,12 @@ DRAFT = False  # reduced-scale JPEG decoding is opt-in
 SHARD_SIZE = 512  # images per task of the batch job: PySpark's ~0.25 s per task stays under 15% on tiny images
 K = 10  # matches per query of `imgvec similar`
 THRESHOLD = 0.9  # cosine at which `imgvec dupes` calls two images near-duplicates, for a model not measured
-# Each built-in model's own threshold for `imgvec dupes` (README, "Choosing a threshold"); `imgvec calibrate`
-# measures one on a user's collection, which `dupes` then prefers.
-THRESHOLDS: dict[str, float] = {}
+# Each built-in model's own threshold for `imgvec dupes` where its real weights could be measured here:
+# `imgvec calibrate` (precision 0.99) on 54 distinct pictures, 3x3 tiles of six bundled photos
+# (benchmarks/threshold.py; README, "Choosing a threshold"). The torchvision models' ImageNet weights
+# cannot be had offline here: they use THRESHOLD. `imgvec calibrate` fits one to a user's collection,
+# which `dupes` then prefers.
+THRESHOLDS = {"efficientnet_lite0": 0.91}
 CALIBRATION_SAMPLE = 2_000  # originals `imgvec calibrate` edits and embeds
 CALIBRATION_PRECISION = 0.99  # the expected precision at the output's size its recommended threshold must keep
 EXACT_MAX = 20_000  # up to this many vectors, search and dupes compare every pair: a few seconds on one core
