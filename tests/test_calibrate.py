@@ -81,10 +81,13 @@ def test_an_original_that_is_gone_is_one_line(photos_output, tmp_path):
     assert_usage_error(imgvec("calibrate", copy, "-q", *SPARK), f"{moved / 'coffee.jpg'}")
 
 
-def test_a_sample_too_small_for_the_precision_says_what_it_can_estimate(tmp_path, capsys):
+def test_a_sample_too_small_for_the_precision_says_what_it_can_estimate(tmp_path, capsys, monkeypatch):
+    import imgvec.calibrate
+
     output = tmp_path / "vectors"
-    vectors_output(output, clustered_vectors(20_000, 8))
-    result = imgvec_here(capsys, "calibrate", output, "--sample", "50")  # 1,225 pairs for 2x10^8 at 20,000 images
-    assert_usage_error(result, "cannot vouch for precision 0.99 at 20000 images")
+    vectors_output(output, clustered_vectors(60_000, 4))
+    monkeypatch.setattr(imgvec.calibrate, "PAIRS_SAMPLE", 50)  # 1,225 pairs for 1.8x10^9 at 60,000 images
+    result = imgvec_here(capsys, "calibrate", output, "--sample", "50")
+    assert_usage_error(result, "cannot vouch for precision 0.99 at 60000 images")
     assert "it can estimate precision up to 0.0" in result.stderr and "--sample" in result.stderr
     assert_usage_error(imgvec_here(capsys, "calibrate", output, "--precision", "2"), "--precision is a share")

@@ -1,6 +1,7 @@
 """`imgvec calibrate`: what each `dupes` threshold means for this output's model on this output's images.
 
-  driver   a seeded sample of the output's images (whole parts at random), their stored vectors
+  driver   a seeded sample of the output's stored vectors (whole parts at random), of which the first
+           --sample are the originals to copy; the rest only take part in the pairs of different images
   tasks    read each original from its recorded path (local or a store), make its known copies
            (edits.py), embed original and copies with the output's model and weights, and return
            the cosine of each copy to its original: cosines only, never vectors
@@ -27,6 +28,9 @@ from imgvec.lock import now
 from imgvec.searchable import open_searchable
 
 THRESHOLDS = np.round(np.arange(0.50, 0.995, 0.01), 2)
+PAIRS_SAMPLE = 50_000  # stored vectors whose pairs estimate the false pairs: cheap (no edits, no model), and
+# enough that one false pair among them stands for <= 400 at 10^6 images (precision 0.99 can be vouched for)
+BLOCK = 512
 ORIGINALS_PER_TASK = 50
 PLAN = pa.schema([("id", pa.int64()), ("originals", pa.list_(pa.int64())), ("paths", pa.list_(pa.string())),
                   ("hosts", pa.list_(pa.string()))])
@@ -87,16 +91,16 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     started = time.monotonic()
     features = open_searchable(output)
     images = features.count
-    ids, vectors = features.sample(sample)
-    rows = features.rows(ids, ["path", "sha256"]).to_pylist()
-    n = len(rows)
+    ids, vectors = features.sample(max(sample, PAIRS_SAMPLE))
+    hashes = features.rows(ids, ["sha256"]).column("sha256").to_pylist()
+    n = min(sample, len(ids))
     if n < 2:
         raise ValueError(f"{features.location} has {n} image with features; calibrate needs at least 2")
-    distinct_pairs = n * (n - 1) // 2
+    distinct_pairs = len(ids) * (len(ids) - 1) // 2
     all_pairs = images * (images - 1) // 2
-    _check_resolution(n, images, distinct_pairs, all_pairs, precision, features.location)
+    _check_resolution(len(ids), images, distinct_pairs, all_pairs, precision, features.location)
+    paths = features.rows(ids[:n]).column("path").to_pylist()
     vectorizer = recorded_vectorizer(features.metadata, features.location)
-    paths = [r["path"] for r in rows]
     tasks = max(1, -(-n // ORIGINALS_PER_TASK))
     order = np.arange(n)
     plan = pa.table({"id": list(range(tasks)), "originals": [order[t::tasks].tolist() for t in range(tasks)],
@@ -115,15 +119,14 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     if failed:
         raise ValueError(f"calibrate needs the originals, and {failed}; restore it or embed again without it")
     cosines = np.array([r["cosines"] for r in found], np.float32)  # [originals, edits]
-    same = np.array([[a["sha256"] is not None and a["sha256"] == b["sha256"] for b in rows] for a in rows])
-    upper = np.triu(np.ones((n, n), bool), 1) & ~same  # pairs of different originals (identical files are copies)
-    negatives = (vectors @ vectors.T)[upper]
-    table = [_row(t, cosines, negatives, distinct_pairs, all_pairs, images) for t in THRESHOLDS]
+    false = false_pairs(vectors, hashes)
+    table = [_row(t, cosines, count, distinct_pairs, all_pairs, images) for t, count in zip(THRESHOLDS, false,
+                                                                                           strict=True)]
     good = [r for r in table if r["precision"] >= precision]
     chosen = max(good, key=lambda r: (r["recall"], -r["threshold"])) if good else table[-1]
     result = {"output": features.location, "model": features.metadata.get("model"),
               "weights_sha256": features.metadata.get("weights_sha256"), "images": images, "originals": n,
-              "edits": dict(EDITS), "precision": precision,
+              "pairs_sampled": distinct_pairs, "edits": dict(EDITS), "precision": precision,
               "threshold": chosen["threshold"], "recall": chosen["recall"],
               "expected_precision": chosen["precision"], "expected_false_pairs": chosen["expected_false_pairs"],
               "reached": bool(good), "created": now(), "table": table,
@@ -133,16 +136,29 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     return result
 
 
-def _row(threshold: float, cosines: np.ndarray, negatives: np.ndarray, distinct_pairs: int, all_pairs: int,
+def false_pairs(vectors: np.ndarray, hashes: list) -> np.ndarray:
+    """For each of THRESHOLDS, the pairs of different images (rows i < j, not byte-identical) at or above it,
+    block by block: the n^2 similarities are never held at once."""
+    codes = np.unique(np.array([h or f"row{i}" for i, h in enumerate(hashes)]), return_inverse=True)[1]
+    edges = np.append(THRESHOLDS, np.inf)
+    counts = np.zeros(len(THRESHOLDS), np.int64)
+    for start in range(0, len(vectors), BLOCK):
+        similarities = vectors[start : start + BLOCK] @ vectors[start:].T
+        later = np.arange(similarities.shape[1])[None, :] > np.arange(len(similarities))[:, None]
+        mine = later & (codes[start : start + BLOCK, None] != codes[None, start:])
+        counts += np.histogram(similarities[mine & (similarities >= THRESHOLDS[0])], edges)[0]
+    return np.cumsum(counts[::-1])[::-1]  # at or above each threshold
+
+
+def _row(threshold: float, cosines: np.ndarray, false: int, distinct_pairs: int, all_pairs: int,
          images: int) -> dict:
     found = cosines >= threshold
-    false = int((negatives >= threshold).sum())
     expected_false = false / max(1, distinct_pairs) * all_pairs
     recall = float(found.mean())
     true = recall * images / 2  # as if half the images were copies of the other half
     return {"threshold": float(threshold), "recall": round(recall, 4),
             "recall_by_edit": {kind: round(float(found[:, k].mean()), 4) for k, kind in enumerate(EDITS)},
-            "false_pairs_in_sample": false, "expected_false_pairs": round(expected_false, 3),
+            "false_pairs_in_sample": int(false), "expected_false_pairs": round(expected_false, 3),
             "precision": round(true / (true + expected_false), 4) if true + expected_false else 1.0}
 
 
@@ -154,7 +170,7 @@ def _check_resolution(n: int, images: int, distinct_pairs: int, all_pairs: int, 
     best = (images / 2) / (images / 2 + one_pair)  # even if every copy were found
     if best < precision:
         needed = int(np.ceil(np.sqrt(2 * all_pairs * precision / ((1 - precision) * images / 2)))) + 1
-        raise ValueError(f"a sample of {n} originals ({distinct_pairs} pairs) cannot vouch for precision {precision} "
+        raise ValueError(f"a sample of {n} images ({distinct_pairs} pairs) cannot vouch for precision {precision} "
                          f"at {images} images: one false pair in it stands for {one_pair:.3g}, so it can estimate "
                          f"precision up to {best:.3f}; pass --precision {np.floor(best * 1000) / 1000} or "
                          f"--sample {min(needed, images)}")
