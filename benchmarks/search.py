@@ -10,7 +10,14 @@ each command as a user runs it (a fresh process, local Spark on --cores):
     latency, and recall@10 against exact search of the same queries over every vector;
   - `imgvec dupes OUTPUT --threshold 0.9` (clustered on Spark): wall time and groups;
   - on a --sample output of the same kind: clustered dupes against `--exact`, pair recall and
-    precision (pairs of images that share a group).
+    precision (pairs of images that share a group);
+  - new against old (--follow, the first dimension): 10^4 NEW vectors (5% near copies of OLD rows)
+    through `imgvec dupes NEW --against OLD` with OLD's index, and its NEW x OLD pair recall
+    against exact search; then the same 10^4 added to OLD as parts of a new run (a copy of OLD
+    made of hard links) and `imgvec index` updating the index, against the full build's time;
+  - `imgvec calibrate` on OLD's size: the false pairs of its 50,000-vector pairs sample (the
+    originals it copies need images, which generated vectors have not: benchmarks/threshold.py
+    measures calibrate on real pictures).
 A measurement, never a pass/fail test. Results: benchmarks/results/search-DATE.json.
 """
 
@@ -21,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,12 +128,119 @@ def index_and_queries(output: str, dim: int, spark: list[str]) -> dict:
     seconds, text = imgvec("index", output, *spark)
     description = json.load(open(os.path.join(output, "_imgvec_index", "index.json")))
     run = {"index": {"seconds": round(seconds, 1), "type": description["type"], "factory": description["factory"],
-                     "shards": len(description["shards"]), "nprobe": description.get("nprobe"),
+                     "segments": len(description["segments"]), "nprobe": description.get("nprobe"),
                      "recall_at_10_at_build": description["recall_at_10"]}}
     print(f"{dim}-d: {text.strip()} (command {seconds:.1f} s)", flush=True)
     run["queries"] = queries(output)
     print(f"{dim}-d: queries {run['queries']}", flush=True)
     return run
+
+
+def new_output(old: str, count: int, dim: int, share: float = 0.05, seed: int = 2) -> tuple[str, np.ndarray]:
+    """NEW: `count` vectors of OLD's kind, `share` of them near copies of OLD rows; and those rows' ids in OLD."""
+    import pyarrow as pa
+
+    from imgvec.output import FORMAT, FeatureDataset
+    from imgvec.searchable import open_searchable
+    from imgvec.writing import run_writing
+
+    folder = os.path.join(CACHE, f"new-{count}-{dim}-{seed}")
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    features = open_searchable(old)
+    rows = []
+    for number in rng.choice(len(features.parts), 20, replace=False):
+        rows.append(features.vectors(int(number))[1])
+    pool = np.concatenate(rows)
+    vectors = pool[rng.integers(0, len(pool), count)] + 0.7 * rng.standard_normal((count, dim), np.float32)
+    copies = np.flatnonzero(rng.random(count) < share)
+    originals = rng.integers(0, len(pool), len(copies))
+    noise = rng.uniform(0.05, 0.4, (len(copies), 1)).astype(np.float32)
+    vectors[copies] = pool[originals] + noise * rng.standard_normal((len(copies), dim), np.float32)
+    dataset = FeatureDataset(folder)
+    identity = {"model": "generated", "weights": "none", "weights_sha256": None, "dim": dim, "format": FORMAT}
+    with run_writing(dataset, identity, resume=False, overwrite=False):
+        for start in range(0, count, PART_ROWS):
+            part = vectors[start : start + PART_ROWS]
+            dataset.write_part(pa.table({"path": [f"new/{i:08d}.jpg" for i in range(start, start + len(part))],
+                                         "features": pa.array(list(part), pa.list_(pa.float32())),
+                                         "error": pa.nulls(len(part), pa.string())}),
+                               f"part-0000-{start // PART_ROWS:06d}.parquet")
+        dataset.update_metadata(dataset.counts())
+    return folder, vectors
+
+
+def exact_against(old: str, new_vectors: np.ndarray, threshold: float) -> set:
+    """Every (new row, old path) pair at or above the threshold, part by part."""
+    from imgvec.search import normalise
+    from imgvec.searchable import open_searchable
+
+    features = open_searchable(old)
+    new_vectors = normalise(new_vectors)
+    found = set()
+    for number in range(len(features.parts)):
+        ids, part = features.vectors(number)
+        rows, cols = np.nonzero(new_vectors @ normalise(part).T >= threshold)
+        found |= {(int(r), int(ids[c])) for r, c in zip(rows, cols, strict=True)}
+    paths = dict(zip(sorted({i for _, i in found}), features.rows(sorted({i for _, i in found})).column(
+        "path").to_pylist(), strict=True))
+    return {(f"new/{r:08d}.jpg", paths[i]) for r, i in found}
+
+
+def follow(old: str, dim: int, build_seconds: float, spark: list[str], count: int = 10_000) -> dict:
+    """New against old with OLD's index, and an index update of OLD + NEW against the full build."""
+    from itertools import product
+
+    new, vectors = new_output(old, count, dim)
+    seconds, text = imgvec("dupes", new, "--against", old, "--threshold", THRESHOLD, "--keep", "first", "--json")
+    found = json.loads(text)
+    pairs_found = {(a["path"], b["path"]) for g in found["groups"] for a, b in product(g["members"], repeat=2)
+                   if a["path"].startswith("new/") and not b["path"].startswith("new/")}
+    started = time.monotonic()
+    truth = exact_against(old, vectors, THRESHOLD)
+    result = {"against": {"new": count, "seconds": round(seconds, 1), "search": found["search"],
+                          "groups": len(found["groups"]), "delete": len(found["delete"]),
+                          "old_files_listed": sum(not p.startswith("new/") for p in found["delete"]),
+                          "exact_pairs": len(truth), "exact_seconds": round(time.monotonic() - started, 1),
+                          "pair_recall": round(len(truth & pairs_found) / max(1, len(truth)), 4)}}
+    print(f"{dim}-d: against {result['against']}", flush=True)
+    grown = os.path.join(CACHE, f"grown-{dim}")
+    shutil.rmtree(grown, ignore_errors=True)
+    shutil.copytree(old, grown, copy_function=os.link)  # hard links: the update never rewrites a file it keeps
+    from imgvec.output import FeatureDataset
+
+    dataset = FeatureDataset(grown)
+    for name in os.listdir(new):
+        if name.startswith("part-"):
+            os.link(os.path.join(new, name), os.path.join(grown, name.replace("part-0000-", "part-0001-")))
+    dataset.update_metadata(dataset.counts())
+    seconds, text = imgvec("index", grown, *spark)
+    description = json.load(open(os.path.join(grown, "_imgvec_index", "index.json")))
+    result["index_update"] = {"added": description["added"], "seconds": round(seconds, 1),
+                              "full_build_seconds": build_seconds,
+                              "ratio_to_build": round(seconds / build_seconds, 3),
+                              "recall_at_10": description["recall_at_10"], "nprobe": description.get("nprobe"),
+                              "advice": description["advice"]}
+    print(f"{dim}-d: index update {result['index_update']}", flush=True)
+    shutil.rmtree(grown)
+    return result
+
+
+def calibrate_pairs(old: str) -> dict:
+    """What calibrate's false-pair estimate costs at OLD's size: its pairs sample, read and counted."""
+    from imgvec.calibrate import PAIRS_SAMPLE, false_pairs
+    from imgvec.searchable import open_searchable
+
+    started = time.monotonic()
+    features = open_searchable(old)
+    ids, vectors = features.sample(PAIRS_SAMPLE)
+    hashes = features.rows(ids, ["sha256"]).column("sha256").to_pylist()
+    false = false_pairs(vectors, hashes)
+    pairs = len(ids) * (len(ids) - 1) // 2
+    scale = features.count * (features.count - 1) / 2 / pairs
+    return {"pairs_sampled": pairs, "seconds": round(time.monotonic() - started, 1),
+            "one_sampled_pair_stands_for": round(scale),
+            "expected_false_pairs_at_0.9": round(float(false[40]) * scale)}
 
 
 def _cpu() -> str:
@@ -151,6 +266,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--dupes-dims", type=int, nargs="*", default=[512], help="dimensions to run dupes on")
     parser.add_argument("--no-index", action="store_true", help="dupes only (the index and queries are skipped)")
+    parser.add_argument("--follow", action="store_true", help="new against old, the index update and calibrate's "
+                        "pairs, on the first dimension (needs the index: not with --no-index)")
     args = parser.parse_args()
     spark = ["--master", f"local[{args.cores}]", "-q"]
     results = {"machine": _cpu(), "cores": args.cores,
@@ -161,6 +278,10 @@ def main() -> None:
         run = {"dim": dim, "generate_seconds": round(time.monotonic() - started, 1)}
         if not args.no_index:
             run.update(index_and_queries(output, dim, spark))
+            if args.follow and dim == args.dims[0]:
+                run.update(follow(output, dim, run["index"]["seconds"], spark))
+                run["calibrate_pairs"] = calibrate_pairs(output)
+                print(f"{dim}-d: calibrate's pairs {run['calibrate_pairs']}", flush=True)
         if dim in args.dupes_dims:
             seconds, text = imgvec("dupes", output, "--threshold", THRESHOLD, "--json", *spark)
             found = json.loads(text)

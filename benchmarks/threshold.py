@@ -28,18 +28,26 @@ LOOK_ALIKE = ("brick", "hubble_deep_field", "retina", "motorcycle_right")
 OTHER_EDITS = ("recrop", "grey", "blur", "squash", "noise", "hue", "posterize", "sharpen")
 
 
-def tiles(folder: str, grid: int = 3, side: int = 672) -> list[str]:
-    """Distinct pictures: each bundled photo scaled to `side` px on its shorter side, cut into grid x grid tiles."""
-    paths = []
-    for name in sorted(os.listdir(EXAMPLES)):
-        if name.startswith(LOOK_ALIKE):
+def tiles(folder: str, grid: int = 3, side: int = 672, extra: str | None = None) -> list[str]:
+    """Distinct pictures: each bundled photo (and each of `extra`, a folder of more) scaled to `side` px on its
+    shorter side, cut into grid x grid tiles (grid 1: whole)."""
+    paths, seen = [], set()
+    sources = [os.path.join(EXAMPLES, n) for n in sorted(os.listdir(EXAMPLES))]
+    sources += [os.path.join(extra, n) for n in sorted(os.listdir(extra or "."))] if extra else []
+    for source in sources:
+        name = os.path.basename(source)
+        stem = os.path.splitext(name)[0]
+        if name.startswith(LOOK_ALIKE) or stem in seen or not name.endswith((".jpg", ".png")):
             continue
-        image = Image.open(os.path.join(EXAMPLES, name)).convert("RGB")
+        seen.add(stem)
+        image = Image.open(source).convert("RGB")
+        if min(image.size) < 128:
+            continue
         scale = side / min(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)))
         w, h = image.width // grid, image.height // grid
         for row, col in itertools.product(range(grid), range(grid)):
-            path = os.path.join(folder, f"{os.path.splitext(name)[0]}_{row}{col}.jpg")
+            path = os.path.join(folder, f"{stem}_{row}{col}.jpg")
             image.crop((col * w, row * h, col * w + w, row * h + h)).save(path, quality=92)
             paths.append(path)
     return paths
@@ -90,16 +98,16 @@ def score(found: dict, truth: set) -> dict:
             "pairs_reported": len(pairs), "precision": round(len(right) / len(pairs), 4) if pairs else 1.0}
 
 
-def run(model: str, planted: int, grid: int, master: str) -> dict:
+def run(model: str, planted: int, grid: int, extra: str | None, master: str) -> dict:
     work = tempfile.mkdtemp(prefix="imgvec-threshold-")
     photos, output = os.path.join(work, "photos"), os.path.join(work, "vectors")
     os.makedirs(photos)
-    originals = tiles(photos, grid)
+    originals = tiles(photos, grid, extra=extra)
     imgvec("embed", photos, "-o", output, "--model", model, "-q", "--master", master)
     calibration = json.loads(imgvec("calibrate", output, "--json", "-q", "--master", master))
     rng = np.random.default_rng(0)
     truth = set()
-    for n, index in enumerate(sorted(rng.choice(len(originals), planted, replace=False))):
+    for n, index in enumerate(sorted(rng.choice(len(originals), min(planted, len(originals)), replace=False))):
         kind = OTHER_EDITS[n % len(OTHER_EDITS)]
         name = os.path.basename(originals[index])
         copy = f"{os.path.splitext(name)[0]}_copy_{kind}.jpg"
@@ -120,6 +128,7 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--planted", type=int, default=24, help="pictures that get one copy each")
     parser.add_argument("--grid", type=int, default=3, help="tiles per side of each photo")
+    parser.add_argument("--extra", help="a folder of more distinct photos (e.g. scikit-image's skimage/data)")
     parser.add_argument("--master", default="local[2]")
     print(json.dumps(run(**vars(parser.parse_args())), indent=2))
 

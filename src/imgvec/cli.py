@@ -376,16 +376,20 @@ def run_models(args) -> int:
     from imgvec.models import list_models
     from imgvec.weights import available_offline
 
-    rows = [{"name": e.name, "dim": e.dim, "weights_offline": available_offline(e), "description": e.description}
-            for e in list_models()]
+    rows = [{"name": e.name, "dim": e.dim, "weights_offline": available_offline(e), "description": e.description,
+             "dupes_threshold": defaults.THRESHOLDS.get(e.name, defaults.THRESHOLD),
+             "threshold_measured": e.name in defaults.THRESHOLDS} for e in list_models()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'model':<20} {'dim':>5}  {'offline':<7}  description")
+        print(f"{'model':<20} {'dim':>5}  {'offline':<7}  {'dupes':<6}  description")
         for r in rows:
+            threshold = f"{r['dupes_threshold']}{'' if r['threshold_measured'] else '*'}"
             print(f"{r['name']:<20} {r['dim'] or '?':>5}  {'yes' if r['weights_offline'] else 'no':<7}  "
-                  f"{r['description']}")
+                  f"{threshold:<6}  {r['description']}")
         print("offline: whether pretrained weights are on this machine now (else they download on first use)")
+        print("dupes: the threshold imgvec dupes uses for an output not calibrated (* not measured for this model; "
+              "imgvec calibrate OUTPUT measures one on your images)")
     return 0
 
 

@@ -94,8 +94,11 @@ def resolve_threshold(features: Searchable, threshold: float | None) -> tuple[fl
         return threshold, "given"
     calibration = features.metadata.get("calibration") or {}
     if isinstance(calibration.get("threshold"), (int, float)):
+        grown = calibration.get("images") and features.count > 2 * calibration["images"]
         return float(calibration["threshold"]), (
-            f"calibrated on this output by imgvec calibrate (expected precision >= {calibration.get('precision')})")
+            f"calibrated on this output by imgvec calibrate (expected precision >= {calibration.get('precision')})"
+            + (f"; at {calibration['images']} images, and it holds {features.count} now: false pairs grow with "
+               "the square of the size, run imgvec calibrate again" if grown else ""))
     model = features.metadata.get("model")
     if model in defaults.THRESHOLDS:
         return defaults.THRESHOLDS[model], (f"the default for {model}; imgvec calibrate {features.location} "
