@@ -20,7 +20,7 @@ _PUBLIC = {
     "decode_image": "imgvec.decode",
     "embed": "imgvec.embed",
     "get_model": "imgvec.models",
-    "get_session": "imgvec.spark",
+    "get_session": "imgvec.jobs",
     "list_models": "imgvec.models",
     "read_images": "imgvec.spark",
     "register_model": "imgvec.models",

@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Rank OUTPUT's images by cosine similarity to each QUERY: by its index "
                                   "when it has one (imgvec index), else exactly, part by part.")
     similar.add_argument("output", metavar="OUTPUT")
-    similar.add_argument("queries", nargs="+", metavar="QUERY", help="an image file, or a path already in OUTPUT")
+    similar.add_argument("queries", nargs="*", metavar="QUERY", help="an image file, or a path already in OUTPUT")
+    similar.add_argument("--text", action="append", default=[], metavar="TEXT", help="a text query, e.g. 'a red car "
+                         "at night', for an output of a CLIP-family model; may be repeated")
     similar.add_argument("-k", type=int, default=defaults.K, help=f"matches per query (default {defaults.K})")
     similar.add_argument("--exact", action="store_true", help="compare with every vector, even when there is an index")
     similar.add_argument("--json", action="store_true", help="JSON on stdout")
@@ -250,13 +252,13 @@ def run_similar(args) -> int:
     from imgvec.similar import find_similar
 
     page = _new_file(args.html, "--html") if args.html else None
-    how, results = find_similar(args.output, args.queries, args.k, exact=args.exact)
+    how, results = find_similar(args.output, args.queries, args.k, exact=args.exact, texts=args.text)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(f"search: {how}")
         for result in results:
-            print(f"query: {result['query']}")
+            print(f"query: {result['query']!r} (text)" if result.get("text") else f"query: {result['query']}")
             for m in result["matches"]:
                 print(f"  {m['rank']:3d}  {m['similarity']:.4f}  {m['path']}")
     if page is not None:
@@ -373,23 +375,37 @@ def _new_file(text: str, flag: str):
 
 
 def run_models(args) -> int:
-    from imgvec.models import list_models
+    from imgvec.models import PRESETS, get_model, list_models
     from imgvec.weights import available_offline
 
-    rows = [{"name": e.name, "dim": e.dim, "weights_offline": available_offline(e), "description": e.description,
-             "dupes_threshold": defaults.THRESHOLDS.get(e.name, defaults.THRESHOLD),
-             "threshold_measured": e.name in defaults.THRESHOLDS} for e in list_models()]
+    rows = []
+    for name in [e.name for e in list_models()] + sorted(PRESETS):
+        try:
+            entry = get_model(name)
+        except ValueError as missing:  # a preset whose library is not installed
+            rows.append({"name": name, "dim": None, "weights_offline": False, "description": str(missing),
+                         "dupes_threshold": defaults.THRESHOLDS.get(name, defaults.THRESHOLD),
+                         "threshold_measured": name in defaults.THRESHOLDS, "licence": "", "use": ""})
+            continue
+        rows.append({"name": entry.name, "dim": entry.dim, "weights_offline": available_offline(entry),
+                     "description": entry.description, "licence": entry.licence, "use": entry.use,
+                     "dupes_threshold": defaults.THRESHOLDS.get(entry.name, defaults.THRESHOLD),
+                     "threshold_measured": entry.name in defaults.THRESHOLDS})
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        print(f"{'model':<20} {'dim':>5}  {'offline':<7}  {'dupes':<6}  description")
-        for r in rows:
-            threshold = f"{r['dupes_threshold']}{'' if r['threshold_measured'] else '*'}"
-            print(f"{r['name']:<20} {r['dim'] or '?':>5}  {'yes' if r['weights_offline'] else 'no':<7}  "
-                  f"{threshold:<6}  {r['description']}")
-        print("offline: whether pretrained weights are on this machine now (else they download on first use)")
-        print("dupes: the threshold imgvec dupes uses for an output not calibrated (* not measured for this model; "
-              "imgvec calibrate OUTPUT measures one on your images)")
+        return 0
+    print(f"{'model':<20} {'dim':>5}  {'offline':<7}  {'dupes':<6}  description")
+    for r in rows:
+        threshold = f"{r['dupes_threshold']}{'' if r['threshold_measured'] else '*'}"
+        about = r["description"] + (f"; {r['use']}; {r['licence']}" if r["use"] else "")
+        print(f"{r['name']:<20} {r['dim'] or '?':>5}  {'yes' if r['weights_offline'] else 'no':<7}  "
+              f"{threshold:<6}  {about}")
+    print("offline: whether pretrained weights are on this machine now (else they download on first use)")
+    print("dupes: the threshold imgvec dupes uses for an output not calibrated (* not measured for this model; "
+          "imgvec calibrate OUTPUT measures one on your images)")
+    print("also: --model timm:NAME (any timm model, its pooled embedding; pip install \"imgvec[timm]\"), "
+          "--model open_clip:ARCH/PRETRAINED (the image tower; text queries with similar --text; "
+          "pip install \"imgvec[clip]\"), --model torchscript:PATH (your own TorchScript file)")
     return 0
 
 
@@ -412,9 +428,11 @@ def run_info(args) -> int:
         calibration = info.get("calibration")
         info["threshold"] = (f"{calibration['threshold']} (imgvec calibrate, {calibration['created']})" if calibration
                              else "not calibrated (imgvec calibrate measures one)")
-        for key in ("location", "model", "dim", "weights", "weights_sha256", "precision", "draft", "imgvec_version",
-                    "created", "updated", "parts", "total", "succeeded", "failed", "index", "threshold"):
-            print(f"{key:<15} {info.get(key)}")
+        for key in ("location", "model", "model_id", "library", "library_version", "dim", "weights", "weights_sha256",
+                    "precision", "draft", "imgvec_version", "created", "updated", "parts", "total", "succeeded",
+                    "failed", "index", "threshold"):
+            if key in info or key not in ("model_id", "library", "library_version"):
+                print(f"{key:<15} {info.get(key)}")
         for kind, n in info["error_kinds"].items():
             print(f"  error {kind:<12} {n}")
     return 0

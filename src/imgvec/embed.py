@@ -52,9 +52,16 @@ def identity(vectorizer: ImageVectorizer) -> dict:
     ref = vectorizer.weights_ref
     weights = vectorizer.weights if vectorizer.weights in ("default", "random") else ref.path
     config = vectorizer.config
-    return {"model": vectorizer.model_name, "weights": weights, "weights_sha256": ref.sha256,
+    entry = config.entry
+    made = {"model": vectorizer.model_name, "weights": weights, "weights_sha256": ref.sha256,
             "dim": vectorizer.dim, "precision": config.precision, "draft": config.draft,
             "imgvec_version": imgvec.__version__, "format": FORMAT}
+    if entry.library:  # the library, its version and its own id of the model
+        from importlib.metadata import version
+
+        made.update(library=entry.library, library_version=version({"timm": "timm", "open_clip": "open_clip_torch"}[
+            entry.library]), model_id=entry.source)
+    return made
 
 
 def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weights: str = defaults.WEIGHTS,

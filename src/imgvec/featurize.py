@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 
 from imgvec import defaults
 from imgvec.decode import decode_image
-from imgvec.models import ModelEntry, Preprocess, get_model, is_builtin
+from imgvec.models import ModelEntry, Preprocess, get_model, travels_by_name
 from imgvec.weights import WeightsRef, build_network
 
 # An image longer than this many times its shorter side is first cropped to its centre:
@@ -45,7 +45,7 @@ class FeatureConfig:
 
     def __post_init__(self):
         entry = get_model(self.model)  # unknown names fail here, on the driver
-        if isinstance(self.model, str) and not is_builtin(entry) and not entry.torchscript:
+        if isinstance(self.model, str) and not travels_by_name(self.model):
             # Registered in this process only: travel to the workers whole, not by name.
             object.__setattr__(self, "model", entry)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -69,8 +69,11 @@ def preprocess_image(image: Image.Image, p: Preprocess) -> np.ndarray:
     if max(width, height) > _MAX_ASPECT * shorter:
         side = _MAX_ASPECT * shorter  # keep the centre; the crop would discard the rest anyway
         image = TF.center_crop(image, [min(height, side), min(width, side)])
-    image = TF.resize(image, p.resize, interpolation=InterpolationMode(p.interpolation), antialias=True)
-    image = TF.center_crop(image, p.crop)
+    if p.resize_mode == "squash":  # the whole image to the square, aspect not kept
+        image = TF.resize(image, [p.crop, p.crop], interpolation=InterpolationMode(p.interpolation), antialias=True)
+    else:
+        image = TF.resize(image, p.resize, interpolation=InterpolationMode(p.interpolation), antialias=True)
+        image = TF.center_crop(image, p.crop)
     return np.asarray(image, dtype=np.uint8)
 
 

@@ -127,11 +127,15 @@ def dupes_page(found, show: int, out: str | None, master: str = "local[*]", conf
 
 def similar_page(how: str, results: list[dict]) -> str:
     """Each query with its matches, best first."""
-    paths = [r["query"] for r in results] + [m["path"] for r in results for m in r["matches"]]
+    paths = [r["query"] for r in results if not r.get("text")] + [m["path"] for r in results for m in r["matches"]]
     pictures = thumbnails(paths)
     sections = []
     for result in results:
-        cards = [_card(pictures[result["query"]], "query", "QUERY", result["query"], _size(result["query"]))]
+        if result.get("text"):  # a text query has no picture: its words stand in the card
+            cards = [f"<div class='card query'><div class=missing style='color:#222;font-size:15px'>"
+                     f"&ldquo;{_text(result['query'])}&rdquo;</div><span class=badge>TEXT QUERY</span></div>"]
+        else:
+            cards = [_card(pictures[result["query"]], "query", "QUERY", result["query"], _size(result["query"]))]
         cards += [_card(pictures[m["path"]], "match", f"#{m['rank']}, cosine {m['similarity']:.3f}", m["path"],
                         _size(m["path"])) for m in result["matches"]]
         sections.append(f"<section><h2>{_text(_name(result['query']))}</h2><div class=cards>{''.join(cards)}</div>"

@@ -264,17 +264,24 @@ def _run_add(features: Searchable, build, first, parts, numbers, kind: str, need
              report) -> pa.Table:
     """One task per new segment: as many as `needed` for each to fit in memory, and at least one per task slot.
 
-    A flat index (a small set) is built in this process, by the same task, without starting Spark.
+    A flat index (a small set), or an update of few vectors, is added in this process, by the same task, without
+    starting Spark: its cost follows the new vectors, not a session's start.
     """
-    from imgvec.jobs import collect, ddl, one_row_per_partition, session, task_slots
-
     task = AddTask(features.location, build, first)
-    if kind == "flat" and spark is None:
+    if spark is None and (kind == "flat" or (first > 0 and _new_vectors(features, parts) <= defaults.EXACT_MAX)):
         plan = parts_plan(parts, needed, numbers)
         return pa.Table.from_batches(list(task(plan.to_batches())), TASK_RESULT)
+    from imgvec.jobs import collect, ddl, one_row_per_partition, session, task_slots
+
     with session(master, conf, spark) as spark:
         plan = parts_plan(parts, max(needed, task_slots(spark) or 2), numbers)
         return collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(TASK_RESULT)), report)
+
+
+def _new_vectors(features: Searchable, parts: list[str]) -> int:
+    from imgvec.output import footer
+
+    return sum(footer(features.dataset.where.child(name)).num_rows for name in parts)
 
 
 class NeighbourIndex:
@@ -333,7 +340,9 @@ class NeighbourIndex:
         return best.similarities, best.ids
 
     def tune(self, queries: np.ndarray, query_ids: np.ndarray, truth: Best) -> dict:
-        """The cheapest search setting that reaches RECALL_TARGET on the held-out queries, and its recall@10."""
+        """The cheapest search setting that reaches RECALL_TARGET on the held-out queries, and its recall@10.
+
+        An updated index starts from the setting it had: more vectors in the same lists need no fewer probes."""
         import faiss
 
         kind = self.description["type"]
@@ -343,6 +352,7 @@ class NeighbourIndex:
             name, values = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
         else:
             name, values = None, [None]
+        values = [v for v in values if v is None or v >= self.description.get(name, 0)]
         for value in values:
             if value is not None:
                 self._set(name, value, faiss)

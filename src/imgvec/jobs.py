@@ -7,20 +7,53 @@ plan holding exactly one.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import uuid
 from contextlib import contextmanager
 
 import pyarrow as pa
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from imgvec.shard import COUNTS, PLAN, ShardTask
-from imgvec.sources import Item
-from imgvec.spark import is_connect
+
+def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict | None = None,
+                quiet: bool = False) -> SparkSession:
+    """A SparkSession for `master`: a Spark master URL, or sc://host:port for Spark Connect.
+
+    Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
+    quiet: the JVM this starts logs errors only.
+    """
+    builder = SparkSession.builder.appName(app_name)
+    if master.startswith("sc://"):
+        builder = builder.remote(master)
+    else:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder = builder.master(master).config("spark.python.worker.reuse", "true")
+        if master.startswith("local"):
+            builder = builder.config("spark.driver.memory", "2g").config("spark.ui.showConsoleProgress", "false")
+        # The JVM only moves bytes here: its optimising JIT compiler (C2) would spend several CPU
+        # seconds per run competing with the model for the cores; C1 alone is faster end to end.
+        java_options = ["-XX:TieredStopAtLevel=1"]
+        if quiet:
+            quiet_logs = os.path.join(os.path.dirname(__file__), "log4j2-quiet.properties")
+            java_options.append(f"-Dlog4j2.configurationFile={quiet_logs}")
+        builder = builder.config("spark.driver.extraJavaOptions", " ".join(java_options))
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
-def run_shards(spark, task: ShardTask, shards: list[list[Item]], report) -> pa.Table:
-    """Runs every shard as one Spark task and returns their COUNTS; report(share of tasks done) meanwhile."""
+def is_connect(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def run_shards(spark, task, shards: list, report) -> pa.Table:
+    """Runs every shard (a list of sources.Item) as one Spark task (a shard.ShardTask) and returns their COUNTS;
+    report(share of tasks done) meanwhile."""
+    from imgvec.shard import COUNTS, PLAN  # the workers' side (torch): not imported by the search commands
     plan = pa.table({"id": list(range(len(shards))), "paths": [[i.path for i in s] for s in shards],
                      "sources": [[i.source for i in s] for s in shards],
                      "row_groups": [[i.row_group for i in s] for s in shards]}, schema=PLAN)
@@ -59,9 +92,6 @@ def session(master: str, conf: dict | None, spark=None):
     if spark is not None:
         yield spark
         return
-    from pyspark.sql import SparkSession
-
-    from imgvec.spark import get_session
 
     before = SparkSession.getActiveSession()
     spark = get_session(master, conf=conf or {}, quiet=True)

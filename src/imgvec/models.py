@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 from torch import nn
@@ -20,17 +21,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side, crop the centre, scale to [0, 1], normalise: torchvision's recipe."""
+    """Resize the shorter side, crop the centre, scale to [0, 1], normalise: torchvision's recipe.
+
+    resize_mode "squash": resize to crop x crop whatever the aspect (SigLIP's and SSCD's recipe)."""
 
     resize: int = 256
     crop: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"  # or "bicubic", "nearest"
+    resize_mode: str = "shortest"  # or "squash"
 
     def __post_init__(self):
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ValueError(f"interpolation must be bilinear, bicubic or nearest, not {self.interpolation!r}")
+        if self.resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"resize_mode must be shortest or squash, not {self.resize_mode!r}")
         if self.crop > self.resize:
             raise ValueError(f"crop ({self.crop}) must not be larger than resize ({self.resize})")
 
@@ -46,6 +52,9 @@ class ModelEntry:
                      and it is missing; raises WeightsUnavailable when it cannot be had.
                      None: `weights="default"` means the weights `build()` gives.
     torchscript:     the weights file is a TorchScript archive holding the whole feature extractor.
+    library, source: "timm" or "open_clip" and the model's id there (libraries.py); recorded in the output.
+    text:            it embeds text too (CLIP): `similar --text`.
+    licence, use:    what `imgvec models` says of a preset.
     """
 
     name: str
@@ -58,6 +67,11 @@ class ModelEntry:
     default_weights: Callable[[bool], str] | None = field(default=None, compare=False)
     torchscript: bool = False
     description: str = field(default="", compare=False)
+    library: str | None = None
+    source: str | None = None  # the library's own name for it: "timm:NAME", "open_clip:ARCH/PRETRAINED"
+    text: bool = False
+    licence: str = field(default="", compare=False)
+    use: str = field(default="", compare=False)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -101,28 +115,41 @@ def torchscript_model(path: str, *, dim: int | None = None, preprocess: Preproce
 
 
 def get_model(model: str | ModelEntry) -> ModelEntry:
-    """The entry for a registered name, a `torchscript:PATH` string or an entry itself."""
+    """The entry for a registered name or preset, `torchscript:PATH`, `timm:NAME`, `open_clip:ARCH/PRETRAINED`,
+    or an entry itself."""
     if isinstance(model, ModelEntry):
         return model
     if isinstance(model, str) and model.startswith("torchscript:"):
         return torchscript_model(model.split(":", 1)[1])
+    if isinstance(model, str) and model.startswith(("timm:", "open_clip:")):
+        from imgvec.libraries import library_entry
+
+        return library_entry(model)
+    if model in PRESETS:
+        return _preset(model)
     try:
         return _REGISTRY[model]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown model {model!r}; choose one of {', '.join(sorted(_REGISTRY))} "
+            f"unknown model {model!r}; choose one of {', '.join(sorted([*_REGISTRY, *PRESETS]))} "
             "(see `imgvec models`), register your own with imgvec.register_model, "
-            "or pass 'torchscript:PATH'"
+            "or pass 'timm:NAME', 'open_clip:ARCH/PRETRAINED' or 'torchscript:PATH'"
         ) from None
 
 
+def travels_by_name(model: str | ModelEntry) -> bool:
+    """Whether a worker can make the entry from its name (built-ins, presets, the prefixed forms); a model
+    registered in the driver's process only travels whole (pickled)."""
+    if isinstance(model, ModelEntry):
+        return False
+    builtin = next((e for e in _BUILTINS if e.name == model), None)
+    return model in PRESETS or model.startswith(("torchscript:", "timm:", "open_clip:")) or (
+        builtin is not None and _REGISTRY.get(model) is builtin)  # not replaced by register_model
+
+
 def list_models() -> list[ModelEntry]:
+    """The registered models; presets that need a library not installed are left out (`imgvec models` says so)."""
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
-
-
-def is_builtin(entry: ModelEntry) -> bool:
-    """Built-in entries travel to workers by name; others travel whole (pickled)."""
-    return entry.name in _BUILTIN_NAMES and _REGISTRY.get(entry.name) is entry
 
 
 # --- torchvision models ------------------------------------------------------------------
@@ -219,4 +246,44 @@ _BUILTINS = [
     ),
 ]
 _REGISTRY.update({entry.name: entry for entry in _BUILTINS})
-_BUILTIN_NAMES = frozenset(_REGISTRY)
+
+
+# --- presets: models made for similarity --------------------------------------------------------------
+
+SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt"
+
+
+def _sscd() -> ModelEntry:
+    """Meta's SSCD copy-detection descriptor: the published TorchScript file, its authors' `skew_320` recipe
+    (a 320x320 squash, bilinear, ImageNet mean and std)."""
+    return ModelEntry(
+        name="sscd", dim=512, torchscript=True,
+        preprocess=Preprocess(resize=320, crop=320, resize_mode="squash"),
+        default_weights=lambda download=True: _weights_from_hub(SSCD_URL, "SSCD sscd_disc_mixup", download),
+        description="SSCD sscd_disc_mixup (ResNet-50, TorchScript)", licence="MIT",
+        use="copies and near-duplicates (copy detection)")
+
+
+def _library_preset(name: str, spec: str, licence: str, use: str):
+    def make() -> ModelEntry:
+        from dataclasses import replace
+
+        from imgvec.libraries import library_entry
+
+        return replace(library_entry(spec), name=name, licence=licence, use=use)
+
+    return make
+
+
+@cache
+def _preset(name: str) -> ModelEntry:  # made once per process: a library entry builds its network on meta
+    return PRESETS[name]()
+
+
+PRESETS = {
+    "sscd": _sscd,
+    "dinov2_small": _library_preset("dinov2_small", "timm:vit_small_patch14_dinov2.lvd142m", "Apache-2.0",
+                                    "image-to-image retrieval, clustering"),
+    "clip_vit_b32": _library_preset("clip_vit_b32", "open_clip:ViT-B-32/laion2b_s34b_b79k", "MIT",
+                                    "semantic similarity and text queries (similar --text)"),
+}

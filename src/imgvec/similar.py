@@ -16,14 +16,28 @@ from imgvec.search import Best, normalise
 from imgvec.searchable import Searchable, open_searchable
 
 
-def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact: bool = False) -> tuple[str, list]:
-    """(how the search was made, [{query, matches: [{rank, path, similarity}]}]); ValueError for bad input."""
+def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact: bool = False,
+                 texts: list[str] = ()) -> tuple[str, list]:
+    """(how the search was made, [{query, matches: [{rank, path, similarity}]}]); ValueError for bad input.
+
+    `texts`: text queries, for outputs of a CLIP-family model (its text tower runs here, with the recorded
+    weights, checked by sha256)."""
     if k < 1:
         raise ValueError(f"-k must be at least 1, not {k}")
+    if not queries and not texts:
+        raise ValueError("give a QUERY (an image file or a path in the output) or --text")
     features = open_searchable(output)
+    if texts and not _entry(features).text:
+        raise ValueError(f"{features.location} holds features of {features.metadata.get('model')}, which embeds "
+                         "images only: --text needs an output of a CLIP-family model (open_clip:ARCH/PRETRAINED, "
+                         "clip_vit_b32)")
     index = None if exact else NeighbourIndex.open(features.dataset, metadata=features.metadata, parts=features.parts)
     ranges = index.description.get("path_ranges") if index else None  # saves reading every part's footer
-    vectors, own_ids = _query_vectors(features, queries, ranges)
+    vectors, own_ids = _query_vectors(features, queries, ranges) if queries else (np.empty((0, features.dim)), [])
+    if texts:
+        vectors = np.concatenate([vectors, _recorded_vectorizer(features).embed_text(texts)]).astype(np.float32)
+        own_ids = [*own_ids, *[-1] * len(texts)]
+    asked = [*queries, *texts]
     if index is not None:
         how = index.summary
         similarities, ids = index.search(vectors, k + 1)
@@ -31,10 +45,10 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
         how = "exact search"
         similarities, ids = exact_search(features, vectors, k + 1)
     results = []
-    for query, own, row_similarities, row_ids in zip(queries, own_ids, similarities, ids, strict=True):
+    for n, (query, own, row_similarities, row_ids) in enumerate(zip(asked, own_ids, similarities, ids, strict=True)):
         keep = [(s, i) for s, i in zip(row_similarities, row_ids, strict=True) if i >= 0 and i != own][:k]
         paths = features.rows([i for _, i in keep]).column("path").to_pylist()
-        results.append({"query": query, "search": how, "matches": [
+        results.append({"query": query, "search": how, **({"text": True} if n >= len(queries) else {}), "matches": [
             {"rank": r + 1, "path": p, "similarity": round(float(s), 6)}
             for r, ((s, _), p) in enumerate(zip(keep, paths, strict=True))]})
     return how, results
@@ -74,6 +88,12 @@ def exact_search(features: Searchable, queries: np.ndarray, k: int) -> tuple[np.
         if len(ids):
             best.update(queries @ normalise(vectors).T, ids)
     return best.similarities, best.ids
+
+
+def _entry(features: Searchable):
+    from imgvec.models import get_model
+
+    return get_model(features.metadata.get("model"))
 
 
 def _recorded_vectorizer(features: Searchable):

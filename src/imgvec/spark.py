@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,7 @@ from pyspark.sql.types import (
 )
 
 from imgvec.featurize import FeatureConfig, get_featurizer, use_task_cpus
+from imgvec.jobs import get_session, is_connect  # noqa: F401  (get_session: imgvec's public name, kept here too)
 from imgvec.sources import check_inputs_exist
 from imgvec.storage import is_local, list_local_files
 from imgvec.weights import WeightsRef
@@ -40,38 +40,6 @@ RESULT_TYPE = StructType([
     StructField("features", ArrayType(FloatType(), containsNull=False)),
     StructField("error", StringType()),
 ])
-
-
-def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict | None = None,
-                quiet: bool = False) -> SparkSession:
-    """A SparkSession for `master`: a Spark master URL, or sc://host:port for Spark Connect.
-
-    Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
-    quiet: the JVM this starts logs errors only.
-    """
-    builder = SparkSession.builder.appName(app_name)
-    if master.startswith("sc://"):
-        builder = builder.remote(master)
-    else:
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-        builder = builder.master(master).config("spark.python.worker.reuse", "true")
-        if master.startswith("local"):
-            builder = builder.config("spark.driver.memory", "2g").config("spark.ui.showConsoleProgress", "false")
-        # The JVM only moves bytes here: its optimising JIT compiler (C2) would spend several CPU
-        # seconds per run competing with the model for the cores; C1 alone is faster end to end.
-        java_options = ["-XX:TieredStopAtLevel=1"]
-        if quiet:
-            quiet_logs = os.path.join(os.path.dirname(__file__), "log4j2-quiet.properties")
-            java_options.append(f"-Dlog4j2.configurationFile={quiet_logs}")
-        builder = builder.config("spark.driver.extraJavaOptions", " ".join(java_options))
-    for key, value in (conf or {}).items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()
-
-
-def is_connect(spark: SparkSession) -> bool:
-    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 def read_images(spark: SparkSession, paths: str | Iterable[str], *, glob: str | None = None,

@@ -47,6 +47,7 @@ class ImageVectorizer:
         self.weights = weights
         # Resolved here, on the driver: a missing file is an error now, not on a worker later.
         self.weights_ref: WeightsRef = resolve_weights(self.config.entry, weights)
+        self._text = None  # the text tower, built on first use (embed_text)
 
     @property
     def model_name(self) -> str:
@@ -63,6 +64,17 @@ class ImageVectorizer:
     def embed(self, images: Sequence[bytes | None]) -> tuple[np.ndarray, list[str | None]]:
         """[N, dim] float32 features (NaN rows for bad images) and an error string or None per image."""
         return self._featurizer().embed(list(images))
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, dim] features of texts, in the space of the images' (CLIP-family models: `model.text`)."""
+        if not self.config.entry.text:
+            raise ValueError(f"{self.model_name} embeds images only; text queries need a CLIP-family model "
+                             "(open_clip:ARCH/PRETRAINED, clip_vit_b32)")
+        if self._text is None:
+            from imgvec.libraries import TextEncoder
+
+            self._text = TextEncoder(self.config.entry, self.weights_ref)
+        return self._text.embed(list(texts))
 
     def extract_features(self, image_bytes: bytes | None) -> list[float] | None:
         """The seed's method: one image's features as a list, or None when it cannot be decoded.
@@ -89,7 +101,7 @@ class ImageVectorizer:
             from imgvec.spark import ship_with_active_session
 
             weights_ref = ship_with_active_session(weights_ref)
-        return {"config": self.config, "weights": self.weights, "weights_ref": weights_ref}
+        return {"config": self.config, "weights": self.weights, "weights_ref": weights_ref, "_text": None}
 
     def __setstate__(self, state):
         self.__dict__.update(state)

@@ -181,6 +181,13 @@ def load_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
         raise WeightsUnavailable(
             f"{path} is a TorchScript archive, not a state_dict; load it explicitly with model='torchscript:PATH'"
         )
+    if _is_safetensors(path):  # the Hugging Face hub's format (timm, open_clip): tensors only by design
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as exc:
+            raise WeightsUnavailable(f"{path} is a damaged safetensors file ({_first_line(exc)})") from None
     if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
         raise WeightsUnavailable(f"{path} is not a PyTorch checkpoint; save the weights with "
                                  "torch.save(model.state_dict(), PATH)")
@@ -204,6 +211,13 @@ def _is_torchscript(path: str) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _is_safetensors(path: str) -> bool:
+    """safetensors: an 8-byte little-endian header length, then the JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
 
 
 def _is_legacy_torch_file(path: str) -> bool:
