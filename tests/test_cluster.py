@@ -56,3 +56,27 @@ def test_the_seeds_lambda_pattern_on_the_cluster(cluster_session, image_dir, res
     rows = read_images(spark, str(image_dir)).withColumn("features", extract("content")) \
         .withColumn("error", F.when(F.col("features").isNull(), "bad")).drop("content").collect()
     assert_same_features(rows, reference_features(v, files_in(image_dir)))
+
+
+@needs_hiding
+def test_timm_and_open_clip_models_on_the_cluster(cluster_session, image_dir):
+    """Their weights files live where the workers see nothing (the hidden cache): only shipping gets them there,
+    and the workers never reach a hub."""
+    import os
+
+    import torch
+
+    timm = pytest.importorskip("timm")
+    open_clip = pytest.importorskip("open_clip")
+    spark = cluster_session
+    folder = os.path.join(os.environ["TORCH_HOME"], "library-weights")
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(0)
+    files = {"timm:resnet18": timm.create_model("resnet18"), "open_clip:ViT-S-32": open_clip.create_model("ViT-S-32")}
+    for model, net in files.items():
+        path = os.path.join(folder, model.replace(":", "-") + ".pt")
+        torch.save(net.state_dict(), path)
+        assert visible_on_workers(spark, path) == {False}
+        v = ImageVectorizer(model, weights=path)
+        rows = v.process_images(read_images(spark, str(image_dir))).drop("content").collect()
+        assert_same_features(rows, reference_features(v, files_in(image_dir)))
