@@ -55,8 +55,6 @@ def test_every_file_name_of_an_output_is_built_and_parsed_in_one_place():
     for name in (names.trained(build), names.queries(build), names.truth(build, 2), names.segment(build, 5),
                  f"shard-{build}-1.faiss", names.INDEX_DESCRIPTION):  # shard-: indexes of imgvec-index/1
         assert names.is_index_file(name), name
-    assert names.index_build(names.segment(build, 5)) == build and names.segment_number(names.segment(build, 5)) == 5
-    assert names.segment_number(f"shard-{build}-4.faiss") == 4 and names.segment_number(names.trained(build)) is None
     assert not names.is_index_file("notes.txt") and not names.is_index_file("segment-XYZ-1.faiss")
 
 

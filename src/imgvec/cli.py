@@ -381,16 +381,15 @@ def run_models(args) -> int:
     rows = []
     for name in [e.name for e in list_models()] + sorted(PRESETS):
         try:
-            entry = get_model(name)
-        except ValueError as missing:  # a preset whose library is not installed
-            rows.append({"name": name, "dim": None, "weights_offline": False, "description": str(missing),
-                         "dupes_threshold": defaults.THRESHOLDS.get(name, defaults.THRESHOLD),
-                         "threshold_measured": name in defaults.THRESHOLDS, "licence": "", "use": ""})
-            continue
-        rows.append({"name": entry.name, "dim": entry.dim, "weights_offline": available_offline(entry),
-                     "description": entry.description, "licence": entry.licence, "use": entry.use,
-                     "dupes_threshold": defaults.THRESHOLDS.get(entry.name, defaults.THRESHOLD),
-                     "threshold_measured": entry.name in defaults.THRESHOLDS})
+            entry, missing = get_model(name), None
+        except ValueError as error:  # a preset whose library is not installed
+            entry, missing = None, str(error)
+        rows.append({"name": name, "dim": entry and entry.dim,
+                     "weights_offline": bool(entry) and available_offline(entry),
+                     "description": missing or entry.description, "licence": entry.licence if entry else "",
+                     "use": entry.use if entry else "",
+                     "dupes_threshold": defaults.THRESHOLDS.get(name, defaults.THRESHOLD),
+                     "threshold_measured": name in defaults.THRESHOLDS})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

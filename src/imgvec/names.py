@@ -66,14 +66,3 @@ def segment(build: str, number: int) -> str:
 def is_index_file(name: str) -> bool:
     """A file imgvec writes into an output's index folder."""
     return name == INDEX_DESCRIPTION or _INDEX_FILE.fullmatch(name) is not None or is_temporary(name)
-
-
-def index_build(name: str) -> str | None:
-    """The build an index file belongs to (None for index.json and temporaries)."""
-    match = _INDEX_FILE.fullmatch(name)
-    return match.group(2) if match else None
-
-
-def segment_number(name: str) -> int | None:
-    match = _INDEX_FILE.fullmatch(name)
-    return int(match.group(3)) if match and match.group(1) in ("segment", "shard") and match.group(3) else None
