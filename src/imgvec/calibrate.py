@@ -109,7 +109,7 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     progress = Progress(n, quiet=quiet, unit="originals")
     try:
         with session(master, conf, spark) as spark:
-            task = CopyTask(vectorizer.config, ship_weights(spark, vectorizer.weights_ref))
+            task = CopyTask(vectorizer.config, ship_weights(spark, vectorizer.runtime_ref))
             found = collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(COSINES)),
                             lambda share: progress.update(share * n))
     finally:

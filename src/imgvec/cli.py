@@ -47,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--max-pixels", type=int, default=defaults.MAX_PIXELS, help="larger images are errors, not "
                        f"decoded (default {defaults.MAX_PIXELS}); bounds a worker's memory at ~7 bytes per pixel")
     embed.add_argument("--precision", choices=defaults.PRECISIONS, default=defaults.PRECISION,
-                       help="fp32 (exact, default); bf16 (GPU, or a CPU with native bf16) or fp16 (GPU): faster, "
-                       "see README")
+                       help="fp32 (exact, default); bf16 (GPU, or a CPU with native bf16), fp16 (GPU) or int8 (a "
+                       "CPU engine, calibrated on the job's images): faster, see README, Tuning")
+    embed.add_argument("--engine", choices=defaults.ENGINES, default=defaults.ENGINE,
+                       help="what runs the network: torch (default), onnxruntime or openvino (exported once, on the "
+                       "CPU: faster, same features), auto (the fastest installed); see README, Tuning")
     embed.add_argument("--draft", action="store_true", help="decode large JPEGs at a reduced scale: faster, "
                        "features not bit-identical (see README)")
     _spark_options(embed)
@@ -216,7 +219,7 @@ def run_embed(args) -> int:
     summary = embed(
         args.inputs, args.output, model=args.model, weights=args.weights, batch_size=args.batch_size,
         device=args.device, precision=args.precision, max_pixels=args.max_pixels, draft=args.draft,
-        master=args.master, glob=args.glob, table=args.table, binary_col=args.binary_col,
+        engine=args.engine, master=args.master, glob=args.glob, table=args.table, binary_col=args.binary_col,
         path_col=args.path_col, resume=args.resume, overwrite=args.overwrite, shard_size=args.shard_size,
         quiet=args.quiet, conf=conf)
     kinds = ", ".join(f"{kind} {n}" for kind, n in summary.error_kinds.most_common(5))
@@ -428,9 +431,9 @@ def run_info(args) -> int:
         info["threshold"] = (f"{calibration['threshold']} (imgvec calibrate, {calibration['created']})" if calibration
                              else "not calibrated (imgvec calibrate measures one)")
         for key in ("location", "model", "model_id", "library", "library_version", "dim", "weights", "weights_sha256",
-                    "precision", "draft", "imgvec_version", "created", "updated", "parts", "total", "succeeded",
+                    "precision", "engine", "engine_version", "draft", "imgvec_version", "created", "updated", "parts", "total", "succeeded",
                     "failed", "index", "threshold"):
-            if key in info or key not in ("model_id", "library", "library_version"):
+            if key in info or key not in ("model_id", "library", "library_version", "engine", "engine_version"):
                 print(f"{key:<15} {info.get(key)}")
         for kind, n in info["error_kinds"].items():
             print(f"  error {kind:<12} {n}")

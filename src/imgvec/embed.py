@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from imgvec import defaults
+from imgvec.engines import INT8_SAMPLE, engine_version
 from imgvec.lock import now
 from imgvec.output import FORMAT, FeatureDataset
 from imgvec.progress import Progress
@@ -55,6 +56,7 @@ def identity(vectorizer: ImageVectorizer) -> dict:
     entry = config.entry
     made = {"model": vectorizer.model_name, "weights": weights, "weights_sha256": ref.sha256,
             "dim": vectorizer.dim, "precision": config.precision, "draft": config.draft,
+            "engine": config.engine, "engine_version": engine_version(config.engine),
             "imgvec_version": imgvec.__version__, "format": FORMAT}
     if entry.library:  # the library, its version and its own id of the model
         from importlib.metadata import version
@@ -66,7 +68,8 @@ def identity(vectorizer: ImageVectorizer) -> dict:
 
 def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weights: str = defaults.WEIGHTS,
           batch_size: int = defaults.BATCH_SIZE, device: str = defaults.DEVICE, precision: str = defaults.PRECISION,
-          max_pixels: int = defaults.MAX_PIXELS, draft: bool = defaults.DRAFT, master: str = "local[*]",
+          max_pixels: int = defaults.MAX_PIXELS, draft: bool = defaults.DRAFT, engine: str = defaults.ENGINE,
+          master: str = "local[*]",
           glob: str | None = None, table: bool | None = None, binary_col: str = "content", path_col: str = "path",
           resume: bool = False, overwrite: bool = False, shard_size: int = defaults.SHARD_SIZE,
           quiet: bool = False, progress_stream=None, conf: dict | None = None, spark=None) -> EmbedSummary:
@@ -74,7 +77,7 @@ def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weight
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, not {shard_size}")
     vectorizer = ImageVectorizer(model, weights=weights, device=device, batch_size=batch_size,
-                                 precision=precision, max_pixels=max_pixels, draft=draft)
+                                 precision=precision, max_pixels=max_pixels, draft=draft, engine=engine)
     source = open_source(inputs, glob=glob, binary_col=binary_col, path_col=path_col, table=table)
     check_inputs_exist(inputs)
     dataset = FeatureDataset(output)
@@ -88,6 +91,8 @@ def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weight
         summary = EmbedSummary(dataset.location, total=len(items), listing_seconds=time.monotonic() - started)
         todo = [item for item in items if item.path not in done]
         summary.skipped = len(items) - len(todo)
+        if todo and precision == "int8":
+            vectorizer.calibrate_int8(_sample_bytes(source, items))
         if todo:
             from imgvec.jobs import session
 
@@ -103,6 +108,14 @@ def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weight
             recorded["dim"] = dataset.dim(recorded)
         dataset.update_metadata(recorded)
     return summary
+
+
+def _sample_bytes(source, items: list) -> list[bytes]:
+    """A seeded sample of the job's own images, read here: what calibrates int8 (a few dozen)."""
+    import random
+
+    sample = random.Random(0).sample(items, min(INT8_SAMPLE, len(items)))
+    return [data for _, data, error in source.read(sorted(sample, key=lambda item: (item.source, item.row_group, item.path))) if data and not error]
 
 
 def _shard_size(spark, images: int, largest: int) -> int:
@@ -121,7 +134,7 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, planned: list, summ
 
     todo = sum(len(s) for s in planned)
     progress = Progress(summary.total, already=summary.skipped, stream=progress_stream, quiet=quiet)
-    task = ShardTask(source, vectorizer.config, ship_weights(spark, vectorizer.weights_ref), dataset.location,
+    task = ShardTask(source, vectorizer.config, ship_weights(spark, vectorizer.runtime_ref), dataset.location,
                      dataset.next_run())
     started = time.monotonic()
     try:

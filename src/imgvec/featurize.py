@@ -21,8 +21,9 @@ from torchvision.transforms import InterpolationMode
 
 from imgvec import defaults
 from imgvec.decode import decode_image
+from imgvec.engines import EngineNetwork, resolve_engine
 from imgvec.models import ModelEntry, Preprocess, get_model, travels_by_name
-from imgvec.weights import WeightsRef, build_network
+from imgvec.weights import WeightsRef, build_network, local_path
 
 # An image longer than this many times its shorter side is first cropped to its centre:
 # a 1x100000 strip must not be resized to 256x25600000.
@@ -42,6 +43,7 @@ class FeatureConfig:
     precision: str = defaults.PRECISION  # "bf16" (CPU or GPU) or "fp16" (GPU): autocast, not bit-identical
     max_pixels: int = defaults.MAX_PIXELS
     draft: bool = defaults.DRAFT  # reduced-size JPEG decoding: faster on large photos, not bit-identical
+    engine: str = defaults.ENGINE  # torch, or a CPU engine running an export of the network (engines.py)
 
     def __post_init__(self):
         entry = get_model(self.model)  # unknown names fail here, on the driver
@@ -56,10 +58,29 @@ class FeatureConfig:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {self.device!r}")
         if self.precision not in defaults.PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(defaults.PRECISIONS)}, not {self.precision!r}")
+        object.__setattr__(self, "engine", resolve_engine(self.engine, self.device, self.precision))
 
     @property
     def entry(self) -> ModelEntry:
         return get_model(self.model)
+
+
+def prepare(data, p: Preprocess, max_pixels: int = defaults.MAX_PIXELS, draft: bool = False) -> np.ndarray | str:
+    """Bytes -> uint8 [crop, crop, 3], or an error string."""
+    image = decode_image(data, max_pixels=max_pixels, draft=p.resize if draft else None)
+    if isinstance(image, str):
+        return image
+    try:
+        return preprocess_image(image, p)
+    except Exception as exc:  # a resampling failure costs one row, not the batch
+        return f"corrupt: cannot resize ({type(exc).__name__}: {exc})"[:160]
+
+
+def normalised(batch: np.ndarray, p: Preprocess) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W], as ToTensor + Normalize (the CPU engines' input)."""
+    x = batch.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def preprocess_image(image: Image.Image, p: Preprocess) -> np.ndarray:
@@ -149,7 +170,7 @@ class Featurizer:
         self.device = device
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a GPU; on the CPU use 'bf16'")
-        self.autocast = AUTOCAST[config.precision]
+        self.autocast = AUTOCAST.get(config.precision)  # int8 is an engine's
         self.net = network
         # Decoding in threads (Pillow releases the GIL) when the task has cores to spare, e.g. a GPU task.
         threads = torch.get_num_threads() if self.device.type == "cuda" or torch.get_num_threads() > 1 else 1
@@ -173,21 +194,16 @@ class Featurizer:
         return features, errors
 
     def _prepare(self, data) -> np.ndarray | str:
-        """Bytes -> uint8 [crop, crop, 3], or an error string."""
-        draft = self.entry.preprocess.resize if self.config.draft else None
-        image = decode_image(data, max_pixels=self.config.max_pixels, draft=draft)
-        if isinstance(image, str):
-            return image
-        try:
-            return preprocess_image(image, self.entry.preprocess)
-        except Exception as exc:  # a resampling failure costs one row, not the batch
-            return f"corrupt: cannot resize ({type(exc).__name__}: {exc})"[:160]
+        return prepare(data, self.entry.preprocess, self.config.max_pixels, self.config.draft)
 
     @torch.inference_mode()
     def _forward(self, pixels: list[np.ndarray]) -> np.ndarray:
         outputs = []
         step = self.config.batch_size
         for start in range(0, len(pixels), step):
+            if isinstance(self.net, EngineNetwork):
+                outputs.append(self.net(normalised(np.stack(pixels[start : start + step]), self.entry.preprocess)))
+                continue
             batch = torch.from_numpy(np.stack(pixels[start : start + step]))  # uint8 NHWC
             if self.device.type == "cuda":
                 batch = batch.pin_memory()  # lets the copy below run asynchronously
@@ -219,7 +235,9 @@ def get_featurizer(config: FeatureConfig, weights: WeightsRef) -> Featurizer:
         if featurizer is None:
             network_key = _network_key(config, weights, device)
             network = _networks.get(network_key)
-            if network is None:
+            if network is None and config.engine != "torch":  # `weights` is the export (engines.export)
+                network = EngineNetwork(config.engine, local_path(weights), config.precision, torch.get_num_threads())
+            elif network is None:
                 network = build_network(config.entry, weights).to(device, memory_format=torch.channels_last)
                 _networks[network_key] = network
                 _loads[network_key] += 1
@@ -228,6 +246,8 @@ def get_featurizer(config: FeatureConfig, weights: WeightsRef) -> Featurizer:
 
 
 def _network_key(config: FeatureConfig, weights: WeightsRef, device: torch.device) -> tuple:
+    if config.engine != "torch":  # an engine's threads are fixed when it loads: one per task's CPUs
+        return config.model, weights, config.engine, config.precision, torch.get_num_threads()
     return config.model, weights, device
 
 

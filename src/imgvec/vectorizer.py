@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from imgvec import defaults
+from imgvec.engines import INT8_SAMPLE, export, int8_warning
 from imgvec.featurize import FeatureConfig, Featurizer, SpeedWarning, get_featurizer, precision_warning
-from imgvec.weights import WeightsRef, resolve_weights
+from imgvec.weights import WeightsRef, file_sha256, resolve_weights
 
 
 class ImageVectorizer:
@@ -25,8 +26,12 @@ class ImageVectorizer:
                 for tests and benchmarks) or the path of a state_dict file.
     device:     'auto' (the task's GPU, else CUDA, else CPU), 'cpu', 'cuda' or 'cuda:N'.
     batch_size: images per forward pass.
-    precision:  'fp32' (exact, the default), 'bf16' (CPU or GPU) or 'fp16' (GPU): faster, see README.
+    precision:  'fp32' (exact, the default), 'bf16' (CPU or GPU), 'fp16' (GPU) or 'int8' (a CPU engine):
+                faster, see README.
     draft:      decode large JPEGs at a reduced scale: faster, not bit-identical, see README.
+    engine:     'torch' (the default), 'onnxruntime' or 'openvino' (the network exported once, run on the
+                CPU: faster, same features), or 'auto' (the fastest installed). int8 is calibrated on
+                images: `calibrate_int8(images)`, done for you by `imgvec embed` and `process_images`.
     """
 
     def __init__(
@@ -39,15 +44,20 @@ class ImageVectorizer:
         precision: str = defaults.PRECISION,
         max_pixels: int = defaults.MAX_PIXELS,
         draft: bool = defaults.DRAFT,
+        engine: str = defaults.ENGINE,
     ):
-        self.config = FeatureConfig(model, device, batch_size, precision, max_pixels, draft)
-        slower = precision_warning(precision, device)
-        if slower:
-            warnings.warn(slower, SpeedWarning, stacklevel=2)
+        self.config = FeatureConfig(model, device, batch_size, precision, max_pixels, draft, engine)
+        for slower in (precision_warning(precision, device), int8_warning(precision)):
+            if slower:
+                warnings.warn(slower, SpeedWarning, stacklevel=2)
         self.weights = weights
         # Resolved here, on the driver: a missing file is an error now, not on a worker later.
         self.weights_ref: WeightsRef = resolve_weights(self.config.entry, weights)
         self._text = None  # the text tower, built on first use (embed_text)
+        self._calibration: list = []  # int8: images whose activations set the ranges
+        self._runtime: WeightsRef | None = None  # what workers load: the weights, or an engine's export
+        if self.engine != "torch":  # exported now, on the driver: a model ONNX cannot express fails here
+            export(self.config.entry, self.weights_ref, defaults.PRECISION)
 
     @property
     def model_name(self) -> str:
@@ -58,8 +68,29 @@ class ImageVectorizer:
         """Feature length (None for a TorchScript model until it has run once)."""
         return self.config.entry.dim
 
+    @property
+    def engine(self) -> str:
+        return self.config.engine
+
+    def calibrate_int8(self, images: Sequence[bytes]) -> None:
+        """The images whose activations set int8's ranges (a seeded sample of the job's own: a few dozen)."""
+        if self._calibration != list(images):
+            self._calibration, self._runtime = list(images), None
+
+    @property
+    def runtime_ref(self) -> WeightsRef:
+        """What a worker loads: the weights for torch, else the engine's export (made here, on the driver, once)."""
+        if self.engine == "torch":
+            return self.weights_ref
+        if self._runtime is None:
+            if self.config.precision == "int8" and not self._calibration:
+                raise ValueError("--precision int8 is calibrated on images: call calibrate_int8(images) first")
+            path = export(self.config.entry, self.weights_ref, self.config.precision, self._calibration)
+            self._runtime = WeightsRef("file", path, file_sha256(path))
+        return self._runtime
+
     def _featurizer(self) -> Featurizer:
-        return get_featurizer(self.config, self.weights_ref)
+        return get_featurizer(self.config, self.runtime_ref)
 
     def embed(self, images: Sequence[bytes | None]) -> tuple[np.ndarray, list[str | None]]:
         """[N, dim] float32 features (NaN rows for bad images) and an error string or None per image."""
@@ -90,18 +121,26 @@ class ImageVectorizer:
 
     def process_images(self, df, input_col: str = "content", output_col: str = "features", error_col: str = "error"):
         """The seed's method on Spark: adds `output_col` (array<float>) and `error_col` (string)."""
-        from imgvec.spark import featurize_dataframe
+        from imgvec.spark import check_binary_column, featurize_dataframe
 
-        return featurize_dataframe(df, self.config, self.weights_ref, input_col, output_col, error_col)
+        if self.config.precision == "int8" and not self._calibration:  # its first images calibrate int8
+            check_binary_column(df, input_col)
+            rows = df.select(input_col).where(df[input_col].isNotNull()).limit(INT8_SAMPLE).collect()
+            self.calibrate_int8([row[0] for row in rows])
+        return featurize_dataframe(df, self.config, self.runtime_ref, input_col, output_col, error_col)
 
     # Pickle the configuration only: no session, no tensors.
     def __getstate__(self):
         weights_ref = self.weights_ref
+        uncalibrated = self.config.precision == "int8" and not self._calibration
+        runtime = None if uncalibrated else self.runtime_ref  # None: the worker says int8 needs calibrating
         if "pyspark.sql" in sys.modules:  # pickled for a Spark job, perhaps: the weights go with it
             from imgvec.spark import ship_with_active_session
 
-            weights_ref = ship_with_active_session(weights_ref)
-        return {"config": self.config, "weights": self.weights, "weights_ref": weights_ref, "_text": None}
+            runtime = runtime and ship_with_active_session(runtime)
+            weights_ref = runtime if self.engine == "torch" else weights_ref
+        return {"config": self.config, "weights": self.weights, "weights_ref": weights_ref, "_text": None,
+                "_calibration": [], "_runtime": runtime}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -109,13 +148,14 @@ class ImageVectorizer:
     def __repr__(self):
         c = self.config
         return (f"ImageVectorizer(model={self.model_name!r}, weights={self.weights!r}, "
-                f"device={c.device!r}, batch_size={c.batch_size})")
+                f"device={c.device!r}, batch_size={c.batch_size}, engine={c.engine!r})")
 
 
 def recorded_vectorizer(metadata: dict, location: str) -> ImageVectorizer:
     """The model, weights and modes that made an output, on the CPU here; an error if the weights differ."""
+    precision = metadata.get("precision") or defaults.PRECISION
     vectorizer = ImageVectorizer(metadata["model"], weights=metadata["weights"], device="cpu",
-                                 precision=metadata.get("precision") or defaults.PRECISION,
+                                 precision=defaults.PRECISION if precision == "int8" else precision,  # agrees >0.999
                                  draft=bool(metadata.get("draft")))
     if vectorizer.weights_ref.sha256 != metadata.get("weights_sha256"):
         raise ValueError(f"the weights for {metadata['model']} here differ from those that made {location}")
