@@ -1,4 +1,4 @@
-"""Shared fixtures. TORCH_HOME is set at import, before any JVM starts: Spark workers inherit it."""
+"""Shared fixtures. TORCH_HOME (and IMGVEC_CACHE) are set at import, before any JVM starts: Spark workers inherit it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import tempfile
 import pytest
 
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="imgvec-test-torch-home-")
+# The engines' exports inside it: hidden from the cluster's and Connect's workers with the weights.
+os.environ["IMGVEC_CACHE"] = os.path.join(os.environ["TORCH_HOME"], "imgvec")
 
 from helpers import EXAMPLES, classic_session, seed_default_weights  # noqa: E402  (after TORCH_HOME)
 

@@ -108,8 +108,11 @@ def reference_features(vectorizer, paths) -> dict:
     return out
 
 
-def assert_same_features(rows, reference, path_col="path", features_col="features"):
-    """Every row's features equal the single-process reference (max relative difference <= 1e-4)."""
+def assert_same_features(rows, reference, path_col="path", features_col="features", cosine=None):
+    """Every row's features equal the single-process reference (max relative difference <= 1e-4), or
+    where another engine computed them, point the same way (cosine >= `cosine`)."""
+    import numpy as np
+
     assert len(rows) == len(reference)
     for row in rows:
         path = row[path_col].removeprefix("file:")
@@ -118,7 +121,11 @@ def assert_same_features(rows, reference, path_col="path", features_col="feature
             assert row[features_col] is None and row["error"], path
         else:
             assert row["error"] is None, (path, row["error"])
-            assert max_relative_difference(row[features_col], expected) <= 1e-4, path
+            if cosine is None:
+                assert max_relative_difference(row[features_col], expected) <= 1e-4, path
+            else:
+                got = np.asarray(row[features_col])
+                assert got @ expected / np.linalg.norm(got) / np.linalg.norm(expected) >= cosine, path
 
 
 def files_in(directory) -> list[str]:

@@ -38,6 +38,11 @@ def test_standalone_cluster_with_an_empty_torch_cache(cluster_session, image_dir
     assert_same_features(rows, reference_features(v, files_in(image_dir)))
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
     assert executors == 2  # two worker JVMs, each with its own Python workers
+    # A CPU engine: its export, made on the driver, is shipped like the weights.
+    engine = ImageVectorizer("resnet18", engine="onnxruntime")
+    assert visible_on_workers(spark, engine.runtime_ref.path) == {False}
+    exported = engine.process_images(read_images(spark, str(image_dir))).drop("content").collect()
+    assert_same_features(exported, reference_features(v, files_in(image_dir)), cosine=0.9999)
 
 
 

@@ -51,6 +51,9 @@ def test_spark_connect_with_an_empty_torch_cache(connect_session, image_dir, res
     v = ImageVectorizer("resnet18")
     rows = v.process_images(read_images(spark, str(image_dir))).drop("content").collect()
     assert_same_features(rows, reference_features(v, files_in(image_dir)))
+    engine = ImageVectorizer("resnet18", engine="openvino")  # its export travels as an artifact, like weights
+    exported = engine.process_images(read_images(spark, str(image_dir))).drop("content").collect()
+    assert_same_features(exported, reference_features(v, files_in(image_dir)), cosine=0.9999)
 
 
 def test_image_featurizer_on_spark_connect(connect_session, image_dir):

@@ -65,8 +65,9 @@ def test_bf16_on_openvino_and_int8_on_both_engines_stay_close_to_fp32(photos):
     if not engines.cpu_has_int8():
         pytest.skip("int8 is measured on CPUs with VNNI or AMX")
     # Calibrated on other images than those compared: the bundled photos' mirror images.
-    from PIL import Image, ImageOps
     import io
+
+    from PIL import Image, ImageOps
 
     mirrored = []
     for path in PHOTOS:

@@ -431,8 +431,8 @@ def run_info(args) -> int:
         info["threshold"] = (f"{calibration['threshold']} (imgvec calibrate, {calibration['created']})" if calibration
                              else "not calibrated (imgvec calibrate measures one)")
         for key in ("location", "model", "model_id", "library", "library_version", "dim", "weights", "weights_sha256",
-                    "precision", "engine", "engine_version", "draft", "imgvec_version", "created", "updated", "parts", "total", "succeeded",
-                    "failed", "index", "threshold"):
+                    "precision", "engine", "engine_version", "draft", "imgvec_version", "created", "updated", "parts",
+                    "total", "succeeded", "failed", "index", "threshold"):
             if key in info or key not in ("model_id", "library", "library_version", "engine", "engine_version"):
                 print(f"{key:<15} {info.get(key)}")
         for kind, n in info["error_kinds"].items():
