@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import subprocess
 import time
 
@@ -228,3 +229,17 @@ def test_vectors_in_the_output_equal_the_library(embedded):
         if row["features"] is not None:
             expected = v.extract_features(open(row["path"].removeprefix("file:"), "rb").read())
             assert np.allclose(row["features"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_info_dupes_and_similar_by_path_import_neither_torch_nor_pyspark(embedded, photos):
+    """These answer from the output alone: a JVM or torch would cost seconds (README, start-up)."""
+    output, _ = embedded
+    commands = [["info", str(output)], ["dupes", str(output)], ["dupes", str(output), "--keep", "first"],
+                ["similar", str(output), str(photos / "motorcycle_left.jpg")]]
+    probe = ("import sys, contextlib, io\nfrom imgvec.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()): rc = main(sys.argv[1:])\n"
+             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'pyspark'})\n"
+             "print(rc, ' '.join(heavy) or '-')")
+    for command in commands:
+        result = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=60)
+        assert result.stdout.split() == ["0", "-"], (command, result.stdout, result.stderr)

@@ -29,21 +29,26 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
                       typeConverter=TypeConverters.toInt)
     draft = Param(Params._dummy(), "draft", "decode large JPEGs at a reduced scale (faster, not bit-identical)",
                   typeConverter=TypeConverters.toBoolean)
+    engine = Param(Params._dummy(), "engine", "'torch', 'onnxruntime', 'openvino' or 'auto' (CPU engines: faster)",
+                   typeConverter=TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, inputCol="content", outputCol="features", errorCol="error", model=defaults.MODEL,
                  weights=defaults.WEIGHTS, batchSize=defaults.BATCH_SIZE, device=defaults.DEVICE,
-                 precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT):
+                 precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT,
+                 engine=defaults.ENGINE):
         super().__init__()
         self._setDefault(inputCol="content", outputCol="features", errorCol="error", model=defaults.MODEL,
                          weights=defaults.WEIGHTS, batchSize=defaults.BATCH_SIZE, device=defaults.DEVICE,
-                         precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT)
+                         precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT,
+                         engine=defaults.ENGINE)
         self.setParams(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, *, inputCol="content", outputCol="features", errorCol="error", model=defaults.MODEL,
                   weights=defaults.WEIGHTS, batchSize=defaults.BATCH_SIZE, device=defaults.DEVICE,
-                  precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT):
+                  precision=defaults.PRECISION, maxPixels=defaults.MAX_PIXELS, draft=defaults.DRAFT,
+                  engine=defaults.ENGINE):
         return self._set(**self._input_kwargs)
 
     def vectorizer(self):
@@ -52,7 +57,8 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         return ImageVectorizer(self.getOrDefault(self.model), weights=self.getOrDefault(self.weights),
                                device=self.getOrDefault(self.device), batch_size=self.getOrDefault(self.batchSize),
                                precision=self.getOrDefault(self.precision),
-                               max_pixels=self.getOrDefault(self.maxPixels), draft=self.getOrDefault(self.draft))
+                               max_pixels=self.getOrDefault(self.maxPixels), draft=self.getOrDefault(self.draft),
+                               engine=self.getOrDefault(self.engine))
 
     def _transform(self, dataset):
         return self.vectorizer().process_images(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from imgvec.output import SCHEMA, FeatureDataset, features_matrix, path_range, read_part
+from imgvec.output import FeatureDataset, empty, features_matrix, path_range, read_part
 from imgvec.storage import Location
 
 
@@ -27,7 +27,7 @@ def part_vectors(part: Location, number: int) -> tuple[np.ndarray, np.ndarray]:
 def rows_of(dataset: FeatureDataset, ids, parts: list[str], columns=("path",)) -> pa.Table:
     """The `columns` of row ids, in their order; `parts` are the part names the ids were made from."""
     ids = np.asarray(ids, np.int64)
-    tables, order = [SCHEMA.empty_table().select(list(columns))], [np.empty(0, np.int64)]
+    tables, order = [empty(columns)], [np.empty(0, np.int64)]
     for number in np.unique(ids >> 32):
         mine = np.flatnonzero((ids >> 32) == number)
         tables.append(read_part(dataset.where.child(parts[number]), columns).take(ids[mine] & 0xFFFFFFFF))
