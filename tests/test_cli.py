@@ -5,8 +5,8 @@ import json
 import os
 import shutil
 import signal
-import sys
 import subprocess
+import sys
 import time
 
 import numpy as np
