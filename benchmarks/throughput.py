@@ -1,11 +1,13 @@
 """Throughput of imgvec against the model-only limit, the seed's broadcast UDF and predict_batch_udf.
 
-    python benchmarks/throughput.py [--images 500] [--small 100] [--large 80] [--cores 2]
+    python benchmarks/throughput.py [--images 500] [--small 100] [--large 80] [--cores 2] [--only-engines]
 
 One run, same photos, model and weights for every approach; prints images/s and ratios, model loads
 and peak memory per Python worker, and writes benchmarks/results/<date>.json. A measurement, never a
 pass/fail test: compare ratios measured in the same run. Where CUDA is present it also measures
 the GPU: the network alone on it, and imgvec with one task that owns the GPU and every core.
+Then the CPU engines (--engine, --precision int8/bf16), one row each against the same torch limit, and
+the start-up of the README's first command on 1 and 10 images.
 """
 
 from __future__ import annotations
@@ -115,11 +117,11 @@ def predict_batch(spark, folder: str, out: str, weights_file: str, loads_file: s
 
 
 def imgvec_job(spark, folder: str, out: str, weights_file: str, batch_size: int, draft: bool = False,
-               precision: str = "fp32", device: str = "cpu"):
+               precision: str = "fp32", device: str = "cpu", engine: str = "torch"):
     from imgvec.embed import embed
 
     embed([folder], out, model=MODEL, weights=weights_file, batch_size=batch_size, draft=draft,
-          precision=precision, device=device, overwrite=True, quiet=True, spark=spark)
+          precision=precision, device=device, engine=engine, overwrite=True, quiet=True, spark=spark)
 
 
 def imgvec_warm_rates(spark, runs, out: str, weights_file: str, batch_size: int) -> dict:
@@ -228,6 +230,100 @@ def agreement_on_real_photos(large_folder: str) -> dict:
             "bf16_min_cosine": float(bf16_cos.min()), "bf16_same_duplicate_groups": same_groups, "text": text}
 
 
+# --- 4. CPU engines, and start-up ---------------------------------------------------------------------------
+
+
+def engine_rows(cores: int, sizes, work: str, weights_file: str, batch_size: int, say) -> list[dict]:
+    """imgvec per engine and precision: steady state and the whole job on the large folder, and each one's
+    agreement with torch fp32 on the bundled photos (same weights). The torch row is the baseline."""
+    from imgvec import ImageVectorizer, engines
+
+    photos = [p.read_bytes() for p in sorted(EXAMPLES.iterdir())]
+    reference = ImageVectorizer(MODEL, weights=weights_file, device="cpu").embed(photos)[0]
+    kinds = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
+    from imgvec.featurize import native_bf16
+
+    if native_bf16():
+        kinds += [("torch", "bf16"), ("openvino", "bf16")]
+    if engines.cpu_has_int8():
+        kinds += [("onnxruntime", "int8"), ("openvino", "int8")]
+    rows = []
+    for engine, precision in kinds:
+        if engine != "torch" and not engines.installed(engine):
+            say(f"  {engine}: not installed, skipped")
+            continue
+        vectorizer = ImageVectorizer(MODEL, weights=weights_file, device="cpu", engine=engine, precision=precision)
+        if precision == "int8":
+            vectorizer.calibrate_int8([open(os.path.join(sizes[0][1], f), "rb").read()
+                                       for f in sorted(os.listdir(sizes[0][1]))[:64]])
+        got = vectorizer.embed(photos)[0]
+        cosine = np.sum(got * reference, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
+        job = (cores, sizes, os.path.join(work, f"out-{engine}-{precision}"), weights_file, batch_size, False,
+               precision, "cpu", engine)
+        if precision == "int8":  # once to quantise each folder's sample: the rates below are the jobs', cached
+            imgvec_seconds(*job)
+        seconds = imgvec_seconds(*job)
+        big = max(seconds)
+        rows.append({"engine": engine, "version": engines.engine_version(engine), "precision": precision,
+                     "steady_rate": steady_rate(seconds), "whole_rate": big / seconds[big],
+                     "min_cosine_to_torch_fp32": float(cosine.min())})
+    return rows
+
+
+def startup_rows(work: str, cores: int) -> list[dict]:
+    """The README's first command as a user runs it (efficientnet_lite0, real weights): seconds from process
+    start to the first part written, and to exit, for 1 and 10 images."""
+    rows = []
+    for count in (1, 10):
+        folder = os.path.join(work, f"startup{count}")
+        os.makedirs(folder, exist_ok=True)
+        for path in sorted(EXAMPLES.iterdir())[:count]:
+            target = os.path.join(folder, path.name)
+            if not os.path.exists(target):
+                os.link(path, target)
+        out = os.path.join(work, f"out-startup{count}")
+        started = time.monotonic()
+        first = None
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen(["imgvec", "embed", folder, "-o", out, "--model", "efficientnet_lite0",
+                                        "--master", f"local[{cores}]", "--overwrite", "-q"], stdout=log, stderr=log)
+            while process.poll() is None:
+                if first is None and os.path.isdir(out) and any(n.startswith("part-") for n in os.listdir(out)):
+                    first = time.monotonic() - started
+                time.sleep(0.02)
+            exit_seconds = time.monotonic() - started
+            if process.returncode:
+                log.seek(0)
+                raise RuntimeError(f"imgvec embed failed: {log.read().decode()[-2000:]}")
+        rows.append({"images": count, "first_part_seconds": first or exit_seconds, "exit_seconds": exit_seconds})
+    return rows
+
+
+def cpu_kind() -> str:
+    """lscpu's model and the instruction sets that decide which engine and precision to pick."""
+    flags = set(next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split())
+    have = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
+                                    ("VNNI", "avx512_vnni"), ("AVX-VNNI", "avx_vnni"), ("AMX", "amx_tile"))
+            if flag in flags]
+    return f"{_machine().split(',')[0]} ({', '.join(have) or 'no AVX2'})"
+
+
+def engines_part(args, weights_file: str, sizes, work: str, say) -> dict:
+    limit = model_only_limit(weights_file, args.cores, args.batch_size)
+    say(f"engines on {cpu_kind()}: torch fp32 model-only limit {limit:.2f} images/s")
+    rows = engine_rows(args.cores, sizes, work, weights_file, args.batch_size, say)
+    for row in rows:
+        say(f"  {row['engine']:11s} {row['precision']}: steady state {row['steady_rate']:6.2f} images/s "
+            f"({row['steady_rate'] / limit:.2f}x the torch fp32 limit), job on {args.images} "
+            f"{row['whole_rate']:6.2f} images/s ({row['whole_rate'] / limit:.2f}x); min cosine to torch fp32 "
+            f"{row['min_cosine_to_torch_fp32']:.6f}")
+    startup = startup_rows(work, args.cores)
+    for row in startup:
+        say(f"start-up, imgvec embed on {row['images']} image(s): first part written after "
+            f"{row['first_part_seconds']:.1f} s, exit after {row['exit_seconds']:.1f} s")
+    return {"cpu": cpu_kind(), "limit": limit, "rows": rows, "startup": startup}
+
+
 # --- the run ----------------------------------------------------------------------------------------------
 
 
@@ -239,7 +335,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="local[N]")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--gpu-batch-size", type=int, default=128)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf", "gpu"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf", "gpu", "engines"])
+    parser.add_argument("--only-engines", action="store_true", help="only the CPU engines and the start-up rows")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "imgvec-bench"))
     args = parser.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -263,6 +360,9 @@ def main() -> None:
                "model": MODEL, "batch_size": args.batch_size, "images": args.images, "small": args.small}
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     say(f"machine: {results['machine']}; local[{args.cores}], {MODEL} fp32, batch {args.batch_size}")
+    if args.only_engines:
+        results["engines"] = engines_part(args, weights_file, sizes, work, say)
+        return _save(results, "engines", say)
 
     limit = model_only_limit(weights_file, args.cores, args.batch_size)
     results["limit"] = limit
@@ -337,8 +437,14 @@ def main() -> None:
         results["gpu"] = gpu_part(args, weights_file, sizes, say)
     else:
         say("GPU: none on this machine, GPU part skipped" if not torch.cuda.is_available() else "GPU part skipped")
+    if "engines" not in args.skip:
+        results["engines"] = engines_part(args, weights_file, sizes, work, say)
+    _save(results, "", say)
+
+
+def _save(results: dict, part: str, say) -> None:
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", f"{results['date']}.json")
+    path = os.path.join(HERE, "results", f"{results['date']}{'-' + part if part else ''}.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=str)
     say(f"results: {path}")
