@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -24,6 +25,24 @@ def test_builtin_models_give_features_of_their_dimension(name, dim):
     with torch.no_grad():
         out = net(torch.zeros(2, 3, 224, 224))
     assert out.shape == (2, dim)
+
+
+@pytest.mark.parametrize("name,enum", [("resnet50", "ResNet50_Weights"), ("resnet18", "ResNet18_Weights"),
+                                       ("efficientnet_b0", "EfficientNet_B0_Weights"),
+                                       ("convnext_tiny", "ConvNeXt_Tiny_Weights")])
+def test_a_torchvision_entry_is_its_weights_enum_written_out(name, enum):
+    default = getattr(torchvision.models, enum).DEFAULT
+    t = default.transforms()
+    entry = get_model(name)
+    assert entry.preprocess == Preprocess(resize=t.resize_size[0], crop=t.crop_size[0], mean=tuple(t.mean),
+                                          std=tuple(t.std), interpolation=t.interpolation.value)
+    assert entry.description.endswith(default.name)
+    path = hub_checkpoint_path(default.url)  # the file it reads: torchvision's own
+    if os.path.isfile(path):
+        assert entry.default_weights(False) == path
+    else:
+        with pytest.raises(WeightsUnavailable, match=re.escape(path)):
+            entry.default_weights(False)
 
 
 def test_model_preprocessing_comes_from_the_weights():

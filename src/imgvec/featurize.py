@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
 from imgvec import defaults
 from imgvec.decode import decode_image
@@ -84,18 +82,35 @@ def normalised(batch: np.ndarray, p: Preprocess) -> np.ndarray:
 
 
 def preprocess_image(image: Image.Image, p: Preprocess) -> np.ndarray:
-    """RGB image -> uint8 [crop, crop, 3], exactly as torchvision's Resize + CenterCrop do it."""
+    """RGB image -> uint8 [crop, crop, 3], exactly as torchvision's Resize + CenterCrop do it on PIL images.
+
+    Their arithmetic, written out with PIL's own calls: importing torchvision costs 1.7 s per process
+    (it imports torch._dynamo), on the driver and on every Python worker.
+    """
     width, height = image.size
     shorter = min(width, height)
     if max(width, height) > _MAX_ASPECT * shorter:
         side = _MAX_ASPECT * shorter  # keep the centre; the crop would discard the rest anyway
-        image = TF.center_crop(image, [min(height, side), min(width, side)])
+        image = _center_crop(image, min(height, side), min(width, side))
+        width, height = image.size
+    resample = _RESAMPLE[p.interpolation]
     if p.resize_mode == "squash":  # the whole image to the square, aspect not kept
-        image = TF.resize(image, [p.crop, p.crop], interpolation=InterpolationMode(p.interpolation), antialias=True)
-    else:
-        image = TF.resize(image, p.resize, interpolation=InterpolationMode(p.interpolation), antialias=True)
-        image = TF.center_crop(image, p.crop)
-    return np.asarray(image, dtype=np.uint8)
+        return np.asarray(image.resize((p.crop, p.crop), resample), dtype=np.uint8)
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = p.resize, int(p.resize * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    image = image.resize(size, resample)
+    return np.asarray(_center_crop(image, p.crop, p.crop), dtype=np.uint8)
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    """torchvision's center_crop for a crop no larger than the image: its rounding of the offsets."""
+    top = int(round((image.size[1] - height) / 2.0))
+    left = int(round((image.size[0] - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))
 
 
 class SpeedWarning(UserWarning):

@@ -155,23 +155,22 @@ def list_models() -> list[ModelEntry]:
 # --- torchvision models ------------------------------------------------------------------
 
 
-def _torchvision_entry(name: str, weights_enum: str, dim: int, head: Callable[[nn.Module], nn.Module]) -> ModelEntry:
-    """An entry whose preprocessing and pretrained file come from torchvision's weights enum."""
-    import torchvision.models as tvm
+def _torchvision_entry(name: str, weights_enum: str, dim: int, head: Callable[[nn.Module], nn.Module],
+                       weights_name: str, url: str, preprocess: Preprocess) -> ModelEntry:
+    """An entry for torchvision's `name` with its weights enum's DEFAULT: `weights_name`, its file's `url` and its
+    transforms as `preprocess`, written out (tests/test_models.py holds them to torchvision's enum). Importing
+    torchvision costs 1.7 s per process (it imports torch._dynamo): only building the network does."""
 
-    weights = getattr(tvm, weights_enum).DEFAULT
-    t = weights.transforms()
-    preprocess = Preprocess(
-        resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),
-        mean=tuple(t.mean), std=tuple(t.std), interpolation=t.interpolation.value,
-    )
+    def build() -> nn.Module:
+        import torchvision.models as tvm
+
+        return getattr(tvm, name)(weights=None)
+
     return ModelEntry(
-        name=name, dim=dim, preprocess=preprocess,
-        build=lambda: getattr(tvm, name)(weights=None),
-        to_features=head,
+        name=name, dim=dim, preprocess=preprocess, build=build, to_features=head,
         default_weights=lambda download=True: _weights_from_hub(
-            weights.url, f"torchvision.models.{weights_enum}.{weights.name}", download),
-        description=f"torchvision {name}, {weights_enum}.{weights.name}",
+            url, f"torchvision.models.{weights_enum}.{weights_name}", download),
+        description=f"torchvision {name}, {weights_enum}.{weights_name}",
     )
 
 
@@ -234,10 +233,15 @@ def _lite0_weights(download: bool = True) -> str:
 
 
 _BUILTINS = [
-    _torchvision_entry("resnet50", "ResNet50_Weights", 2048, _without("fc")),
-    _torchvision_entry("resnet18", "ResNet18_Weights", 512, _without("fc")),
-    _torchvision_entry("efficientnet_b0", "EfficientNet_B0_Weights", 1280, _without("classifier")),
-    _torchvision_entry("convnext_tiny", "ConvNeXt_Tiny_Weights", 768, _without("classifier.2")),
+    _torchvision_entry("resnet50", "ResNet50_Weights", 2048, _without("fc"), "IMAGENET1K_V2",
+                       "https://download.pytorch.org/models/resnet50-11ad3fa6.pth", Preprocess(232, 224)),
+    _torchvision_entry("resnet18", "ResNet18_Weights", 512, _without("fc"), "IMAGENET1K_V1",
+                       "https://download.pytorch.org/models/resnet18-f37072fd.pth", Preprocess(256, 224)),
+    _torchvision_entry("efficientnet_b0", "EfficientNet_B0_Weights", 1280, _without("classifier"), "IMAGENET1K_V1",
+                       "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth",
+                       Preprocess(256, 224, interpolation="bicubic")),
+    _torchvision_entry("convnext_tiny", "ConvNeXt_Tiny_Weights", 768, _without("classifier.2"), "IMAGENET1K_V1",
+                       "https://download.pytorch.org/models/convnext_tiny-983f1562.pth", Preprocess(236, 224)),
     ModelEntry(
         name="efficientnet_lite0", dim=1280,
         preprocess=Preprocess(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
