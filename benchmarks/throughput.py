@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -282,6 +283,7 @@ def startup_rows(work: str, cores: int) -> list[dict]:
             if not os.path.exists(target):
                 os.link(path, target)
         out = os.path.join(work, f"out-startup{count}")
+        shutil.rmtree(out, ignore_errors=True)  # a part of an earlier run would read as this run's first
         started = time.monotonic()
         first = None
         with tempfile.TemporaryFile() as log:
