@@ -340,24 +340,31 @@ def run_calibrate(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    print(calibration_text(result))
+    return 0
+
+
+def calibration_text(result: dict) -> str:
+    """calibrate's table as it prints it: every 0.05 and the recommended threshold (--json has every 0.01)."""
     kinds = list(result["edits"])
-    print(f"imgvec calibrate: {result['originals']} originals x {len(kinds)} edits of {result['images']} images "
-          f"({result['model']}), in {result['seconds']:.1f} s")
-    print("threshold  " + " ".join(f"{k:>6}" for k in kinds) + "  recall  false pairs  precision   (false pairs "
-          f"and precision expected at {result['images']} images)")
+    lines = [f"imgvec calibrate: {result['originals']} originals x {len(kinds)} edits of {result['images']} images "
+             f"({result['model']}), in {result['seconds']:.1f} s",
+             "threshold  " + " ".join(f"{k:>6}" for k in kinds) + "  recall  false pairs  precision   (false pairs "
+             f"and precision expected at {result['images']} images)"]
     for row in result["table"]:
         chosen = row["threshold"] == result["threshold"]
         if not chosen and round(row["threshold"] * 100) % 5:
-            continue  # every 0.05, and the one recommended (--json has every 0.01)
-        print(f"{row['threshold']:>9.2f}  " + " ".join(f"{row['recall_by_edit'][k]:>6.2f}" for k in kinds)
-              + f"  {row['recall']:>6.2f}  {row['expected_false_pairs']:>11.4g}  {row['precision']:>9.4f}"
-              + ("  <- recommended" if chosen else ""))
+            continue
+        lines.append(f"{row['threshold']:>9.2f}  " + " ".join(f"{row['recall_by_edit'][k]:>6.2f}" for k in kinds)
+                     + f"  {row['recall']:>6.2f}  {row['expected_false_pairs']:>11.4g}  {row['precision']:>9.4f}"
+                     + ("  <- recommended" if chosen else ""))
     if not result["reached"]:
-        print(f"no threshold up to 0.99 reaches expected precision {result['precision']}: the highest is recorded")
-    print(f"threshold {result['threshold']}: recall {result['recall']:.2f}, expected precision "
-          f"{result['expected_precision']:.4f} at {result['images']} images; recorded in {result['output']}, "
-          "imgvec dupes uses it from now on")
-    return 0
+        lines.append(f"no threshold up to 0.99 reaches expected precision {result['precision']}: the highest is "
+                     "recorded")
+    lines.append(f"threshold {result['threshold']}: recall {result['recall']:.2f}, expected precision "
+                 f"{result['expected_precision']:.4f} at {result['images']} images; recorded in {result['output']}, "
+                 "imgvec dupes uses it from now on")
+    return "\n".join(lines)
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:
