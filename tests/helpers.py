@@ -46,6 +46,14 @@ def assert_usage_error(result, fragment):
     assert "Traceback" not in result.stderr and "\x1b" not in result.stderr
 
 
+def without_module(folder, name: str) -> dict:
+    """An environment in which `import name` fails, as if the package were not installed: a subprocess's env."""
+    shadow = pathlib.Path(folder) / "shadow" / name
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"raise ImportError('No module named {name}')\n")
+    return {**os.environ, "PYTHONPATH": f"{shadow.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def seed_default_weights(model_name: str, seed: int = 1234) -> str:
     """Put a deterministic state_dict where torchvision's hub cache expects its pretrained file."""
     import torch

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec, imgvec_here
+from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec, imgvec_here, without_module
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -134,10 +134,7 @@ def test_engine_mistakes_are_one_line_before_spark(tmp_path, capsys):
 
 
 def test_an_engine_that_is_not_installed_names_its_extra(tmp_path):
-    shadow = tmp_path / "shadow" / "openvino"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('No module named openvino')\n")  # as if not installed
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = without_module(tmp_path, "openvino")
     result = subprocess.run([IMGVEC, "embed", str(EXAMPLES), "-o", str(tmp_path / "o"), "--engine", "openvino"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert_usage_error(result, 'pip install "imgvec[openvino]"')

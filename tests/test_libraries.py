@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec, imgvec_here
+from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec, imgvec_here, without_module
 
 timm = pytest.importorskip("timm")
 open_clip = pytest.importorskip("open_clip")
@@ -141,10 +141,7 @@ def test_library_mistakes_are_one_line_before_spark(weights, tmp_path, capsys, m
 
 
 def test_a_missing_library_names_its_extra(tmp_path):
-    shadow = tmp_path / "shadow" / "timm"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('No module named timm')\n")  # as if not installed
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = without_module(tmp_path, "timm")
     result = subprocess.run([IMGVEC, "embed", str(EXAMPLES), "-o", str(tmp_path / "o"), "--model", "timm:resnet18"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert_usage_error(result, 'pip install "imgvec[timm]"')
