@@ -155,3 +155,13 @@ def test_a_model_that_cannot_be_exported_names_the_operator(tmp_path, capsys):
                          "--weights", "random", "--engine", "onnxruntime")
     assert_usage_error(result, "fft")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_process_loads_an_engine_once_per_export(photos):
+    from imgvec.featurize import model_loads
+
+    vectorizer = ImageVectorizer("resnet18", weights="random", device="cpu", engine="onnxruntime")
+    other_batches = ImageVectorizer("resnet18", weights="random", device="cpu", engine="onnxruntime", batch_size=4)
+    vectorizer.embed(photos[:2])
+    other_batches.embed(photos[:2])
+    assert model_loads(vectorizer.config, vectorizer.runtime_ref)["loads"] == 1

@@ -250,10 +250,12 @@ def get_featurizer(config: FeatureConfig, weights: WeightsRef) -> Featurizer:
         if featurizer is None:
             network_key = _network_key(config, weights, device)
             network = _networks.get(network_key)
-            if network is None and config.engine != "torch":  # `weights` is the export (engines.export)
-                network = EngineNetwork(config.engine, local_path(weights), config.precision, torch.get_num_threads())
-            elif network is None:
-                network = build_network(config.entry, weights).to(device, memory_format=torch.channels_last)
+            if network is None:
+                if config.engine != "torch":  # `weights` is the engine's export (engines.export)
+                    network = EngineNetwork(config.engine, local_path(weights), config.precision,
+                                            torch.get_num_threads())
+                else:
+                    network = build_network(config.entry, weights).to(device, memory_format=torch.channels_last)
                 _networks[network_key] = network
                 _loads[network_key] += 1
             featurizer = _featurizers[key] = Featurizer(config, network, device)
