@@ -25,7 +25,9 @@ SPARK = ["--master", "local[2]"]
 
 
 def imgvec(*args, timeout=300, **kwargs):
-    """The real `imgvec` command in a subprocess."""
+    """The real `imgvec` command in a subprocess, in the environment a user's shell has: not the marker that an
+    in-process Spark Connect session leaves in this one (it would make the command's classic session a Connect one)."""
+    kwargs.setdefault("env", {k: v for k, v in os.environ.items() if k != "SPARK_CONNECT_MODE_ENABLED"})
     return subprocess.run([IMGVEC, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
