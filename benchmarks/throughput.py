@@ -238,12 +238,11 @@ def engine_rows(cores: int, sizes, work: str, weights_file: str, batch_size: int
     """imgvec per engine and precision: steady state and the whole job on the large folder, and each one's
     agreement with torch fp32 on the bundled photos (same weights). The torch row is the baseline."""
     from imgvec import ImageVectorizer, engines
+    from imgvec.featurize import native_bf16
 
     photos = [p.read_bytes() for p in sorted(EXAMPLES.iterdir())]
     reference = ImageVectorizer(MODEL, weights=weights_file, device="cpu").embed(photos)[0]
     kinds = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
-    from imgvec.featurize import native_bf16
-
     if native_bf16():
         kinds += [("torch", "bf16"), ("openvino", "bf16")]
     if engines.cpu_has_int8():
@@ -303,7 +302,9 @@ def startup_rows(work: str, cores: int) -> list[dict]:
 
 def cpu_kind() -> str:
     """lscpu's model and the instruction sets that decide which engine and precision to pick."""
-    flags = set(next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split())
+    from imgvec.engines import cpu_flags
+
+    flags = cpu_flags() or set()
     have = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
                                     ("VNNI", "avx512_vnni"), ("AVX-VNNI", "avx_vnni"), ("AMX", "amx_tile"))
             if flag in flags]

@@ -6,14 +6,13 @@ are held to torch fp32 on the same images.
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec, imgvec_here, without_module
+from helpers import EXAMPLES, SPARK, assert_usage_error, imgvec, imgvec_here, without_module
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -134,9 +133,8 @@ def test_engine_mistakes_are_one_line_before_spark(tmp_path, capsys):
 
 
 def test_an_engine_that_is_not_installed_names_its_extra(tmp_path):
-    env = without_module(tmp_path, "openvino")
-    result = subprocess.run([IMGVEC, "embed", str(EXAMPLES), "-o", str(tmp_path / "o"), "--engine", "openvino"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = imgvec("embed", EXAMPLES, "-o", tmp_path / "o", "--engine", "openvino",
+                    env=without_module(tmp_path, "openvino"), timeout=120)
     assert_usage_error(result, 'pip install "imgvec[openvino]"')
 
 

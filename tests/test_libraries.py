@@ -141,9 +141,8 @@ def test_library_mistakes_are_one_line_before_spark(weights, tmp_path, capsys, m
 
 
 def test_a_missing_library_names_its_extra(tmp_path):
-    env = without_module(tmp_path, "timm")
-    result = subprocess.run([IMGVEC, "embed", str(EXAMPLES), "-o", str(tmp_path / "o"), "--model", "timm:resnet18"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = imgvec("embed", EXAMPLES, "-o", tmp_path / "o", "--model", "timm:resnet18",
+                    env=without_module(tmp_path, "timm"), timeout=120)
     assert_usage_error(result, 'pip install "imgvec[timm]"')
 
 

@@ -23,8 +23,6 @@ import numpy as np
 
 from imgvec import defaults
 
-MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 OPSET = 17
 INT8_SAMPLE = 64  # images that calibrate int8 activation ranges: per-channel weights need few
@@ -34,7 +32,7 @@ INT8_SPEED_WITHOUT_VNNI = 0.9
 
 def installed(engine: str) -> bool:
     try:
-        import_module(MODULES[engine])
+        import_module(engine)  # each engine's module and distribution have its name
     except ImportError:
         return False
     return True
@@ -42,7 +40,7 @@ def installed(engine: str) -> bool:
 
 def engine_version(engine: str) -> str:
     try:
-        return version(PACKAGES[engine])
+        return version(engine)
     except PackageNotFoundError:
         return "unknown"
 
@@ -52,12 +50,11 @@ def resolve_engine(engine: str, device: str, precision: str) -> str:
     if engine not in defaults.ENGINES:
         raise ValueError(f"engine must be one of {', '.join(defaults.ENGINES)}, not {engine!r}")
     if engine == "auto":  # the fastest installed CPU engine (docs/performance.md, "Engines"), torch on a GPU
-        if device.startswith("cuda") or precision == "fp16":
-            return "torch"
-        engine = next((e for e in ("openvino", "onnxruntime") if installed(e)), "torch")
+        on_cpu = not (device.startswith("cuda") or precision == "fp16")
+        fitting = ("openvino",) if precision == "bf16" else ("openvino", "onnxruntime")  # no fast bf16 in ORT
+        engine = next((e for e in fitting if on_cpu and installed(e)), "torch")
         if engine == "torch" and precision == "int8":
             raise ValueError('--precision int8 needs a CPU engine: pip install "imgvec[openvino]"')
-        return engine if not (engine == "onnxruntime" and precision == "bf16") else "torch"
     if engine == "torch":
         if precision == "int8":
             raise ValueError("--precision int8 runs on a CPU engine: add --engine openvino or --engine onnxruntime")
@@ -86,12 +83,18 @@ def int8_warning(precision: str) -> str | None:
 
 def cpu_has_int8() -> bool:
     """VNNI (AVX512-VNNI or AVX-VNNI) or AMX: the instructions that make int8 faster than fp32."""
+    flags = cpu_flags()
+    return flags is None or bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})  # unknown: say nothing
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's instruction-set flags as Linux lists them; None where they cannot be read (not Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:  # not Linux: say nothing
-        return True
-    return not flags or bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    except OSError:
+        return None
+    return flags or None
 
 
 # --- the export, on the driver --------------------------------------------------------------------------

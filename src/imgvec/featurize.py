@@ -19,7 +19,7 @@ from PIL import Image
 
 from imgvec import defaults
 from imgvec.decode import decode_image
-from imgvec.engines import EngineNetwork, resolve_engine
+from imgvec.engines import EngineNetwork, cpu_flags, resolve_engine
 from imgvec.models import ModelEntry, Preprocess, get_model, travels_by_name
 from imgvec.weights import WeightsRef, build_network, local_path
 
@@ -129,12 +129,8 @@ def native_bf16() -> bool:
     """
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: trust oneDNN
-        return True
-    return not flags or "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = cpu_flags()
+    return flags is None or bool(flags & {"avx512_bf16", "amx_bf16"})  # unknown (not Linux): trust oneDNN
 
 
 def precision_warning(precision: str, device: str) -> str | None:
