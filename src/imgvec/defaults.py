@@ -1,7 +1,9 @@
 """Every default setting, defined once: the CLI, ImageVectorizer, ImageFeaturizer and the batch job read them here.
 
-Plain values only, so that `imgvec --help` shows them without importing torch or pyspark.
+Plain values only (and where the cache is), so that `imgvec --help` shows them without importing torch or pyspark.
 """
+
+import os
 
 MODEL = "resnet50"
 WEIGHTS = "default"  # or "random", or a state_dict file
@@ -33,3 +35,8 @@ RECALL_TARGET = 0.95  # recall@10 the index's search settings are tuned for at b
 CLUSTER_SIZE = 2_000  # images per k-means cluster of `imgvec dupes` at scale (SemDeDup-style)
 KEEP = "first"  # which file of a duplicate group `imgvec dupes --keep` keeps: first (by path) or largest
 KEEPS = ("first", "largest")
+
+
+def cache_dir() -> str:
+    """What imgvec makes once and reuses: engines' exports, the JVM's class archive."""
+    return os.environ.get("IMGVEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imgvec")

@@ -100,10 +100,6 @@ def cpu_flags() -> set[str] | None:
 # --- the export, on the driver --------------------------------------------------------------------------
 
 
-def cache_dir() -> str:
-    return os.environ.get("IMGVEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imgvec")
-
-
 def export(entry, weights, precision: str, calibration: list | None = None) -> str:
     """The ONNX file for (model, weights, precision), which both engines run: from the cache, else exported now."""
     import torch
@@ -115,7 +111,7 @@ def export(entry, weights, precision: str, calibration: list | None = None) -> s
         if precision == "int8" else (torch.__version__,)
     key = hashlib.sha256(repr((entry.name, weights.kind, weights.sha256, precision, OPSET, made_by)).encode())
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", entry.name)[-60:]
-    path = os.path.join(cache_dir(), "exports", f"{name}-{precision}-{key.hexdigest()[:20]}.onnx")
+    path = os.path.join(defaults.cache_dir(), "exports", f"{name}-{precision}-{key.hexdigest()[:20]}.onnx")
     if os.path.isfile(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)

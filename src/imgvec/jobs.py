@@ -8,6 +8,7 @@ plan holding exactly one.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import threading
 import uuid
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 import pyarrow as pa
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+
+from imgvec import jvm
 
 
 def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict | None = None,
@@ -36,14 +39,17 @@ def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict |
             builder = builder.config("spark.driver.memory", "2g").config("spark.ui.showConsoleProgress", "false")
         # The JVM only moves bytes here: its optimising JIT compiler (C2) would spend several CPU
         # seconds per run competing with the model for the cores; C1 alone is faster end to end.
-        java_options = ["-XX:TieredStopAtLevel=1"]
+        java_options = ["-XX:TieredStopAtLevel=1", *jvm.java_options()]
         if quiet:
             quiet_logs = os.path.join(os.path.dirname(__file__), "log4j2-quiet.properties")
             java_options.append(f"-Dlog4j2.configurationFile={quiet_logs}")
-        builder = builder.config("spark.driver.extraJavaOptions", " ".join(java_options))
+        builder = builder.config("spark.driver.extraJavaOptions", " ".join(map(shlex.quote, java_options)))
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    if not master.startswith("sc://"):
+        jvm.started(spark)
+    return spark
 
 
 def is_connect(spark: SparkSession) -> bool:

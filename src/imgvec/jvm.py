@@ -1,0 +1,168 @@
+"""The driver JVM's start-up: a class-data-sharing (CDS) archive of the classes Spark loads, made once.
+
+Before its first job, Spark's driver JVM loads ~15,000 classes from ~280 jars: about 5 s of a small
+`imgvec embed` on a 2-core machine. From a static CDS archive of those classes it starts in about
+half that (docs/performance.md, Start-up). JDK 17 makes one in two steps: a run that lists the
+classes it loads (-XX:DumpLoadedClassList), then `java -Xshare:dump`. imgvec does the first in the
+first session of a Java + Spark installation, and the second in a detached, low-priority process
+once that session's JVM has exited (~30 s of one core; ~180 MB in the cache). Until the archive
+exists, and wherever the JVM finds it does not match (another classpath, heap layout or JDK), the
+JVM starts as before: it ignores an archive it cannot use. IMGVEC_JVM_ARCHIVE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from imgvec import defaults
+
+OFF_ENV = "IMGVEC_JVM_ARCHIVE"
+BUILD_STALE_S = 900  # a build marker older than this was left by a build that died
+JVM_EXIT_WAIT_S = 120  # the builder waits this long for the listing JVM to exit (and write its list)
+
+_pending: dict = {}  # this process's claimed build: base, classes, then java and classpath once started
+
+
+def java_options() -> list[str]:
+    """Options for a driver JVM about to start: use the archive, or list the classes that will make it."""
+    if os.environ.get(OFF_ENV) == "0" or _pending:
+        return []
+    base = _base()
+    if base is None:
+        return []
+    if os.path.isfile(base + ".jsa"):
+        return [f"-XX:SharedArchiveFile={base}.jsa"]
+    if os.path.exists(base + ".failed") or not _claim(base + ".building"):
+        return []
+    classes = f"{base}.{os.getpid()}.classes"
+    _pending.update(base=base, classes=classes)
+    atexit.register(_build_when_gone)
+    return [f"-XX:DumpLoadedClassList={classes}"]
+
+
+def started(spark) -> None:
+    """Note the started JVM's java and classpath, which the archive must be made with."""
+    if not _pending or "pid" in _pending:
+        return
+    context = spark.sparkContext
+    system = context._jvm.java.lang.System
+    _pending.update(java=os.path.join(system.getProperty("java.home"), "bin", "java"),
+                    classpath=system.getProperty("java.class.path"), pid=context._gateway.proc.pid)
+
+
+def _build_when_gone() -> None:
+    """At exit: hand the build to a detached process, which waits for the JVM to exit (its list complete)."""
+    base, classes = _pending["base"], _pending["classes"]
+    if "pid" not in _pending:  # no JVM was started with the listing option
+        _remove(base + ".building", classes)
+        return
+    subprocess.Popen([sys.executable, "-m", "imgvec.jvm", base, classes, _pending["java"], _pending["classpath"],
+                      str(_pending["pid"])], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def build(base: str, classes: str, java: str, classpath: str, pid: int) -> None:
+    """`base`.jsa from the class list, or `base`.failed saying why (then no later run tries again)."""
+    archive = f"{base}.{os.getpid()}.tmp"
+    try:
+        deadline = time.monotonic() + JVM_EXIT_WAIT_S
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not os.path.isfile(classes):
+            return
+        os.nice(10)  # a later command's work comes first
+        done = subprocess.run([java, "-Xshare:dump", f"-XX:SharedClassListFile={classes}",
+                               f"-XX:SharedArchiveFile={archive}", "-cp", classpath],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, timeout=1800)
+        if done.returncode == 0 and os.path.isfile(archive):
+            os.replace(archive, base + ".jsa")
+        else:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            _write(base + ".failed", f"java -Xshare:dump exited {done.returncode}: {last}\n")
+    except (OSError, subprocess.SubprocessError) as error:
+        _write(base + ".failed", f"{type(error).__name__}: {error}\n")
+    finally:
+        _remove(archive, classes, base + ".building")
+
+
+def _base() -> str | None:
+    """The archive's path without its suffix, named by what it must match: this JDK and these Spark jars."""
+    java = _java()
+    spark_home = _spark_home()
+    if java is None or spark_home is None:
+        return None
+    jars = os.path.join(spark_home, "jars")
+    try:
+        java_home = os.path.dirname(os.path.dirname(java))
+        modules = os.stat(os.path.join(java_home, "lib", "modules"))  # the JDK's own classes: one per build
+        made_of = [java, modules.st_size, modules.st_mtime_ns]
+        with os.scandir(jars) as entries:
+            made_of += sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+    except OSError:
+        return None
+    key = hashlib.sha256(repr(made_of).encode()).hexdigest()[:20]
+    return os.path.join(defaults.cache_dir(), "jvm", f"spark-driver-{key}")
+
+
+def _java() -> str | None:
+    """The java that spark-submit runs: $JAVA_HOME/bin/java, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    return os.path.realpath(java) if java and os.path.isfile(java) else None
+
+
+def _spark_home() -> str | None:
+    try:
+        from pyspark.find_spark_home import _find_spark_home
+        return _find_spark_home()
+    except Exception:  # pyspark's own error comes when the session starts
+        return None
+
+
+def _claim(marker: str) -> bool:
+    """Whether this process may build the archive: one build at a time, a dead build's marker taken over."""
+    try:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        if os.path.exists(marker) and time.time() - os.path.getmtime(marker) > BUILD_STALE_S:
+            os.remove(marker)
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError:
+        pass
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    build(*sys.argv[1:5], int(sys.argv[5]))
