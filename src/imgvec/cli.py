@@ -231,14 +231,20 @@ def run_embed(args) -> int:
     conf = _conf(args)
     if args.max_error_rate is not None and not 0 <= args.max_error_rate <= 1:
         raise UsageError("--max-error-rate is a share between 0 and 1, e.g. 0.05")
-    from imgvec.embed import embed
+    from imgvec import jobs
 
-    summary = embed(
-        args.inputs, args.output, model=args.model, weights=args.weights, batch_size=args.batch_size,
-        device=args.device, precision=args.precision, max_pixels=args.max_pixels, draft=args.draft,
-        engine=args.engine, master=args.master, glob=args.glob, table=args.table, binary_col=args.binary_col,
-        path_col=args.path_col, resume=args.resume, overwrite=args.overwrite, shard_size=args.shard_size,
-        quiet=args.quiet, conf=conf)
+    jobs.start_early(args.master, conf)  # the JVM starts while torch is imported and the arguments checked
+    try:
+        from imgvec.embed import embed
+
+        summary = embed(
+            args.inputs, args.output, model=args.model, weights=args.weights, batch_size=args.batch_size,
+            device=args.device, precision=args.precision, max_pixels=args.max_pixels, draft=args.draft,
+            engine=args.engine, master=args.master, glob=args.glob, table=args.table,
+            binary_col=args.binary_col, path_col=args.path_col, resume=args.resume, overwrite=args.overwrite,
+            shard_size=args.shard_size, quiet=args.quiet, conf=conf)
+    finally:
+        jobs.drop_early()  # unused: the command failed first, or had nothing to do
     kinds = ", ".join(f"{kind} {n}" for kind, n in summary.error_kinds.most_common(5))
     print(f"imgvec embed: {summary.processed} images in {summary.seconds:.1f} s ({summary.rate:.2f} images/s)")
     print(f"  succeeded {summary.succeeded}, failed {summary.failed}" + (f" ({kinds})" if kinds else ""))

@@ -28,28 +28,167 @@ def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict |
     Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
     quiet: the JVM this starts logs errors only.
     """
-    builder = SparkSession.builder.appName(app_name)
-    if master.startswith("sc://"):
-        builder = builder.remote(master)
-    else:
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-        builder = builder.master(master).config("spark.python.worker.reuse", "true")
-        if master.startswith("local"):
-            builder = builder.config("spark.driver.memory", "2g").config("spark.ui.showConsoleProgress", "false")
-        # The JVM only moves bytes here: its optimising JIT compiler (C2) would spend several CPU
-        # seconds per run competing with the model for the cores; C1 alone is faster end to end.
-        java_options = ["-XX:TieredStopAtLevel=1", *jvm.java_options()]
-        if quiet:
-            quiet_logs = os.path.join(os.path.dirname(__file__), "log4j2-quiet.properties")
-            java_options.append(f"-Dlog4j2.configurationFile={quiet_logs}")
-        builder = builder.config("spark.driver.extraJavaOptions", " ".join(map(shlex.quote, java_options)))
-    for key, value in (conf or {}).items():
+    with _starting:
+        if master.startswith("sc://"):
+            builder = SparkSession.builder.appName(app_name).remote(master)
+            for key, value in (conf or {}).items():
+                builder = builder.config(key, value)
+            return builder.getOrCreate()
+        return _classic_session(_classic_options(master, app_name, conf, quiet))
+
+
+def _classic_session(options: dict) -> SparkSession:
+    builder = SparkSession.builder
+    for key, value in options.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    if not master.startswith("sc://"):
-        jvm.started(spark)
+    jvm.started(spark)
     return spark
+
+
+def _classic_options(master: str, app_name: str, conf: dict | None, quiet: bool) -> dict:
+    """The options of a classic session: what spark-submit gets when it launches the driver's JVM."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    options = {"spark.master": master, "spark.app.name": app_name, "spark.python.worker.reuse": "true"}
+    if master.startswith("local"):
+        options.update({"spark.driver.memory": "2g", "spark.ui.showConsoleProgress": "false"})
+    # The JVM only moves bytes here: its optimising JIT compiler (C2) would spend several CPU
+    # seconds per run competing with the model for the cores; C1 alone is faster end to end.
+    java_options = ["-XX:TieredStopAtLevel=1", *jvm.java_options()]
+    if quiet:
+        quiet_logs = os.path.join(os.path.dirname(__file__), "log4j2-quiet.properties")
+        java_options.append(f"-Dlog4j2.configurationFile={quiet_logs}")
+    options["spark.driver.extraJavaOptions"] = " ".join(map(shlex.quote, java_options))
+    return {**options, **(conf or {})}
+
+
+# --- a command's session, started early ----------------------------------------------------------
+
+# What every JVM start prints, which says nothing to a command's user (imgvec sets the log level).
+_START_UP_NOISE = (b"WARNING: Using incubator modules", b"Setting default log level to",
+                   b"To adjust logging level use sc.setLogLevel")
+_starting = threading.Lock()  # one session starts (or an unused early one stops) at a time
+_early = None  # the command's session, starting in the background: see start_early
+
+
+def start_early(master: str, conf: dict | None) -> None:
+    """Start the session `session(master, conf)` will use now, in the background.
+
+    The JVM's start (3-5 s) then overlaps the driver's imports and checks. What the JVM prints is held
+    back until the session is used: a command that fails before then prints only its own one line.
+    Not for Spark Connect, nor where this process already has a JVM (a notebook's, a test's).
+    """
+    global _early
+    from pyspark import SparkContext
+
+    if (_early is not None or master.startswith("sc://") or os.environ.get("SPARK_REMOTE")
+            or "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._gateway is not None):
+        return
+    _early = _EarlySession(master, conf or {})
+
+
+def drop_early() -> None:
+    """The command ends without the session it started early: stop it (once it is up) and its JVM."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        early.abandon()
+
+
+def _take_early(master: str, conf: dict | None):
+    """The session start_early began for (master, conf), with the JVM's held output let through; else None."""
+    global _early
+    early, _early = _early, None
+    if early is None:
+        return None
+    if early.wanted != (master, conf or {}):
+        early.abandon()
+        return None
+    return early.take()
+
+
+class _EarlySession:
+    def __init__(self, master: str, conf: dict):
+        self.wanted = (master, conf)
+        self.spark = self.error = self.gateway = None
+        self.held: list[bytes] | None = []  # the JVM's stderr until the session is used; None once let through
+        self.abandoned = False
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._start, daemon=True, name="imgvec-early-session")
+        self.thread.start()
+
+    def _start(self) -> None:
+        from subprocess import PIPE
+
+        from pyspark import SparkConf, SparkContext
+        from pyspark.java_gateway import launch_gateway
+
+        with _starting:
+            try:
+                master, conf = self.wanted
+                options = _classic_options(master, "imgvec", conf, quiet=True)
+                self.gateway = launch_gateway(SparkConf(loadDefaults=False).setAll(options.items()),
+                                              popen_kwargs={"stderr": PIPE})
+                threading.Thread(target=self._relay, args=(self.gateway.proc.stderr,), daemon=True).start()
+                SparkContext._ensure_initialized(gateway=self.gateway)
+                self.spark = _classic_session(options)
+            except BaseException as error:  # raised where the session is taken
+                self.error = error
+            with self.lock:
+                if self.abandoned:
+                    self._stop()
+
+    def _relay(self, stream) -> None:
+        for line in iter(stream.readline, b""):
+            with self.lock:
+                if self.held is not None:
+                    if not self.abandoned:
+                        self.held.append(line)
+                    continue
+            _to_stderr(line)
+
+    def take(self):
+        self.thread.join()
+        with self.lock:
+            for line in self.held:
+                if not line.startswith(_START_UP_NOISE):
+                    _to_stderr(line)
+            self.held = None
+        if self.error is not None:
+            raise self.error
+        return self.spark
+
+    def abandon(self) -> None:
+        with self.lock:
+            self.abandoned = True
+            self.held = []
+            if not self.thread.is_alive():
+                self._stop()
+
+    def _stop(self) -> None:
+        """Stop the session and its JVM, so that a later session in this process starts its own."""
+        from pyspark import SparkContext
+
+        jvm.forget()
+        try:
+            if self.spark is not None:
+                self.spark.stop()
+            if self.gateway is not None:
+                self.gateway.shutdown()
+        except Exception:  # a JVM that did not come up
+            pass
+        if self.gateway is not None:
+            self.gateway.proc.kill()
+            SparkContext._gateway = SparkContext._jvm = None
+
+
+def _to_stderr(data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:
+        pass
 
 
 def is_connect(spark: SparkSession) -> bool:
@@ -100,7 +239,7 @@ def session(master: str, conf: dict | None, spark=None):
         return
 
     before = SparkSession.getActiveSession()
-    spark = get_session(master, conf=conf or {}, quiet=True)
+    spark = _take_early(master, conf) or get_session(master, conf=conf or {}, quiet=True)
     if not is_connect(spark):
         spark.sparkContext.setLogLevel("ERROR")
     try:
@@ -108,6 +247,7 @@ def session(master: str, conf: dict | None, spark=None):
     finally:
         if spark is not before:
             spark.stop()
+            jvm.build()
 
 
 def task_slots(spark) -> int | None:

@@ -3,9 +3,9 @@
 Before its first job, Spark's driver JVM loads ~15,000 classes from ~280 jars: about 5 s of a small
 `imgvec embed` on a 2-core machine. From a static CDS archive of those classes it starts in about
 half that (docs/performance.md, Start-up). JDK 17 makes one in two steps: a run that lists the
-classes it loads (-XX:DumpLoadedClassList), then `java -Xshare:dump`. imgvec does the first in the
-first session of a Java + Spark installation, and the second in a detached, low-priority process
-once that session's JVM has exited (~30 s of one core; ~180 MB in the cache). Until the archive
+classes it loads (-XX:DumpLoadedClassList), then `java -Xshare:dump`. Every session of a Java + Spark
+installation lists until the archive exists; the first to end hands its list to a detached,
+low-priority process that makes it (~30 s of one core; ~180 MB in the cache). Until the archive
 exists, and wherever the JVM finds it does not match (another classpath, heap layout or JDK), the
 JVM starts as before: it ignores an archive it cannot use. IMGVEC_JVM_ARCHIVE=0 turns it off.
 """
@@ -13,6 +13,7 @@ JVM starts as before: it ignores an archive it cannot use. IMGVEC_JVM_ARCHIVE=0 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import shutil
@@ -24,60 +25,72 @@ from imgvec import defaults
 
 OFF_ENV = "IMGVEC_JVM_ARCHIVE"
 BUILD_STALE_S = 900  # a build marker older than this was left by a build that died
-JVM_EXIT_WAIT_S = 120  # the builder waits this long for the listing JVM to exit (and write its list)
 
-_pending: dict = {}  # this process's claimed build: base, classes, then java and classpath once started
+_listing: dict = {}  # this process's JVM that lists its classes: the list, then its java and classpath
 
 
 def java_options() -> list[str]:
     """Options for a driver JVM about to start: use the archive, or list the classes that will make it."""
-    if os.environ.get(OFF_ENV) == "0" or _pending:
+    if os.environ.get(OFF_ENV) == "0" or _listing:
         return []
     base = _base()
     if base is None:
         return []
     if os.path.isfile(base + ".jsa"):
         return [f"-XX:SharedArchiveFile={base}.jsa"]
-    if os.path.exists(base + ".failed") or not _claim(base + ".building"):
+    if os.path.exists(base + ".failed"):
+        return []
+    try:
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+    except OSError:
         return []
     classes = f"{base}.{os.getpid()}.classes"
-    _pending.update(base=base, classes=classes)
-    atexit.register(_build_when_gone)
+    _listing.update(base=base, classes=classes)
+    atexit.register(build)
     return [f"-XX:DumpLoadedClassList={classes}"]
 
 
 def started(spark) -> None:
-    """Note the started JVM's java and classpath, which the archive must be made with."""
-    if not _pending or "pid" in _pending:
+    """Note the java and classpath of the JVM that lists its classes: the archive must be made with them."""
+    if not _listing or "java" in _listing:
         return
-    context = spark.sparkContext
-    system = context._jvm.java.lang.System
-    _pending.update(java=os.path.join(system.getProperty("java.home"), "bin", "java"),
-                    classpath=system.getProperty("java.class.path"), pid=context._gateway.proc.pid)
+    system = spark.sparkContext._jvm.java.lang.System
+    _listing.update(java=os.path.join(system.getProperty("java.home"), "bin", "java"),
+                    classpath=system.getProperty("java.class.path"))
 
 
-def _build_when_gone() -> None:
-    """At exit: hand the build to a detached process, which waits for the JVM to exit (its list complete)."""
-    base, classes = _pending["base"], _pending["classes"]
-    if "pid" not in _pending:  # no JVM was started with the listing option
-        _remove(base + ".building", classes)
+def forget() -> None:
+    """This process's listing JVM was stopped before it ran a job: no archive from its list."""
+    if _listing:
+        _listing["handed"] = True
+        _remove(_listing["classes"])
+
+
+def build() -> None:
+    """Once this process's session has run: a detached process makes the archive, unless another one is."""
+    if "java" not in _listing or _listing.get("handed"):
         return
-    subprocess.Popen([sys.executable, "-m", "imgvec.jvm", base, classes, _pending["java"], _pending["classpath"],
-                      str(_pending["pid"])], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+    _listing["handed"] = True
+    base, classes = _listing["base"], _listing["classes"]
+    if os.path.isfile(base + ".jsa") or not os.path.isfile(classes) or not _claim(base + ".building"):
+        _remove(classes)
+        return
+    subprocess.Popen([sys.executable, "-m", "imgvec.jvm", base, classes, _listing["java"], _listing["classpath"]],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
 
 
-def build(base: str, classes: str, java: str, classpath: str, pid: int) -> None:
+def dump(base: str, classes: str, java: str, classpath: str) -> None:
     """`base`.jsa from the class list, or `base`.failed saying why (then no later run tries again)."""
-    archive = f"{base}.{os.getpid()}.tmp"
+    listed, archive = f"{base}.{os.getpid()}.list", f"{base}.{os.getpid()}.tmp"
     try:
-        deadline = time.monotonic() + JVM_EXIT_WAIT_S
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not os.path.isfile(classes):
-            return
-        os.nice(10)  # a later command's work comes first
-        done = subprocess.run([java, "-Xshare:dump", f"-XX:SharedClassListFile={classes}",
+        with open(classes, "rb") as f:  # the JVM may still be listing: its complete lines so far
+            text = f.read()
+        with open(listed, "wb") as f:
+            f.write(text[:text.rfind(b"\n") + 1])
+        _remove(classes)
+        os.nice(10)  # a command that runs meanwhile comes first
+        done = subprocess.run([java, "-Xshare:dump", f"-XX:SharedClassListFile={listed}",
                                f"-XX:SharedArchiveFile={archive}", "-cp", classpath],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, timeout=1800)
@@ -89,7 +102,7 @@ def build(base: str, classes: str, java: str, classpath: str, pid: int) -> None:
     except (OSError, subprocess.SubprocessError) as error:
         _write(base + ".failed", f"{type(error).__name__}: {error}\n")
     finally:
-        _remove(archive, classes, base + ".building")
+        _remove(listed, archive, base + ".building")
 
 
 def _base() -> str | None:
@@ -129,7 +142,6 @@ def _spark_home() -> str | None:
 def _claim(marker: str) -> bool:
     """Whether this process may build the archive: one build at a time, a dead build's marker taken over."""
     try:
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
         if os.path.exists(marker) and time.time() - os.path.getmtime(marker) > BUILD_STALE_S:
             os.remove(marker)
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -138,31 +150,16 @@ def _claim(marker: str) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _write(path: str, text: str) -> None:
-    try:
-        with open(path, "w") as f:
-            f.write(text)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path, "w") as f:
+        f.write(text)
 
 
 def _remove(*paths: str) -> None:
     for path in paths:
-        try:
+        with contextlib.suppress(OSError):
             os.remove(path)
-        except OSError:
-            pass
 
 
 if __name__ == "__main__":
-    build(*sys.argv[1:5], int(sys.argv[5]))
+    dump(*sys.argv[1:5])

@@ -1,0 +1,101 @@
+"""Start-up: the JVM's class-data-sharing archive, and the command's session started while the driver imports."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+from helpers import EXAMPLES, SPARK, assert_usage_error, imgvec
+
+# A fresh interpreter that starts a session as the commands do and says what its JVM was started with.
+SESSION_PROBE = """
+import json
+from imgvec import jobs
+spark = jobs.get_session("local[1]", quiet=True)
+system = spark.sparkContext._jvm.java.lang.System
+arguments = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+print(json.dumps({"arguments": list(arguments), "java": system.getProperty("java.home"),
+                  "classpath": system.getProperty("java.class.path"),
+                  "rows": spark.range(3, numPartitions=2).rdd.map(lambda x: x).count()}))
+"""
+
+
+def _probe(env) -> dict:
+    result = subprocess.run([sys.executable, "-c", SESSION_PROBE], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_first_command_makes_a_class_archive_that_later_jvms_start_from(tmp_path):
+    """A command's JVM lists its classes; once it ends, a detached process makes the archive (once), and the
+    next JVM maps it: `java -Xshare:on` (which fails rather than run without it) accepts it with that classpath."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "IMGVEC_CACHE": str(cache)}
+    result = imgvec("embed", EXAMPLES / "coffee.jpg", "-o", tmp_path / "out", "--weights", "random",
+                    "--model", "resnet18", *SPARK, env=env)
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 300
+    while not glob.glob(str(cache / "jvm" / "*.jsa")) and time.monotonic() < deadline:
+        assert not glob.glob(str(cache / "jvm" / "*.failed")), open(glob.glob(str(cache / "jvm" / "*.failed"))[0]).read()
+        time.sleep(1)
+    [archive] = glob.glob(str(cache / "jvm" / "*.jsa"))
+    time.sleep(1)  # the builder removes its marker and list just after the rename
+    assert sorted(os.listdir(cache / "jvm")) == [os.path.basename(archive)]  # no list, marker or partial file
+
+    started = _probe(env)
+    assert f"-XX:SharedArchiveFile={archive}" in started["arguments"]
+    assert started["rows"] == 3
+    check = subprocess.run([os.path.join(started["java"], "bin", "java"), "-Xshare:on",
+                            f"-XX:SharedArchiveFile={archive}", "-cp", started["classpath"], "-version"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr + check.stdout
+    assert sorted(os.listdir(cache / "jvm")) == [os.path.basename(archive)]  # used, not made again
+
+
+def test_archive_off_and_a_failed_build_start_the_jvm_as_before(tmp_path, monkeypatch):
+    from imgvec import jvm
+
+    monkeypatch.setenv("IMGVEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(jvm, "_listing", {})
+    base = jvm._base()
+    assert base is not None and base.startswith(str(tmp_path))
+    [listing] = jvm.java_options()
+    assert listing == f"-XX:DumpLoadedClassList={base}.{os.getpid()}.classes"
+
+    # A build that fails says why, once: no later JVM lists for an archive that cannot be made.
+    with open(f"{base}.1.classes", "w") as f:
+        f.write("java/lang/Object\n")
+    open(base + ".building", "w").close()
+    jvm.dump(base, f"{base}.1.classes", "/bin/false", "unused")
+    assert "exited 1" in open(base + ".failed").read()
+    assert not os.path.exists(base + ".building") and not os.path.exists(f"{base}.1.classes")
+    monkeypatch.setattr(jvm, "_listing", {})
+    assert jvm.java_options() == []
+
+    open(base + ".jsa", "w").close()  # an archive made by another run meanwhile is used
+    assert jvm.java_options() == [f"-XX:SharedArchiveFile={base}.jsa"]
+    monkeypatch.setenv("IMGVEC_JVM_ARCHIVE", "0")
+    assert jvm.java_options() == []
+
+
+def test_a_mistake_found_while_the_jvm_starts_prints_one_line_and_stops_it(tmp_path):
+    """`embed` starts its JVM before torch is imported and the weights checked: a bad weights file is still one
+    line, with none of the JVM's start-up lines, and nothing is written; in-process, a later session runs."""
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = imgvec("embed", EXAMPLES, "-o", tmp_path / "out", "--weights", bad, *SPARK)
+    assert_usage_error(result, "is not a PyTorch checkpoint")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+    script = (f"from imgvec.cli import main\nfrom imgvec import jobs\n"
+              f"rc = main(['embed', {str(EXAMPLES)!r}, '-o', {str(tmp_path / 'out')!r}, '--weights', {str(bad)!r}])\n"
+              "spark = jobs.get_session('local[1]', quiet=True)\n"
+              "print(rc, spark.sparkContext.parallelize(range(5), 2).map(lambda x: x * 2).sum())\n")
+    after = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert after.stdout.split()[-2:] == ["2", "20"], after.stderr
