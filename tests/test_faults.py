@@ -123,7 +123,12 @@ def test_the_bad_input_corpus_through_the_real_command(tmp_path):
 
 def test_no_shell_is_ever_built_from_inputs_or_arguments():
     source = pathlib.Path(__file__).resolve().parent.parent / "src" / "imgvec"
-    risky = re.compile(r"shell=True|os\.system\(|os\.popen\(|\bsubprocess\b|(?<![.\w])(eval|exec)\(")
+    risky = re.compile(r"shell=True|os\.system\(|os\.popen\(|(?<![.\w])(eval|exec)\(")
+    # Processes only where no input or argument reaches them: the JDK's own java on Spark's own jars
+    # (the class archive), and a pipe for the driver JVM's output.
+    processes = {"jvm.py", "jobs.py"}
     for path in source.glob("*.py"):
-        found = risky.search(path.read_text())
+        text = path.read_text()
+        found = risky.search(text)
         assert found is None, f"{path.name} uses {found.group(0)}"
+        assert path.name in processes or not re.search(r"\bsubprocess\b", text), f"{path.name} starts processes"

@@ -41,7 +41,8 @@ def test_the_first_command_makes_a_class_archive_that_later_jvms_start_from(tmp_
     assert result.returncode == 0, result.stderr
     deadline = time.monotonic() + 300
     while not glob.glob(str(cache / "jvm" / "*.jsa")) and time.monotonic() < deadline:
-        assert not glob.glob(str(cache / "jvm" / "*.failed")), open(glob.glob(str(cache / "jvm" / "*.failed"))[0]).read()
+        failed = glob.glob(str(cache / "jvm" / "*.failed"))
+        assert not failed, open(failed[0]).read()
         time.sleep(1)
     [archive] = glob.glob(str(cache / "jvm" / "*.jsa"))
     time.sleep(1)  # the builder removes its marker and list just after the rename
