@@ -100,3 +100,19 @@ def test_a_mistake_found_while_the_jvm_starts_prints_one_line_and_stops_it(tmp_p
               "print(rc, spark.sparkContext.parallelize(range(5), 2).map(lambda x: x * 2).sum())\n")
     after = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert after.stdout.split()[-2:] == ["2", "20"], after.stderr
+
+
+def test_the_commands_jvm_ends_with_it_and_cleans_up(tmp_path):
+    """`imgvec embed` does not wait for Spark to stop: its JVM exits when the command's process does, and
+    Spark's own shutdown hook still removes its temporary folders."""
+    local = tmp_path / "spark-local"
+    local.mkdir()
+    env = {**os.environ, "SPARK_LOCAL_DIRS": str(local)}
+    result = imgvec("embed", EXAMPLES / "coffee.jpg", "-o", tmp_path / "out", "--weights", "random",
+                    "--model", "resnet18", *SPARK, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "succeeded 1, failed 0" in result.stdout
+    deadline = time.monotonic() + 60
+    while os.listdir(local) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert os.listdir(local) == []

@@ -233,7 +233,8 @@ def one_row_per_partition(spark, plan: pa.Table):
 @contextmanager
 def session(master: str, conf: dict | None, spark=None):
     """The session a command runs on: `spark` when the caller has one, else local, a cluster or Spark Connect
-    (sc://). It stops only a session it started: one already active in this process (a notebook's) runs on."""
+    (sc://). It stops only a session it started: one already active in this process (a notebook's) runs on.
+    The `imgvec` command's classic session ends with its process instead (jvm.ends_with_process)."""
     if spark is not None:
         yield spark
         return
@@ -246,7 +247,8 @@ def session(master: str, conf: dict | None, spark=None):
         yield spark
     finally:
         if spark is not before:
-            spark.stop()
+            if is_connect(spark) or not jvm.ends_with_process:  # a Connect server keeps what it is not told to end
+                spark.stop()
             jvm.build()
 
 
