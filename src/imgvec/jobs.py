@@ -160,6 +160,7 @@ class _EarlySession:
         return self.spark
 
     def abandon(self) -> None:
+        jvm.forget()  # its JVM ran no job: its class list would make a poor archive
         with self.lock:
             self.abandoned = True
             self.held = []
@@ -170,7 +171,6 @@ class _EarlySession:
         """Stop the session and its JVM, so that a later session in this process starts its own."""
         from pyspark import SparkContext
 
-        jvm.forget()
         try:
             if self.spark is not None:
                 self.spark.stop()

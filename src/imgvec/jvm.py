@@ -63,7 +63,7 @@ def started(spark) -> None:
 
 
 def forget() -> None:
-    """This process's listing JVM was stopped before it ran a job: no archive from its list."""
+    """This process's listing JVM ran no job (its command failed first): no archive from its list."""
     if _listing:
         _listing["handed"] = True
         _remove(_listing["classes"])
