@@ -30,18 +30,12 @@ def get_session(master: str = "local[*]", app_name: str = "imgvec", conf: dict |
     """
     with _starting:
         if master.startswith("sc://"):
-            builder = SparkSession.builder.appName(app_name).remote(master)
-            for key, value in (conf or {}).items():
-                builder = builder.config(key, value)
-            return builder.getOrCreate()
+            return SparkSession.builder.appName(app_name).remote(master).config(map=conf or {}).getOrCreate()
         return _classic_session(_classic_options(master, app_name, conf, quiet))
 
 
 def _classic_session(options: dict) -> SparkSession:
-    builder = SparkSession.builder
-    for key, value in options.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = SparkSession.builder.config(map=options).getOrCreate()
     jvm.started(spark)
     return spark
 
