@@ -289,13 +289,13 @@ def startup_rows(work: str, cores: int) -> list[dict]:
         env = {**os.environ, "IMGVEC_CACHE": cache}
         first = _embed_seconds(folder, os.path.join(work, f"out-startup{count}"), cores, env)
         deadline = time.monotonic() + 600
-        while not glob.glob(os.path.join(cache, "jvm", "*.jsa")) and time.monotonic() < deadline:
+        while not (archive := glob.glob(os.path.join(cache, "jvm", "*.jsa"))) and time.monotonic() < deadline:
             time.sleep(1)
         later = sorted((_embed_seconds(folder, os.path.join(work, f"out-startup{count}"), cores, env)
                         for _ in range(3)), key=lambda times: times[1])[1]
         rows.append({"images": count, "first_run": {"first_part_seconds": first[0], "exit_seconds": first[1]},
                      "later_runs": {"first_part_seconds": later[0], "exit_seconds": later[1]},
-                     "jvm_archive": bool(glob.glob(os.path.join(cache, "jvm", "*.jsa")))})
+                     "jvm_archive": bool(archive)})
     return rows
 
 
@@ -371,6 +371,13 @@ def main() -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     work = args.workdir
+    results = {"date": datetime.date.today().isoformat(), "machine": _machine(), "cores": args.cores,
+               "model": MODEL, "batch_size": args.batch_size, "images": args.images, "small": args.small}
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+    say(f"machine: {results['machine']}; local[{args.cores}], {MODEL} fp32, batch {args.batch_size}")
+    if args.only_startup:  # the bundled photos only: none of the generated ones
+        results["startup"] = startup_part(work, args.cores, say)
+        return _save(results, "startup", say)
     small, big = os.path.join(work, f"photos{args.small}"), os.path.join(work, f"photos{args.images}")
     make_photos(small, args.small)
     make_photos(big, args.images)
@@ -385,13 +392,6 @@ def main() -> None:
         torch.manual_seed(0)
         torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights_file)
 
-    results = {"date": datetime.date.today().isoformat(), "machine": _machine(), "cores": args.cores,
-               "model": MODEL, "batch_size": args.batch_size, "images": args.images, "small": args.small}
-    say = lambda *a: print(*a, flush=True)  # noqa: E731
-    say(f"machine: {results['machine']}; local[{args.cores}], {MODEL} fp32, batch {args.batch_size}")
-    if args.only_startup:
-        results["startup"] = startup_part(work, args.cores, say)
-        return _save(results, "startup", say)
     if args.only_engines:
         results["engines"] = engines_part(args, weights_file, sizes, work, say)
         return _save(results, "engines", say)
