@@ -15,9 +15,11 @@ each command as a user runs it (a fresh process, local Spark on --cores):
     through `imgvec dupes NEW --against OLD` with OLD's index, and its NEW x OLD pair recall
     against exact search; then the same 10^4 added to OLD as parts of a new run (a copy of OLD
     made of hard links) and `imgvec index` updating the index, against the full build's time;
-  - `imgvec calibrate` on OLD's size: the false pairs of its 50,000-vector pairs sample (the
-    originals it copies need images, which generated vectors have not: benchmarks/threshold.py
-    measures calibrate on real pictures).
+  - `imgvec calibrate` on OLD's size: counting its 50,000-vector pairs sample and drawing the pairs
+    to verify (the originals it copies need images, which generated vectors have not:
+    benchmarks/threshold.py measures calibrate on real pictures);
+  - `dupes --verify`'s cost (--verify-cost, the first dimension): the witness pairs `dupes --keep first`
+    needs at 0.75, times the verifier's cost per pair measured in the same run on the bundled photos.
 A measurement, never a pass/fail test. Results: benchmarks/results/search-DATE.json.
 """
 
@@ -41,6 +43,8 @@ from imgvec import defaults
 CACHE = os.path.join(tempfile.gettempdir(), "imgvec-search")
 PART_ROWS = 512
 THRESHOLD = 0.9
+VERIFY_THRESHOLD = 0.75
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "images")
 
 
 def make_output(count: int, dim: int, seed: int = 0) -> str:
@@ -227,20 +231,56 @@ def follow(old: str, dim: int, build_seconds: float, spark: list[str], count: in
 
 
 def calibrate_pairs(old: str) -> dict:
-    """What calibrate's false-pair estimate costs at OLD's size: its pairs sample, read and counted."""
-    from imgvec.calibrate import PAIRS_SAMPLE, false_pairs
+    """What calibrate's pairs cost at OLD's size: its pairs sample read, counted and drawn for verification."""
+    from imgvec.calibrate import PAIRS_SAMPLE, sample_pairs
     from imgvec.searchable import open_searchable
 
     started = time.monotonic()
     features = open_searchable(old)
     ids, vectors = features.sample(PAIRS_SAMPLE)
     hashes = features.rows(ids, ["sha256"]).column("sha256").to_pylist()
-    false = false_pairs(vectors, hashes)
+    counts, drawn = sample_pairs(vectors, hashes)
     pairs = len(ids) * (len(ids) - 1) // 2
     scale = features.count * (features.count - 1) / 2 / pairs
     return {"pairs_sampled": pairs, "seconds": round(time.monotonic() - started, 1),
-            "one_sampled_pair_stands_for": round(scale),
-            "expected_false_pairs_at_0.9": round(float(false[40]) * scale)}
+            "one_sampled_pair_stands_for": round(scale), "pairs_at_0.9_in_sample": int(counts[40]),
+            "pairs_drawn_to_verify": len(drawn["a"])}
+
+
+def verify_ms_per_pair() -> float:
+    """Milliseconds of one core per pair the verifier checks, each image decoded for it: the bundled photos
+    against crops of themselves."""
+    import io
+
+    from PIL import Image
+
+    from imgvec.edits import make_copy
+    from imgvec.verify import PairVerifier
+
+    folder = tempfile.mkdtemp(prefix="imgvec-verify-cost-")
+    pairs = []
+    for path in sorted(os.listdir(EXAMPLES)):
+        image = Image.open(os.path.join(EXAMPLES, path)).convert("RGB")
+        copy = os.path.join(folder, f"copy-{path}.jpg")
+        Image.open(io.BytesIO(make_copy(image, "crop", 0))).save(copy)
+        pairs.append((os.path.join(EXAMPLES, path), copy))
+    started = time.perf_counter()
+    verifier = PairVerifier()
+    for a, b in pairs:
+        verifier(a, b)
+    shutil.rmtree(folder)
+    return (time.perf_counter() - started) / len(pairs) * 1000
+
+
+def verify_cost(output: str, cores: int, spark: list[str]) -> dict:
+    """What `dupes --verify` would add at OUTPUT's size: the witness pairs of `dupes --keep first` at
+    VERIFY_THRESHOLD (one round; generated vectors have no pixels), at the verifier's measured cost per pair."""
+    seconds, text = imgvec("dupes", output, "--threshold", VERIFY_THRESHOLD, "--keep", "first", "--json", *spark)
+    pairs = len(json.loads(text)["delete"])
+    ms = verify_ms_per_pair()
+    return {"threshold": VERIFY_THRESHOLD, "dupes_seconds": round(seconds, 1), "witness_pairs": pairs,
+            "ms_per_pair_one_core": round(ms, 1), "verify_seconds_on_cores": round(pairs * ms / 1000 / cores, 1),
+            "verify_core_hours": round(pairs * ms / 1000 / 3600, 2)}
 
 
 def _cpu() -> str:
@@ -266,6 +306,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--dupes-dims", type=int, nargs="*", default=[512], help="dimensions to run dupes on")
     parser.add_argument("--no-index", action="store_true", help="dupes only (the index and queries are skipped)")
+    parser.add_argument("--verify-cost", action="store_true", help="the witness pairs of dupes at "
+                        f"{VERIFY_THRESHOLD} on the first dimension, and what verifying them costs")
     parser.add_argument("--follow", action="store_true", help="new against old, the index update and calibrate's "
                         "pairs, on the first dimension (needs the index: not with --no-index)")
     args = parser.parse_args()
@@ -282,6 +324,9 @@ def main() -> None:
                 run.update(follow(output, dim, run["index"]["seconds"], spark))
                 run["calibrate_pairs"] = calibrate_pairs(output)
                 print(f"{dim}-d: calibrate's pairs {run['calibrate_pairs']}", flush=True)
+        if args.verify_cost and dim == args.dims[0]:
+            run["verify_cost"] = verify_cost(output, args.cores, spark)
+            print(f"{dim}-d: dupes --verify cost {run['verify_cost']}", flush=True)
         if dim in args.dupes_dims:
             seconds, text = imgvec("dupes", output, "--threshold", THRESHOLD, "--json", *spark)
             found = json.loads(text)

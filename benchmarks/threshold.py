@@ -1,85 +1,35 @@
-"""Does a calibrated threshold find more real copies than 0.9, at the precision it promises?
+"""Does `imgvec calibrate` recommend a threshold that the collection's own duplicates cannot fool?
 
-One run, as a user would: a collection of distinct real pictures (3x3 tiles of the bundled photos), embedded;
-`imgvec calibrate` on it; then copies of some of them made with edits calibrate does NOT make (other
-crops and re-encodes, grey, blur, squash, noise, hue, posterize, sharpen), added with `embed --resume`;
-`imgvec dupes` at the calibrated threshold and at 0.9. Prints copies found and precision for each.
-A measurement, never pass/fail. `python benchmarks/threshold.py [--model efficientnet_lite0]`.
+One run, as a user would, on distinct real pictures (benchmarks/pictures.py: the bundled photos,
+scikit-image's, Debian's wallpapers) with copies made by edits calibrate does NOT make (recrop, grey,
+blur, squash, noise, hue, posterize, sharpen), at three shares of copies among the images: none, ~15%
+(one copy of some pictures) and ~90% (eight copies of each). For each collection: `imgvec embed`,
+`imgvec calibrate`, then `imgvec dupes` at the recorded threshold and at 0.9, scored against the truth:
+copies found (a copy in the same group as its original), pair precision (pairs of co-members that are one
+picture), and group purity (the share of grouped files that belong to their group's main picture).
+Then `imgvec dupes --verify --keep first` at a threshold low enough that groups chain across pictures:
+how many listed files have a witness that is another picture, and how many real copies are listed.
+
+A measurement, never pass/fail: `python benchmarks/threshold.py [--model efficientnet_lite0]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import collections
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
-import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from pictures import OTHER_EDITS, other_copy, pictures
+from PIL import Image
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "images")
-# Textures and star fields cut into tiles look alike (brick tiles at cosine 0.9 to each other), and the right
-# half of the stereo pair is a real near-duplicate of the left: left out, so the pictures are distinct.
-LOOK_ALIKE = ("brick", "hubble_deep_field", "retina", "motorcycle_right")
-OTHER_EDITS = ("recrop", "grey", "blur", "squash", "noise", "hue", "posterize", "sharpen")
-
-
-def tiles(folder: str, grid: int = 3, side: int = 672, extra: str | None = None) -> list[str]:
-    """Distinct pictures: each bundled photo (and each of `extra`, a folder of more) scaled to `side` px on its
-    shorter side, cut into grid x grid tiles (grid 1: whole)."""
-    paths, seen = [], set()
-    sources = [os.path.join(EXAMPLES, n) for n in sorted(os.listdir(EXAMPLES))]
-    sources += [os.path.join(extra, n) for n in sorted(os.listdir(extra or "."))] if extra else []
-    for source in sources:
-        name = os.path.basename(source)
-        stem = os.path.splitext(name)[0]
-        if name.startswith(LOOK_ALIKE) or stem in seen or not name.endswith((".jpg", ".png")):
-            continue
-        seen.add(stem)
-        image = Image.open(source).convert("RGB")
-        if min(image.size) < 128:
-            continue
-        scale = side / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)))
-        w, h = image.width // grid, image.height // grid
-        for row, col in itertools.product(range(grid), range(grid)):
-            path = os.path.join(folder, f"{stem}_{row}{col}.jpg")
-            image.crop((col * w, row * h, col * w + w, row * h + h)).save(path, quality=92)
-            paths.append(path)
-    return paths
-
-
-def other_copy(image: Image.Image, kind: str, seed: int) -> bytes:
-    """A copy made in a way imgvec calibrate does not make its own."""
-    rng = np.random.default_rng(seed)
-    w, h = image.size
-    quality = 75
-    if kind == "recrop":  # a centred crop of 85%, re-encoded at 50
-        copy, quality = image.crop((int(w * 0.075), int(h * 0.075), int(w * 0.925), int(h * 0.925))), 50
-    elif kind == "grey":
-        copy = ImageOps.grayscale(image).convert("RGB")
-    elif kind == "blur":
-        copy = image.filter(ImageFilter.GaussianBlur(2))
-    elif kind == "squash":  # the aspect ratio changed
-        copy = image.resize((int(w * 0.75), h))
-    elif kind == "noise":
-        pixels = np.asarray(image, np.float32) + rng.normal(0, 12, (h, w, 3))
-        copy = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    elif kind == "hue":
-        hsv = np.asarray(image.convert("HSV")).copy()
-        hsv[..., 0] = (hsv[..., 0].astype(int) + 25) % 256
-        copy = Image.fromarray(hsv, "HSV").convert("RGB")
-    elif kind == "posterize":
-        copy = ImageOps.posterize(image, 4)
-    else:  # sharpen and brighten a little
-        copy = ImageEnhance.Brightness(image.filter(ImageFilter.SHARPEN)).enhance(0.9)
-    buffer = io.BytesIO()
-    copy.save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
+SHARES = {"none": 0, "15%": 1, "90%": len(OTHER_EDITS)}  # copies made of each chosen picture
 
 
 def imgvec(*args) -> str:
@@ -89,47 +39,89 @@ def imgvec(*args) -> str:
     return done.stdout
 
 
-def score(found: dict, truth: set) -> dict:
-    """Copies found (a copy co-grouped with its original) and precision of every co-member pair."""
-    pairs = {tuple(sorted((os.path.basename(a["path"]), os.path.basename(b["path"])))) for g in found["groups"]
-             if g["kind"] == "near" for a, b in itertools.combinations(g["members"], 2)}
-    right = pairs & truth
-    return {"threshold": found["threshold"], "copies_found": len(right), "copies": len(truth),
-            "pairs_reported": len(pairs), "precision": round(len(right) / len(pairs), 4) if pairs else 1.0}
+def picture(path: str) -> str:
+    return os.path.basename(path).split("_copy_")[0].removesuffix(".jpg")
 
 
-def run(model: str, planted: int, grid: int, extra: str | None, master: str) -> dict:
+def collection(folder: str, originals: list[str], share: str) -> int:
+    """The originals, and copies of some of them: one copy each of every sixth (~15%), eight of each (~90%)."""
+    os.makedirs(folder)
+    copies = 0
+    for n, path in enumerate(originals):
+        shutil.copy(path, folder)
+        kinds = OTHER_EDITS[: SHARES[share]] if share != "15%" else (OTHER_EDITS[n % 8],) if n % 6 == 0 else ()
+        image = Image.open(path).convert("RGB") if kinds else None
+        for kind in kinds:
+            with open(os.path.join(folder, f"{picture(path)}_copy_{kind}.jpg"), "wb") as f:
+                f.write(other_copy(image, kind, n))
+            copies += 1
+    return copies
+
+
+def score(found: dict) -> dict:
+    """Copies found, pair precision and purity of the near groups `imgvec dupes --json` printed."""
+    near = [[m["path"] for m in g["members"]] for g in found["groups"] if g["kind"] == "near"]
+    found_copies = {p for g in near for p in g if "_copy_" in p and any(picture(q) == picture(p) and "_copy_" not in q
+                                                                        for q in g)}
+    pairs = [(a, b) for g in near for a, b in itertools.combinations(g, 2)]
+    right = sum(picture(a) == picture(b) for a, b in pairs)
+    grouped = sum(len(g) for g in near)
+    main = sum(collections.Counter(map(picture, g)).most_common(1)[0][1] for g in near)
+    return {"threshold": found["threshold"], "groups": len(near), "copies_found": len(found_copies),
+            "pair_precision": round(right / len(pairs), 4) if pairs else 1.0,
+            "purity": round(main / grouped, 4) if grouped else 1.0}
+
+
+def verified_deletions(output: str, threshold: float, master: str) -> dict:
+    """`dupes --verify --keep first` at `threshold`: listed files whose witness is another picture, real copies."""
+    plain = json.loads(imgvec("dupes", output, "--threshold", threshold, "--keep", "first", "--json"))
+    checked = json.loads(imgvec("dupes", output, "--threshold", threshold, "--keep", "first", "--verify", "--json",
+                                "-q", "--master", master))
+
+    def wrong(found):
+        witness = {m["path"]: m["kept_file"] for g in found["groups"] for m in g["members"]}
+        return sum(picture(p) != picture(witness[p]) for p in found["delete"])
+
+    return {"threshold": threshold, "listed": len(plain["delete"]), "listed_wrong": wrong(plain),
+            "verified_listed": len(checked["delete"]), "verified_listed_wrong": wrong(checked),
+            "verified_listed_copies": sum("_copy_" in p for p in checked["delete"]),
+            "unverified_kept": len(checked["unverified"])}
+
+
+def run(model: str, sample: int, chain: float, master: str, folder: str) -> dict:
+    originals = pictures(folder)
     work = tempfile.mkdtemp(prefix="imgvec-threshold-")
-    photos, output = os.path.join(work, "photos"), os.path.join(work, "vectors")
-    os.makedirs(photos)
-    originals = tiles(photos, grid, extra=extra)
-    imgvec("embed", photos, "-o", output, "--model", model, "-q", "--master", master)
-    calibration = json.loads(imgvec("calibrate", output, "--json", "-q", "--master", master))
-    rng = np.random.default_rng(0)
-    truth = set()
-    for n, index in enumerate(sorted(rng.choice(len(originals), min(planted, len(originals)), replace=False))):
-        kind = OTHER_EDITS[n % len(OTHER_EDITS)]
-        name = os.path.basename(originals[index])
-        copy = f"{os.path.splitext(name)[0]}_copy_{kind}.jpg"
-        with open(os.path.join(photos, copy), "wb") as f:
-            f.write(other_copy(Image.open(originals[index]).convert("RGB"), kind, n))
-        truth.add(tuple(sorted((name, copy))))
-    imgvec("embed", photos, "-o", output, "--model", model, "-q", "--resume", "--master", master)
-    calibrated = score(json.loads(imgvec("dupes", output, "--json")), truth)  # no --threshold: the calibrated one
-    fixed = score(json.loads(imgvec("dupes", output, "--threshold", "0.9", "--json")), truth)
-    return {"model": model, "pictures": len(originals), "planted_copies": planted, "calibration": {
-        k: calibration[k] for k in ("threshold", "recall", "expected_precision", "originals", "images")},
-        "calibrated": calibrated, "at_0.9": fixed,
-        "ratio": round(calibrated["copies_found"] / max(1, fixed["copies_found"]), 2)}
+    results = {"model": model, "pictures": len(originals), "sample": sample, "collections": {}}
+    for share in SHARES:
+        photos, output = os.path.join(work, share, "photos"), os.path.join(work, share, "vectors")
+        copies = collection(photos, originals, share)
+        imgvec("embed", photos, "-o", output, "--model", model, "-q", "--master", master)
+        started = time.monotonic()
+        calibration = json.loads(imgvec("calibrate", output, "--sample", sample, "--json", "-q", "--master", master))
+        seconds = time.monotonic() - started
+        calibrated = score(json.loads(imgvec("dupes", output, "--json")))  # no --threshold: the recorded one
+        fixed = score(json.loads(imgvec("dupes", output, "--threshold", "0.9", "--json")))
+        results["collections"][share] = {
+            "images": len(originals) + copies, "copies": copies,
+            "calibration": {k: calibration[k] for k in ("threshold", "recall", "expected_precision",
+                                                        "precision_lower_bound", "expected_true_pairs",
+                                                        "expected_false_pairs", "pairs_checked", "reached")},
+            "calibrate_seconds": round(seconds, 1), "at_recorded": calibrated, "at_0.9": fixed,
+            "ratio_to_0.9": round(calibrated["copies_found"] / max(1, fixed["copies_found"]), 2),
+            **({"verify": verified_deletions(output, chain, master)} if share == "90%" else {})}
+        print(json.dumps({share: results["collections"][share]}), file=sys.stderr)
+    thresholds = [c["calibration"]["threshold"] for c in results["collections"].values()]
+    results["threshold_spread"] = round(max(thresholds) - min(thresholds), 2)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--planted", type=int, default=24, help="pictures that get one copy each")
-    parser.add_argument("--grid", type=int, default=3, help="tiles per side of each photo")
-    parser.add_argument("--extra", help="a folder of more distinct photos (e.g. scikit-image's skimage/data)")
+    parser.add_argument("--sample", type=int, default=100, help="calibrate's originals (--sample)")
+    parser.add_argument("--chain", type=float, default=0.55, help="the threshold of the --verify run")
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "imgvec-pictures"))
     print(json.dumps(run(**vars(parser.parse_args())), indent=2))
 
 

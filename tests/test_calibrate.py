@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from helpers import EXAMPLES, SPARK, assert_usage_error, clustered_vectors, imgvec, imgvec_here, vectors_output
-from imgvec import ImageVectorizer
+from imgvec import ImageVectorizer, defaults
+from imgvec.calibrate import THRESHOLDS, choose, precision_table, sample_pairs
 from imgvec.edits import EDITS, make_copy
 
 
@@ -31,6 +32,7 @@ def test_calibrate_measures_each_threshold_and_dupes_uses_what_it_recommends(pho
     assert "the default for efficientnet_lite0" in before.stderr and "imgvec calibrate" in before.stderr
     result = imgvec("calibrate", output, "--json", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
+    assert "Using incubator modules" not in result.stderr and "setLogLevel" not in result.stderr, result.stderr
     found = json.loads(result.stdout)
     assert found["originals"] == found["images"] == 10 and list(found["edits"]) == list(EDITS)
     table = found["table"]
@@ -58,9 +60,12 @@ def test_calibrate_measures_each_threshold_and_dupes_uses_what_it_recommends(pho
         assert abs(row["recall"] - (cosines >= row["threshold"]).mean()) <= 0.02
     recalls = [r["recall"] for r in table]
     assert recalls == sorted(recalls, reverse=True) and recalls[0] > 0.8 > recalls[-1]
-    assert found["table"][0]["false_pairs_in_sample"] >= 1  # the stereo pair: a real near-duplicate counts as false
-    chosen = max((r for r in table if r["precision"] >= 0.99), key=lambda r: r["recall"])
-    assert found["threshold"] == chosen["threshold"] and found["recall"] == chosen["recall"]
+    # the stereo pair (cosine 0.89) is the collection's one pair above 0.5: checked by its pixels, the same scene
+    assert found["pairs_checked"] == 1 and table[0]["pairs_in_sample"] == 1
+    assert table[0]["expected_true_pairs"] == 1 and table[0]["expected_false_pairs"] == 0
+    assert 0.5 <= table[0]["verifier_recall"] <= 1 and found["verifier_originals"] == 10
+    assert found["threshold"] == choose(table, defaults.CALIBRATION_PRECISION)[0] and found["recall"] == next(
+        r["recall"] for r in table if r["threshold"] == found["threshold"])
     recorded = json.loads((output / "_imgvec.json").read_text())["calibration"]
     assert recorded["threshold"] == found["threshold"] and recorded["weights_sha256"]
     after = imgvec("dupes", output, "--json")
@@ -69,7 +74,7 @@ def test_calibrate_measures_each_threshold_and_dupes_uses_what_it_recommends(pho
     from imgvec.cli import calibration_text
 
     text = calibration_text(found)  # what calibrate prints without --json, from the same result
-    assert "<- recommended" in text and "recall  false pairs  precision" in text
+    assert "<- recommended" in text and "true pairs  false pairs  precision" in text
     assert f"threshold {found['threshold']}:" in text.splitlines()[-1]
 
 
@@ -92,4 +97,70 @@ def test_a_sample_too_small_for_the_precision_says_what_it_can_estimate(tmp_path
     result = imgvec_here(capsys, "calibrate", output, "--sample", "50")
     assert_usage_error(result, "cannot vouch for precision 0.99 at 60000 images")
     assert "it can estimate precision up to 0.0" in result.stderr and "--sample" in result.stderr
-    assert_usage_error(imgvec_here(capsys, "calibrate", output, "--precision", "2"), "--precision is a share")
+    assert_usage_error(imgvec_here(capsys, "calibrate", output, "--min-precision", "2"), "--min-precision is a share")
+    renamed = imgvec_here(capsys, "calibrate", output, "--precision", "2")  # the old name: still read, and said so
+    assert_usage_error(renamed, "--min-precision is a share")
+    assert "--precision is now --min-precision" in renamed.stderr
+
+
+# --- the decisions, on made-up numbers -------------------------------------------------------------
+
+
+def test_sample_pairs_counts_every_pair_and_draws_at_most_so_many_per_band():
+    vectors = clustered_vectors(1_300, 8, per_cluster=40, spread=0.6)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    hashes = [None] * len(vectors)
+    hashes[3] = hashes[700] = "same"  # byte-identical: no pair of different images
+    vectors[700] = vectors[3]
+    counts, drawn = sample_pairs(vectors, hashes, per_band=30)
+    similarities = vectors @ vectors.T
+    upper = np.triu(np.ones_like(similarities, bool), 1)
+    upper[3, 700] = False
+    expected = [(similarities[upper] >= t).sum() for t in THRESHOLDS]
+    assert counts.tolist() == expected and counts[0] > 10_000
+    bands = np.clip(((drawn["cosine"] - 0.5) // 0.05).astype(int), 0, 9)
+    per_band = np.bincount(bands, minlength=10)
+    available = [((similarities[upper] >= 0.5 + 0.05 * b) & (similarities[upper] < 0.55 + 0.05 * b
+                                                            if b < 9 else True)).sum() for b in range(10)]
+    assert per_band.tolist() == [min(30, n) for n in available]
+    assert np.allclose(similarities[drawn["a"], drawn["b"]], drawn["cosine"], atol=1e-5)
+    assert (drawn["a"] < drawn["b"]).all() and not ((drawn["a"] == 3) & (drawn["b"] == 700)).any()
+    again = sample_pairs(vectors, hashes, per_band=30)[1]  # seeded: the same draw every time
+    assert all((again[k] == drawn[k]).all() for k in drawn)
+
+
+def table_for(true_above: float, false_below: float, verifier: float = 1.0, pairs: int = 1_000,
+              scale: float = 1.0, exhaustive: bool = False):
+    """A collection whose pairs are all true copies above `true_above`, all different pictures below; the verifier
+    confirms `verifier` of true pairs."""
+    rng = np.random.default_rng(1)
+    cosines = rng.uniform(0.5, 1.0, pairs).astype(np.float32)
+    true = cosines >= true_above
+    verified = true & (rng.random(pairs) < verifier)
+    at_or_above = np.array([(cosines >= t).sum() for t in THRESHOLDS])
+    known = (np.full((10, 8), 0.95, np.float32), rng.random((10, 8)) < verifier)
+    return precision_table(at_or_above, cosines, verified, known, scale=scale, exhaustive=exhaustive)
+
+
+def test_precision_counts_verified_pairs_as_true_and_corrects_for_the_verifiers_misses():
+    table = {round(r["threshold"], 2): r for r in table_for(0.8, 0.8, exhaustive=True)}
+    assert table[0.8]["precision"] == 1.0 and table[0.8]["expected_false_pairs"] == 0
+    assert 0.35 < table[0.6]["precision"] < 0.55 and table[0.6]["precision_lower_bound"] == table[0.6]["precision"]
+    assert table[0.79]["expected_false_pairs"] > 0
+    missing = {round(r["threshold"], 2): r for r in table_for(0.8, 0.8, verifier=0.8, exhaustive=True)}
+    assert 0.7 <= missing[0.85]["verifier_recall"] <= 0.95 and missing[0.85]["precision"] >= 0.9  # corrected
+    scaled = {round(r["threshold"], 2): r for r in table_for(0.8, 0.8, scale=50.0)}
+    assert scaled[0.6]["expected_false_pairs"] == pytest.approx(50 * table[0.6]["expected_false_pairs"], rel=0.01)
+    assert scaled[0.9]["precision_lower_bound"] < 1.0  # sampled, not every pair: a bound below the estimate
+
+
+def test_choose_is_the_lowest_threshold_above_which_every_one_holds():
+    table = [{"threshold": float(t), "precision_lower_bound": 1.0 if t >= 0.8 else 0.0,
+              "expected_false_pairs": 0.0 if t >= 0.8 else 5.0} for t in THRESHOLDS]
+    assert choose(table, 0.99) == (0.8, True)
+    table[40]["precision_lower_bound"], table[40]["expected_false_pairs"] = 0.5, 3.0  # a dip at 0.9
+    assert choose(table, 0.99) == (0.91, True)
+    table[-1]["precision_lower_bound"], table[-1]["expected_false_pairs"] = 0.5, 3.0
+    assert choose(table, 0.99) == (0.99, False)
+    empty = [{**row, "precision_lower_bound": 0.0, "expected_false_pairs": 0.0} for row in table]
+    assert choose(empty, 0.99) == (0.5, True)  # no pairs at all: nothing to be wrong about

@@ -233,22 +233,36 @@ def chain(dim: int = 16) -> np.ndarray:
     return np.stack([np.cos(k * angle) * basis[0] + np.sin(k * angle) * basis[1] for k in range(4)])
 
 
-def test_a_chain_is_one_group_to_look_at_but_never_makes_a_file_deletable(tmp_path, capsys):
+def test_a_chain_never_makes_a_file_deletable_nor_joins_two_pictures_in_one_group(tmp_path, capsys):
     output = tmp_path / "vectors"
     x = chain()
     strangers = np.random.default_rng(9).standard_normal((50, 16)).astype(np.float32)
     vectors_output(output, np.concatenate([x, strangers]))
     result = imgvec_here(capsys, "dupes", output, "--threshold", "0.75", "--keep", "first", "--json")
-    group = json.loads(result.stdout)["groups"][0]
+    found = json.loads(result.stdout)
     paths = [f"img/{i:08d}.jpg" for i in range(4)]
-    assert [m["path"] for m in group["members"]] == paths  # one group for browsing
-    kept = {m["path"]: m["kept_file"] for m in group["members"]}
-    # A is kept (first path); B joins A; C is not near A (cosine 0.28): kept; D joins C
+    # A is kept (first path); B joins A; C is not near A (cosine 0.28): kept; D joins C. Groups form around kept
+    # files: {A, B} and {C, D}, though B~C links them into one chain
+    assert sorted([m["path"] for m in g["members"]] for g in found["groups"]) == [paths[:2], paths[2:]]
+    kept = {m["path"]: m["kept_file"] for g in found["groups"] for m in g["members"]}
     assert kept == {paths[0]: paths[0], paths[1]: paths[0], paths[2]: paths[2], paths[3]: paths[2]}
-    assert group["kept"] == [paths[0], paths[2]] and json.loads(result.stdout)["delete"] == [paths[1], paths[3]]
-    assert abs(group["weakest"]["similarity"] - float(normalise(x)[0] @ normalise(x)[3])) < 1e-5
-    assert group["weakest"]["similarity"] < 0.75
-    assert {group["weakest"]["a"], group["weakest"]["b"]} == {paths[0], paths[3]}
+    assert sorted(g["kept"] for g in found["groups"]) == [[paths[0]], [paths[2]]]
+    assert found["delete"] == [paths[1], paths[3]]
+    for group in found["groups"]:  # each member's similarity is its best pair inside its group
+        assert all(abs(m["similarity"] - 0.8) < 1e-4 for m in group["members"])
+        assert abs(group["weakest"]["similarity"] - 0.8) < 1e-4
+
+
+def test_groups_form_around_kept_files_and_a_lone_kept_file_joins_its_nearest_group():
+    from imgvec.witness import around_kept, witnesses
+
+    x = normalise(chain()[:3])  # A~B~C: A kept, B joins A, C (not near A) kept with nobody to witness
+    leader, _ = witnesses(x, 0.75)
+    assert leader.tolist() == [0, 0, 2]
+    assert around_kept(x, leader) == [[0, 1, 2]]  # C is shown, kept, with the group of B, its nearest
+    assert around_kept(x, np.arange(3)) == [[0, 1, 2]]  # nobody witnesses anybody: one group to look at
+    leader, _ = witnesses(x, 0.75, refused={(0, 1)})  # B's pixels do not verify against A: B is kept
+    assert leader.tolist() == [0, 1, 1]  # and C joins B
 
 
 def test_witnesses_keep_order_and_forced_files():

@@ -1,17 +1,26 @@
 """`imgvec calibrate`: what each `dupes` threshold means for this output's model on this output's images.
 
-  driver   a seeded sample of the output's stored vectors (whole parts at random), of which the first
-           --sample are the originals to copy; the rest only take part in the pairs of different images
-  tasks    read each original from its recorded path (local or a store), make its known copies
-           (edits.py), embed original and copies with the output's model and weights, and return
-           the cosine of each copy to its original: cosines only, never vectors
-  driver   per threshold: the share of copies found, per edit and overall; the pairs of different
-           sampled originals at or above it, scaled to the output's size (they grow with N^2); the
-           expected precision; the threshold with the highest recall that keeps --precision
+Recall comes from known copies; precision from the pairs the collection really has, checked by their pixels.
 
-Expected precision counts the copies found as if half the output's images were copies of the other
-half (N/2 true pairs, found at the measured recall) against the false pairs expected among all N.
-A collection with fewer copies has a lower precision at the same threshold: ask for a higher one.
+  driver   a seeded sample of the output's stored vectors (whole parts at random; all of them up to
+           PAIRS_SAMPLE), of which the first --sample are the originals to copy. Every pair of the
+           sample at cosine >= 0.50 is counted per threshold, and up to CHECKS_PER_BAND of them are drawn
+           in each band of 0.05 (a seeded uniform draw, streamed: memory stays bounded)
+  tasks    read each original from its recorded path (local or a store), make its known copies
+           (edits.py), embed them with the output's model and return each copy's cosine to its
+           original; the copies of the first VERIFIED_ORIGINALS are also checked by the pixel verifier
+           (verify.py): its own recall. Then the drawn pairs are verified on the workers
+  driver   per threshold: recall, per edit and overall; the collection's true pairs (verified, scaled
+           from each band's draw to its count, divided by the verifier's recall on the known copies) and
+           false pairs (the rest), scaled to the output's size (pairs grow with N^2); precision and a
+           one-sided 95% lower bound (Wilson, at the draw's effective size). Recommended: the lowest
+           threshold at and above which every threshold's precision bound keeps --min-precision, or
+           expects no false pair at the output's size (a collection without copies to speak of).
+           No share of copies is assumed: a collection full of copies has verified pairs, not
+           false ones, so it is not pushed to a higher threshold.
+
+`dupes` groups files around kept files (witness.py), so a few false pairs at the threshold do not chain
+whole families together.
 """
 
 from __future__ import annotations
@@ -28,21 +37,30 @@ from imgvec.lock import now
 from imgvec.searchable import open_searchable
 
 THRESHOLDS = np.round(np.arange(0.50, 0.995, 0.01), 2)
-PAIRS_SAMPLE = 50_000  # stored vectors whose pairs estimate the false pairs: cheap (no edits, no model), and
+BAND = 5  # thresholds per band of the draw of pairs to verify: bands of 0.05
+PAIRS_SAMPLE = 50_000  # stored vectors whose pairs stand for the output's: cheap (no edits, no model), and
 # enough that one false pair among them stands for <= 400 at 10^6 images (precision 0.99 can be vouched for)
+CHECKS_PER_BAND = 200  # pairs of the collection verified per band of 0.05: ~10 ms each once decoded
+VERIFIED_ORIGINALS = 50  # originals whose known copies are verified too: the verifier's own recall
+Z = 1.645  # one-sided 95%
+NO_FALSE_PAIR = 0.5  # expected false pairs that round to none: in a collection with few pairs, one false pair is a
+# group of two different pictures, and its precision cannot vouch for anything
 BLOCK = 512
 ORIGINALS_PER_TASK = 50
 PLAN = pa.schema([("id", pa.int64()), ("originals", pa.list_(pa.int64())), ("paths", pa.list_(pa.string())),
                   ("hosts", pa.list_(pa.string()))])
-COSINES = pa.schema([("original", pa.int64()), ("cosines", pa.list_(pa.float32())), ("error", pa.string())])
+COSINES = pa.schema([("original", pa.int64()), ("cosines", pa.list_(pa.float32())),
+                     ("verified", pa.list_(pa.bool_())), ("error", pa.string())])
 
 
 @dataclass(frozen=True)
 class CopyTask:
-    """On a worker: each original's known copies, embedded with the output's model, and their cosines to it."""
+    """On a worker: each original's known copies, embedded with the output's model, and their cosines to it;
+    for originals numbered below `verified_originals`, also whether the pixel verifier confirms each copy."""
 
     config: object  # featurize.FeatureConfig
     weights: object  # weights.WeightsRef, shipped
+    verified_originals: int = VERIFIED_ORIGINALS
 
     def __call__(self, batches):
         from imgvec.featurize import get_featurizer, use_task_cpus
@@ -59,13 +77,14 @@ class CopyTask:
         from imgvec.decode import decode_image
         from imgvec.storage import read_file
 
+        failed = {"original": original, "cosines": None, "verified": None}
         try:
             data = read_file(path)
         except (OSError, ValueError) as exc:
-            return {"original": original, "cosines": None, "error": f"{path}: {' '.join(str(exc).split())[:120]}"}
+            return {**failed, "error": f"{path}: {' '.join(str(exc).split())[:120]}"}
         image = decode_image(data)
         if isinstance(image, str):
-            return {"original": original, "cosines": None, "error": f"{path}: {image}"}
+            return {**failed, "error": f"{path}: {image}"}
         try:
             host_image = decode_image(read_file(host))
         except (OSError, ValueError):
@@ -74,19 +93,35 @@ class CopyTask:
         copies = [make_copy(image, kind, original, host_image) for kind in EDITS]
         vectors, errors = featurizer.embed([data, *copies])
         if errors[0]:
-            return {"original": original, "cosines": None, "error": f"{path}: {errors[0]}"}
+            return {**failed, "error": f"{path}: {errors[0]}"}
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return {"original": original, "cosines": (vectors[1:] @ vectors[0]).tolist(), "error": None}
+        return {"original": original, "cosines": (vectors[1:] @ vectors[0]).tolist(),
+                "verified": _verify_copies(image, copies) if original < self.verified_originals else None,
+                "error": None}
+
+
+def _verify_copies(image, copies: list[bytes]) -> list[bool]:
+    from imgvec.decode import decode_image
+    from imgvec.verify import SIDE, compare, features_of
+
+    mine = features_of(image)
+    verdicts = []
+    for data in copies:
+        copy = decode_image(data, draft=SIDE)
+        verdicts.append(not isinstance(copy, str) and compare(mine, features_of(copy)).verified)
+    return verdicts
 
 
 def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
               precision: float = defaults.CALIBRATION_PRECISION, master: str = "local[*]", conf: dict | None = None,
               spark=None, quiet: bool = False) -> dict:
-    """Measure, record in OUTPUT's metadata and return the calibration. ValueError (one line) for what cannot be."""
+    """Measure, record in OUTPUT's metadata and return the calibration. ValueError (one line) for what cannot be.
+    `precision`: the least precision (its lower bound) the recommended threshold keeps at OUTPUT's size."""
     from imgvec.jobs import collect, ddl, one_row_per_partition, session
     from imgvec.progress import Progress
     from imgvec.spark import ship_weights
     from imgvec.vectorizer import recorded_vectorizer
+    from imgvec.verify import verify_pairs
 
     started = time.monotonic()
     features = open_searchable(output)
@@ -99,19 +134,24 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     distinct_pairs = len(ids) * (len(ids) - 1) // 2
     all_pairs = images * (images - 1) // 2
     _check_resolution(len(ids), images, distinct_pairs, all_pairs, precision, features.location)
-    paths = features.rows(ids[:n]).column("path").to_pylist()
+    counts, drawn = sample_pairs(vectors, hashes)
+    needed = np.unique(np.concatenate([np.arange(n), drawn["a"], drawn["b"]]))
+    path_of = dict(zip(needed.tolist(), features.rows(ids[needed]).column("path").to_pylist(), strict=True))
+    paths = [path_of[i] for i in range(n)]
     vectorizer = recorded_vectorizer(features.metadata, features.location)
     tasks = max(1, -(-n // ORIGINALS_PER_TASK))
     order = np.arange(n)
     plan = pa.table({"id": list(range(tasks)), "originals": [order[t::tasks].tolist() for t in range(tasks)],
                      "paths": [[paths[i] for i in order[t::tasks]] for t in range(tasks)],
                      "hosts": [[paths[(i + 1) % n] for i in order[t::tasks]] for t in range(tasks)]}, schema=PLAN)
-    progress = Progress(n, quiet=quiet, unit="originals")
+    pairs = [(path_of[a], path_of[b]) for a, b in zip(drawn["a"].tolist(), drawn["b"].tolist(), strict=True)]
+    progress = Progress(n + len(pairs), quiet=quiet, unit="originals and pairs")
     try:
         with session(master, conf, spark) as spark:
             task = CopyTask(vectorizer.config, ship_weights(spark, vectorizer.runtime_ref))
             found = collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(COSINES)),
                             lambda share: progress.update(share * n))
+            verdicts = verify_pairs(pairs, spark=spark, report=lambda share: progress.update(n + share * len(pairs)))
     finally:
         progress.close()
     found = sorted(found.to_pylist(), key=lambda r: r["original"])
@@ -119,47 +159,139 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     if failed:
         raise ValueError(f"calibrate needs the originals, and {failed}; restore it or embed again without it")
     cosines = np.array([r["cosines"] for r in found], np.float32)  # [originals, edits]
-    false = false_pairs(vectors, hashes)
-    table = [_row(t, cosines, count, distinct_pairs, all_pairs, images) for t, count in zip(THRESHOLDS, false,
-                                                                                           strict=True)]
-    good = [r for r in table if r["precision"] >= precision]
-    chosen = max(good, key=lambda r: (r["recall"], -r["threshold"])) if good else table[-1]
+    checked = [r["verified"] for r in found if r["verified"] is not None]
+    known = (cosines[: len(checked)], np.array(checked, bool).reshape(len(checked), len(EDITS)))
+    readable = np.array([verdicts[p].error is None for p in pairs], bool)
+    verified = np.array([verdicts[p].verified for p in pairs], bool)
+    table = precision_table(counts, drawn["cosine"][readable], verified[readable], known,
+                            scale=all_pairs / max(1, distinct_pairs), exhaustive=len(ids) >= images)
+    for row in table:
+        row.update(_recall(row["threshold"], cosines))
+    threshold, reached = choose(table, precision)
+    chosen = next(r for r in table if r["threshold"] == threshold)
     result = {"output": features.location, "model": features.metadata.get("model"),
               "weights_sha256": features.metadata.get("weights_sha256"), "images": images, "originals": n,
-              "pairs_sampled": distinct_pairs, "edits": dict(EDITS), "precision": precision,
-              "threshold": chosen["threshold"], "recall": chosen["recall"],
-              "expected_precision": chosen["precision"], "expected_false_pairs": chosen["expected_false_pairs"],
-              "reached": bool(good), "created": now(), "table": table,
-              "seconds": round(time.monotonic() - started, 1)}
+              "pairs_sampled": distinct_pairs, "pairs_checked": int(readable.sum()),
+              "pairs_unreadable": int((~readable).sum()), "verifier_originals": len(checked),
+              "edits": dict(EDITS), "precision": precision, "threshold": threshold, "recall": chosen["recall"],
+              "expected_precision": chosen["precision"], "precision_lower_bound": chosen["precision_lower_bound"],
+              "expected_false_pairs": chosen["expected_false_pairs"],
+              "expected_true_pairs": chosen["expected_true_pairs"], "reached": reached, "created": now(),
+              "table": table, "seconds": round(time.monotonic() - started, 1)}
     with features.dataset.locked():
         features.dataset.update_metadata({"calibration": {k: v for k, v in result.items() if k != "output"}})
     return result
 
 
-def false_pairs(vectors: np.ndarray, hashes: list) -> np.ndarray:
-    """For each of THRESHOLDS, the pairs of different images (rows i < j, not byte-identical) at or above it,
-    block by block: the n^2 similarities are never held at once."""
+def sample_pairs(vectors: np.ndarray, hashes: list, per_band: int = CHECKS_PER_BAND, seed: int = 0):
+    """The pairs of different images (rows i < j, not byte-identical) at cosine >= THRESHOLDS[0], block by block
+    (the n^2 similarities are never held at once): how many fall at or above each threshold, and a seeded uniform
+    draw of at most `per_band` of them in each band of BAND thresholds ({a, b, cosine} arrays)."""
     codes = np.unique(np.array([h or f"row{i}" for i, h in enumerate(hashes)]), return_inverse=True)[1]
     edges = np.append(THRESHOLDS, np.inf)
     counts = np.zeros(len(THRESHOLDS), np.int64)
+    rng = np.random.default_rng(seed)
+    kept = {"a": np.empty(0, np.int64), "b": np.empty(0, np.int64), "cosine": np.empty(0, np.float32),
+            "key": np.empty(0)}
     for start in range(0, len(vectors), BLOCK):
         similarities = vectors[start : start + BLOCK] @ vectors[start:].T
         later = np.arange(similarities.shape[1])[None, :] > np.arange(len(similarities))[:, None]
-        mine = later & (codes[start : start + BLOCK, None] != codes[None, start:])
-        counts += np.histogram(similarities[mine & (similarities >= THRESHOLDS[0])], edges)[0]
-    return np.cumsum(counts[::-1])[::-1]  # at or above each threshold
+        mine = later & (codes[start : start + BLOCK, None] != codes[None, start:]) & (similarities >= THRESHOLDS[0])
+        rows, cols = np.nonzero(mine)
+        values = similarities[rows, cols]
+        counts += np.histogram(values, edges)[0]
+        found = {"a": rows + start, "b": cols + start, "cosine": values.astype(np.float32),
+                 "key": rng.random(len(values))}  # a uniform draw: the per_band smallest keys of each band
+        both = {k: np.concatenate([kept[k], found[k]]) for k in kept}
+        band = _band(both["cosine"])
+        order = np.lexsort((both["key"], band))
+        rank = np.arange(len(order)) - np.searchsorted(band[order], band[order])  # place within its band
+        keep = order[rank < per_band]
+        kept = {k: v[keep] for k, v in both.items()}
+    del kept["key"]
+    return np.cumsum(counts[::-1])[::-1], kept  # counts: at or above each threshold
 
 
-def _row(threshold: float, cosines: np.ndarray, false: int, distinct_pairs: int, all_pairs: int,
-         images: int) -> dict:
+def _band(cosines: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(THRESHOLDS, cosines, side="right") - 1, 0, len(THRESHOLDS) - 1) // BAND
+
+
+def precision_table(at_or_above: np.ndarray, cosine: np.ndarray, verified: np.ndarray, known, scale: float,
+                    exhaustive: bool) -> list[dict]:
+    """Per threshold: the collection's expected true and false pairs at the output's size and the precision with
+    its lower bound, from the pairs counted (`at_or_above`, per threshold) and the verified draw (`cosine`,
+    `verified`). `known`: (cosines [originals, edits], verified [first originals, edits]) of the known copies,
+    whose verified share at each threshold is the verifier's recall there. `scale`: output pairs per sample pair;
+    `exhaustive`: the sample is the whole output."""
+    within = -np.diff(np.append(at_or_above, 0))  # pairs per threshold step
+    bands = np.arange(len(THRESHOLDS)) // BAND
+    drawn_band = _band(cosine)
+    known_cosines, known_verified = known
+    table = []
+    for k, threshold in enumerate(THRESHOLDS):
+        share, weights, exact = 0.0, [], True
+        total = int(at_or_above[k])
+        for band in np.unique(bands[k:]):
+            pairs = int(within[k:][bands[k:] == band].sum())  # the band's pairs at or above the threshold
+            if not pairs:
+                continue
+            mine = (drawn_band == band) & (cosine >= threshold)
+            if not mine.any():  # none drawn above the threshold: the band's draw as a whole
+                mine = drawn_band == band
+            checked = int(mine.sum())
+            if not checked:
+                exact = False
+                continue
+            share += pairs * verified[mine].mean()
+            weights.append((pairs, checked))
+            exact = exact and checked >= pairs
+        seen = sum(p for p, _ in weights)
+        verified_share = share / seen if seen else 0.0
+        effective = seen**2 / sum(p * p / c for p, c in weights) if weights else 0.0  # Kish's effective size
+        at = known_cosines[: len(known_verified)] >= threshold
+        recall = float(known_verified[at].mean()) if at.any() else (
+            float(known_verified.mean()) if known_verified.size else 1.0)
+        recall = max(recall, 0.5)  # a verifier that misses most copies says little; never divide by ~0
+        precision = min(1.0, verified_share / recall) if seen else 1.0
+        if not seen:
+            lower = 1.0 if total == 0 else 0.0
+        elif exhaustive and exact:
+            lower = precision  # every pair of the output was checked: no sampling error
+        else:
+            lower = min(1.0, _wilson_lower(verified_share, effective) / recall)
+        table.append({"threshold": float(threshold), "pairs_in_sample": total,
+                      "pairs_checked": int(sum(c for _, c in weights)), "verifier_recall": round(recall, 4),
+                      "expected_true_pairs": round(precision * total * scale, 3),
+                      "expected_false_pairs": round((1 - precision) * total * scale, 3),
+                      "precision": round(precision, 4), "precision_lower_bound": round(lower, 4)})
+    return table
+
+
+def _wilson_lower(share: float, n: float) -> float:
+    if n <= 0:
+        return 0.0
+    centre = share + Z * Z / (2 * n)
+    spread = Z * np.sqrt(share * (1 - share) / n + Z * Z / (4 * n * n))
+    return float(max(0.0, (centre - spread) / (1 + Z * Z / n)))
+
+
+def choose(table: list[dict], precision: float) -> tuple[float, bool]:
+    """The lowest threshold at and above which every threshold keeps `precision` (its lower bound) or expects no
+    false pair at the output's size (fewer than NO_FALSE_PAIR); the highest threshold (and False) when even it
+    does not."""
+    chosen = None
+    for row in reversed(table):
+        if row["precision_lower_bound"] >= precision or row["expected_false_pairs"] < NO_FALSE_PAIR:
+            chosen = row["threshold"]
+        else:
+            break
+    return (chosen, True) if chosen is not None else (table[-1]["threshold"], False)
+
+
+def _recall(threshold: float, cosines: np.ndarray) -> dict:
     found = cosines >= threshold
-    expected_false = false / max(1, distinct_pairs) * all_pairs
-    recall = float(found.mean())
-    true = recall * images / 2  # as if half the images were copies of the other half
-    return {"threshold": float(threshold), "recall": round(recall, 4),
-            "recall_by_edit": {kind: round(float(found[:, k].mean()), 4) for k, kind in enumerate(EDITS)},
-            "false_pairs_in_sample": int(false), "expected_false_pairs": round(expected_false, 3),
-            "precision": round(true / (true + expected_false), 4) if true + expected_false else 1.0}
+    return {"recall": round(float(found.mean()), 4),
+            "recall_by_edit": {kind: round(float(found[:, k].mean()), 4) for k, kind in enumerate(EDITS)}}
 
 
 def _check_resolution(n: int, images: int, distinct_pairs: int, all_pairs: int, precision: float, where: str):
@@ -172,5 +304,5 @@ def _check_resolution(n: int, images: int, distinct_pairs: int, all_pairs: int, 
         needed = int(np.ceil(np.sqrt(2 * all_pairs * precision / ((1 - precision) * images / 2)))) + 1
         raise ValueError(f"a sample of {n} images ({distinct_pairs} pairs) cannot vouch for precision {precision} "
                          f"at {images} images: one false pair in it stands for {one_pair:.3g}, so it can estimate "
-                         f"precision up to {best:.3f}; pass --precision {np.floor(best * 1000) / 1000} or "
+                         f"precision up to {best:.3f}; pass --min-precision {np.floor(best * 1000) / 1000} or "
                          f"--sample {min(needed, images)}")

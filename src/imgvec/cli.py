@@ -116,9 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     dupes.add_argument("--keep", choices=defaults.KEEPS, help="print the files one would delete, one per "
                        "line: each has a kept file of its group at the threshold; files are kept in order of "
                        "path (first) or size (largest)")
+    dupes.add_argument("--verify", action="store_true", help="a file is deletable only when its pixels verify it "
+                       "against a kept file of its group (local features under one transform; on Spark's workers "
+                       "when there are many pairs); a file no kept file verifies is kept and counted as unverified")
     dupes.add_argument("--out", metavar="FILE", help="write every group as Parquet [path, group, kind, "
-                       "representative, similarity, kept_file, kept_similarity] (a local path or URI; must not "
-                       "exist)")
+                       "representative, similarity, kept_file, kept_similarity; with --verify also verified, "
+                       "matches] (a local path or URI; must not exist)")
     dupes.add_argument("--html", metavar="FILE", help="write a page of thumbnails of the largest groups "
                        "(--show), kept files marked (one self-contained file; must not exist)")
     dupes.add_argument("--json", action="store_true", help="JSON on stdout")
@@ -130,14 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate", help="measure what each dupes threshold finds on OUTPUT's own images",
         description="Make known copies of a sample of OUTPUT's images (crops, small re-encodes, colour, mirror, "
                     "text, border, rotation, picture-in-picture), embed them on Spark with OUTPUT's model and "
-                    "measure, per threshold, the copies found and the false pairs expected at OUTPUT's size. "
-                    "Records the recommended threshold, which imgvec dupes then uses.")
+                    "measure the copies found per threshold (recall); check a draw of OUTPUT's own pairs by their "
+                    "pixels (local features under one transform) to measure, per threshold, the true and false "
+                    "pairs expected at OUTPUT's size (precision). Records the recommended threshold, which imgvec "
+                    "dupes then uses.")
     calibrate.add_argument("output", metavar="OUTPUT")
     calibrate.add_argument("--sample", type=int, default=defaults.CALIBRATION_SAMPLE,
                            help=f"originals to edit (default {defaults.CALIBRATION_SAMPLE})")
-    calibrate.add_argument("--precision", type=float, default=defaults.CALIBRATION_PRECISION,
-                           help="expected precision at OUTPUT's size the threshold must keep "
-                           f"(default {defaults.CALIBRATION_PRECISION})")
+    calibrate.add_argument("--min-precision", type=float, default=defaults.CALIBRATION_PRECISION,
+                           help="the share of reported pairs that must be true copies (its 95%% lower bound) at "
+                           f"OUTPUT's size (default {defaults.CALIBRATION_PRECISION})")
+    calibrate.add_argument("--precision", type=float, dest="old_precision", help=argparse.SUPPRESS)  # renamed
     calibrate.add_argument("--json", action="store_true", help="JSON on stdout")
     _spark_options(calibrate)
 
@@ -307,8 +313,8 @@ def run_dupes(args) -> int:
     if args.show < 1:
         raise UsageError("--show is how many groups to show, at least 1")
     found = find_duplicates(args.output, args.threshold, keep=args.keep or defaults.KEEP, exact=args.exact,
-                            clusters=args.clusters, against=args.against, master=args.master, conf=_conf(args),
-                            quiet=args.quiet)
+                            clusters=args.clusters, against=args.against, verify=args.verify, master=args.master,
+                            conf=_conf(args), quiet=args.quiet)
     if out is not None:
         import pyarrow.parquet as pq
 
@@ -319,10 +325,14 @@ def run_dupes(args) -> int:
     summary = (f"{_count(len(found.groups), 'group')} among {found.images} images (cosine >= {found.threshold}; "
                f"{found.how}; {found.seconds:.1f} s): {len(identical)} of byte-identical files, "
                f"{len(found.groups) - len(identical)} of near-duplicates")
+    if found.verified:
+        summary += (f"; every file to delete verified by its pixels, {_count(len(found.unverified), 'file')} kept "
+                    "unverified")
     if args.json:
         print(json.dumps({"images": found.images, "threshold": found.threshold, "threshold_source":
                           found.threshold_source, "search": found.how, "groups": [vars(g) for g in found.groups],
-                          **({"delete": found.to_delete()} if args.keep else {})}, indent=2))
+                          **({"delete": found.to_delete()} if args.keep else {}),
+                          **({"unverified": found.unverified} if found.verified else {})}, indent=2))
     elif args.keep:  # the list alone on stdout, to read or to pipe; the summary on stderr
         print(summary + f"; {len(found.to_delete())} files to delete, each with a kept file of its group at "
               f"cosine >= {found.threshold} (kept: the {args.keep} of each)", file=sys.stderr)
@@ -334,11 +344,13 @@ def run_dupes(args) -> int:
             weakest = f", weakest pair {group.weakest['similarity']:.4f}" if group.kind == "near" else ""
             print(f"group {n} ({group.kind}, {len(group.members)} images{weakest})")
             for member in group.members[: args.show]:
+                evidence = _evidence(member)
                 if member["kept_file"] == member["path"]:
-                    print(f"  {member['similarity']:.4f}  {member['path']}  (keep)")
+                    print(f"  {member['similarity']:.4f}  {member['path']}  (keep{evidence})")
                 else:
-                    copy = "" if len(group.kept) == 1 else f"  (copy of {member['kept_file']})"
-                    print(f"  {member['kept_similarity']:.4f}  {member['path']}{copy}")
+                    copy = "" if len(group.kept) == 1 else f"copy of {member['kept_file']}"
+                    about = ", ".join(x for x in (copy, evidence.lstrip(", ")) if x)
+                    print(f"  {member['kept_similarity']:.4f}  {member['path']}" + (f"  ({about})" if about else ""))
             if len(group.members) > args.show:
                 print(f"  ... and {len(group.members) - args.show} more")
         if len(found.groups) > args.show:
@@ -355,15 +367,35 @@ def run_dupes(args) -> int:
     return 0
 
 
-def run_calibrate(args) -> int:
-    from imgvec.calibrate import calibrate
+def _evidence(member: dict) -> str:
+    """What --verify found for a file's witness pair, as the text listing says it."""
+    if member.get("verified") is None:
+        return ""
+    if member["verified"]:
+        return f", verified: {member['matches']} matching points"
+    return ", not verified: no kept file's pixels match"
 
+
+def run_calibrate(args) -> int:
+    if args.old_precision is not None:  # the old name of --min-precision, which embed's --precision is not
+        print("imgvec: warning: calibrate's --precision is now --min-precision; the old name still works",
+              file=sys.stderr)
+        args.min_precision = args.old_precision
     if args.sample < 2:
         raise UsageError("--sample is how many originals to edit, at least 2")
-    if not 0 < args.precision < 1:
-        raise UsageError("--precision is a share between 0 and 1, e.g. 0.99")
-    result = calibrate(args.output, sample=args.sample, precision=args.precision, master=args.master,
-                       conf=_conf(args), quiet=args.quiet)
+    if not 0 < args.min_precision < 1:
+        raise UsageError("--min-precision is a share between 0 and 1, e.g. 0.99")
+    conf = _conf(args)
+    from imgvec import jobs
+
+    jobs.start_early(args.master, conf)  # the JVM starts while the sample is read; its start-up lines held back
+    try:
+        from imgvec.calibrate import calibrate
+
+        result = calibrate(args.output, sample=args.sample, precision=args.min_precision, master=args.master,
+                           conf=conf, quiet=args.quiet)
+    finally:
+        jobs.drop_early()
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -375,22 +407,25 @@ def calibration_text(result: dict) -> str:
     """calibrate's table as it prints it: every 0.05 and the recommended threshold (--json has every 0.01)."""
     kinds = list(result["edits"])
     lines = [f"imgvec calibrate: {result['originals']} originals x {len(kinds)} edits of {result['images']} images "
-             f"({result['model']}), in {result['seconds']:.1f} s",
-             "threshold  " + " ".join(f"{k:>6}" for k in kinds) + "  recall  false pairs  precision   (false pairs "
-             f"and precision expected at {result['images']} images)"]
+             f"({result['model']}), {result['pairs_checked']} of its pairs checked by their pixels, in "
+             f"{result['seconds']:.1f} s",
+             "threshold  " + " ".join(f"{k:>6}" for k in kinds) + "  recall  verifier  true pairs  false pairs  "
+             f"precision  (>= bound)   (pairs expected at {result['images']} images)"]
     for row in result["table"]:
         chosen = row["threshold"] == result["threshold"]
         if not chosen and round(row["threshold"] * 100) % 5:
             continue
         lines.append(f"{row['threshold']:>9.2f}  " + " ".join(f"{row['recall_by_edit'][k]:>6.2f}" for k in kinds)
-                     + f"  {row['recall']:>6.2f}  {row['expected_false_pairs']:>11.4g}  {row['precision']:>9.4f}"
-                     + ("  <- recommended" if chosen else ""))
+                     + f"  {row['recall']:>6.2f}  {row['verifier_recall']:>8.2f}  {row['expected_true_pairs']:>10.4g}"
+                     f"  {row['expected_false_pairs']:>11.4g}  {row['precision']:>9.4f}  "
+                     f"{row['precision_lower_bound']:>10.4f}" + ("  <- recommended" if chosen else ""))
     if not result["reached"]:
-        lines.append(f"no threshold up to 0.99 reaches expected precision {result['precision']}: the highest is "
-                     "recorded")
-    lines.append(f"threshold {result['threshold']}: recall {result['recall']:.2f}, expected precision "
-                 f"{result['expected_precision']:.4f} at {result['images']} images; recorded in {result['output']}, "
-                 "imgvec dupes uses it from now on")
+        lines.append(f"no threshold up to 0.99 keeps precision {result['precision']} (its lower bound): the highest "
+                     "is recorded")
+    lines.append(f"threshold {result['threshold']}: recall {result['recall']:.2f}, precision "
+                 f"{result['expected_precision']:.4f} (>= {result['precision_lower_bound']:.4f}), "
+                 f"{result['expected_false_pairs']:.4g} false pairs expected at {result['images']} images; recorded "
+                 f"in {result['output']}, imgvec dupes uses it from now on")
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from imgvec.progress import Progress
 from imgvec.rows import part_ids, part_vectors
 from imgvec.search import groups, linked, normalise
 from imgvec.searchable import Searchable, check_comparable, open_searchable, parts_plan
-from imgvec.witness import keep_order, weakest_pair, witnesses
+from imgvec.witness import around_kept, keep_order, weakest_pair, witnesses
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
@@ -55,6 +55,8 @@ LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float
 TABLE = pa.schema([("path", pa.string()), ("group", pa.int64()), ("kind", pa.string()),
                    ("representative", pa.string()), ("similarity", pa.float32()), ("kept_file", pa.string()),
                    ("kept_similarity", pa.float32())])
+# with --verify: whether each file's witness pair verified by its pixels (null: not checked), and its matching points
+VERIFIED_TABLE = pa.schema([*TABLE, ("verified", pa.bool_()), ("matches", pa.int64())])
 
 
 @dataclass
@@ -76,16 +78,17 @@ class Duplicates:
     how: str  # "exact" or "clustered (K clusters, ...)"
     threshold_source: str = ""  # where the threshold came from: the user, a calibration, the model's default
     seconds: float = 0.0
+    verified: bool = False  # every witness pair was checked by its pixels (--verify)
+    unverified: list[str] = field(default_factory=list)  # files kept because no kept file verified them
 
     def to_delete(self) -> list[str]:
         """Every file that has a kept file of its group at cosine >= threshold: what --keep lists."""
         return sorted({m["path"] for g in self.groups for m in g.members if m["kept_file"] != m["path"]})
 
     def table(self) -> pa.Table:
-        rows = [{"path": m["path"], "group": n, "kind": g.kind, "representative": g.representative,
-                 "similarity": m["similarity"], "kept_file": m["kept_file"], "kept_similarity": m["kept_similarity"]}
-                for n, g in enumerate(self.groups) for m in g.members]
-        return pa.Table.from_pylist(rows, schema=TABLE)
+        schema = VERIFIED_TABLE if self.verified else TABLE
+        return pa.Table.from_pylist([{"group": n, "kind": g.kind, "representative": g.representative, **m}
+                                     for n, g in enumerate(self.groups) for m in g.members], schema=schema)
 
 
 def resolve_threshold(features: Searchable, threshold: float | None) -> tuple[float, str]:
@@ -109,10 +112,11 @@ def resolve_threshold(features: Searchable, threshold: float | None) -> tuple[fl
 
 def find_duplicates(output: str, threshold: float | None = None, *, keep: str = defaults.KEEP,
                     exact: bool = False, clusters: int | None = None, against: list[str] = (),
-                    master: str = "local[*]", conf: dict | None = None, spark=None,
+                    verify: bool = False, master: str = "local[*]", conf: dict | None = None, spark=None,
                     quiet: bool = False) -> Duplicates:
     """Identical and near-duplicate groups of OUTPUT (those holding one of its images, `against` others).
-    ValueError (before any job) for bad arguments."""
+    `verify`: a file is deletable only when its pixels verify it against its kept file (verify.py), checked on
+    Spark's workers when there are many pairs. ValueError (before any job) for bad arguments."""
     if threshold is not None and not -1 <= threshold <= 1:
         raise ValueError("--threshold is a cosine similarity between -1 and 1, e.g. 0.9")
     if keep not in defaults.KEEPS:
@@ -141,8 +145,21 @@ def find_duplicates(output: str, threshold: float | None = None, *, keep: str = 
             progress.close()
     if olds:
         links, how = _against(features, olds, known, links, threshold, how)
-    found = Duplicates(_label([features, *olds], own if identical is None else identical, groups(*links), keep,
-                              threshold), count, threshold, how, source)
+    check = None
+    if verify:
+        from imgvec.verify import verify_pairs
+
+        def check(pairs):
+            progress = Progress(len(pairs), quiet=quiet, unit="pairs verified")
+            try:
+                return verify_pairs(pairs, master=master, conf=conf, spark=spark,
+                                    report=lambda share: progress.update(share * len(pairs)))
+            finally:
+                progress.close()
+
+    labelled, unverified = _label([features, *olds], own if identical is None else identical, groups(*links), keep,
+                                  threshold, check)
+    found = Duplicates(labelled, count, threshold, how, source, verified=verify, unverified=unverified)
     found.seconds = time.monotonic() - started
     return found
 
@@ -242,8 +259,11 @@ def _against(new: Searchable, olds: list[Searchable], known: np.ndarray, links, 
 # --- labelling: paths, kept files, witnesses ---------------------------------------------------
 
 
-def _label(sources: list[Searchable], identical: list[list[int]], near, keep: str, threshold: float) -> list[Group]:
-    """Groups with paths, sizes, kept files and their witnesses, largest first. Ids are nodes (tag)."""
+def _label(sources: list[Searchable], identical: list[list[int]], near, keep: str, threshold: float,
+           check=None) -> tuple[list[Group], list[str]]:
+    """Groups with paths, sizes, kept files and their witnesses, largest first, and the files kept because no kept
+    file verified them. Ids are nodes (tag). `check`: pairs of paths -> {pair: verify.Verdict}, when a witness must
+    be verified by its pixels."""
     nodes = sorted({i for g in identical for i in g} | {i for g in near for i, _ in g})
     about = _rows(sources, nodes)
     result, stands_for = [], {}
@@ -251,31 +271,76 @@ def _label(sources: list[Searchable], identical: list[list[int]], near, keep: st
         order = keep_order([about[i] for i in members], keep)
         kept = members[order[0]]
         stands_for[members[0]] = kept  # the copy the near search saw -> the one kept
-        rows = [{**_public(about[i]), "similarity": 1.0, "kept_file": about[kept]["path"], "kept_similarity": 1.0}
-                for i in members]
+        unchecked = {"verified": None, "matches": None} if check else {}  # the same bytes: nothing to verify
+        rows = [{**_public(about[i]), "similarity": 1.0, "kept_file": about[kept]["path"], "kept_similarity": 1.0,
+                 **unchecked} for i in members]
         result.append(_group("identical", rows, [about[kept]["path"]],
                              {"a": about[members[0]]["path"], "b": about[members[1]]["path"], "similarity": 1.0}))
     witnessing = set(stands_for.values())
+    candidates = []
     for members in near:
         ids = [stands_for.get(i, i) for i, _ in members]
-        best = dict(zip(ids, (s for _, s in members), strict=True))
         rows = [about[i] for i in ids]
         order = keep_order(rows, keep)
         vectors = normalise(np.stack([rows[k]["features"] for k in order]))
         # kept whatever they resemble: other outputs' files, and files whose identical copies they witness
         forced = np.array([rows[k]["source"] > 0 or ids[k] in witnessing for k in order])
-        leader, similarity = witnesses(vectors, threshold, forced)
-        a, b, weakest = weakest_pair(vectors)
-        members_rows = []
-        for position, k in enumerate(order):
-            kept = rows[order[leader[position]]]
-            members_rows.append({**_public(rows[k]), "similarity": round(float(best[ids[k]]), 6),
-                                 "kept_file": kept["path"], "kept_similarity": round(float(similarity[position]), 6)})
-        kept_paths = [rows[order[p]]["path"] for p in sorted(set(leader.tolist()))]
-        result.append(_group("near", members_rows, kept_paths, {"a": rows[order[a]]["path"],
-                                                                 "b": rows[order[b]]["path"],
-                                                                 "similarity": round(float(weakest), 6)}))
-    return sorted(result, key=lambda g: (-len(g.members), g.kind, g.representative))
+        candidates.append(([rows[k] for k in order], vectors, forced))
+    assigned, verdicts = _choose_witnesses(candidates, threshold, check)
+    unverified = []
+    for (rows, vectors, _), (leader, similarity, refused) in zip(candidates, assigned, strict=True):
+        for positions in around_kept(vectors, leader):
+            inside = vectors[positions] @ vectors[positions].T
+            np.fill_diagonal(inside, -np.inf)
+            members_rows = []
+            for position, best in zip(positions, inside.max(axis=1).tolist(), strict=True):
+                kept = rows[leader[position]]
+                row = {**_public(rows[position]), "similarity": round(float(best), 6), "kept_file": kept["path"],
+                       "kept_similarity": round(float(similarity[position]), 6)}
+                if check:
+                    tried = [verdicts[rows[k]["path"], rows[position]["path"]] for k in refused.get(position, ())]
+                    verdict = (verdicts[kept["path"], rows[position]["path"]] if leader[position] != position
+                               else max(tried, key=lambda v: v.matches) if tried else None)
+                    row.update(verified=verdict and verdict.verified, matches=verdict and verdict.matches)
+                    if tried and leader[position] == position:
+                        unverified.append(rows[position]["path"])
+                members_rows.append(row)
+            kept_paths = [rows[p]["path"] for p in positions if leader[p] == p]
+            a, b, weakest = weakest_pair(vectors[positions])
+            result.append(_group("near", members_rows, kept_paths, {"a": rows[positions[a]]["path"],
+                                                                     "b": rows[positions[b]]["path"],
+                                                                     "similarity": round(float(weakest), 6)}))
+    return sorted(result, key=lambda g: (-len(g.members), g.kind, g.representative)), sorted(unverified)
+
+
+def _choose_witnesses(candidates: list, threshold: float, check):
+    """Per candidate group (rows, vectors and forced files in keep order): (leader, similarity, refused: {position:
+    kept positions whose pixels did not verify it}), and the verdicts. With `check`, in rounds: every witness pair
+    not yet verified is checked at once (one job), the refused ones are taken out, and the witnesses are chosen
+    again, until every witness is verified; a file that no kept file verifies is kept."""
+    refused = [set() for _ in candidates]
+    verdicts = {}
+    while True:
+        assigned = [witnesses(vectors, threshold, forced, refused[g])
+                    for g, (_, vectors, forced) in enumerate(candidates)]
+        if check is None:
+            return [(leader, similarity, {}) for leader, similarity in assigned], verdicts
+        pairs = {(g, int(k), i) for g, (leader, _) in enumerate(assigned) for i, k in enumerate(leader) if k != i}
+        paths = {(g, k, i): (candidates[g][0][k]["path"], candidates[g][0][i]["path"]) for g, k, i in pairs}
+        needed = sorted({pair for pair in paths.values() if pair not in verdicts})
+        if not needed:
+            break
+        verdicts.update(check(needed))
+        for (g, k, i), pair in paths.items():
+            if not verdicts[pair].verified:
+                refused[g].add((k, i))
+    result = []
+    for (leader, similarity), pairs in zip(assigned, refused, strict=True):
+        tried = {}
+        for k, i in pairs:
+            tried.setdefault(i, []).append(k)
+        result.append((leader, similarity, tried))
+    return result, verdicts
 
 
 def _group(kind: str, rows: list[dict], kept: list[str], weakest: dict) -> Group:

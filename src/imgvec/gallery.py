@@ -94,6 +94,7 @@ h2{font-size:15px;margin:0 0 10px} h2 small{font-weight:normal;color:#666}
 .keep .badge{background:#2e8b57} .copy .badge{background:#c0504d} .query .badge,.match .badge{background:#3a6ea5}
 .name{font-weight:600;word-break:break-all} .path{color:#666;font-size:11px;word-break:break-all}
 .facts{color:#444;font-size:12px}
+.evidence{font-size:12px;font-weight:600;margin-top:4px} .evidence.yes{color:#2e8b57} .evidence.no{color:#a33}
 """
 
 
@@ -106,7 +107,11 @@ def dupes_page(found, show: int, out: str | None, master: str = "local[*]", conf
     lines = [f"{_count(len(found.groups), 'group')} among {found.images} images at cosine &ge; {found.threshold} "
              f"({_text(found.threshold_source or 'given')}); search: {_text(found.how)}.",
              f"{_count(len(deletable), 'file')} would be deleted by <code>--keep</code>: each has a kept file of its "
-             "group at or above the threshold, shown on its card."]
+             "group at or above the threshold, shown on its card" + (", whose pixels verify it." if found.verified
+                                                                     else ".")]
+    if found.verified:
+        lines.append(f"{_count(len(found.unverified), 'file')} kept unverified: near a kept file by cosine, but no "
+                     "kept file's pixels match.")
     if more:
         lines.append(f"This page shows the {len(shown)} largest groups; {more} more are in "
                      + (f"<code>{_text(out)}</code>." if out else "the output of <code>--out FILE</code>."))
@@ -118,7 +123,7 @@ def dupes_page(found, show: int, out: str | None, master: str = "local[*]", conf
             kept = m["kept_file"] == m["path"]
             badge = "KEEP" if kept else f"copy, cosine {m['kept_similarity']:.3f} to {_name(m['kept_file'])}"
             cards.append(_card(pictures[m["path"]], "keep" if kept else "copy", badge, m["path"], m.get("bytes"),
-                               m.get("output")))
+                               m.get("output"), _evidence(m)))
         sections.append(f"<section><h2>Group {n}: {group.kind}, {len(group.members)} images, "
                         f"{len(group.kept)} kept <small>(weakest pair {weakest:.3f})</small></h2>"
                         f"<div class=cards>{''.join(cards)}</div></section>")
@@ -143,7 +148,16 @@ def similar_page(how: str, results: list[dict]) -> str:
     return _page("imgvec similar", [f"{_count(len(results), 'query', 'queries')}; search: {_text(how)}."], sections)
 
 
-def _card(picture: dict, kind: str, badge: str, path: str, size: int | None, output: str | None = None) -> str:
+def _evidence(member: dict) -> str:
+    """The pixel verifier's word on a file's witness pair (dupes --verify), or nothing."""
+    if member.get("verified") is None:
+        return ""
+    return (f"verified: {member['matches']} matching points" if member["verified"]
+            else f"not verified ({member['matches']} matching points)")
+
+
+def _card(picture: dict, kind: str, badge: str, path: str, size: int | None, output: str | None = None,
+          evidence: str = "") -> str:
     if picture["jpeg"] is not None:
         image = (f"<img alt='{_text(_name(path))}' src='data:image/jpeg;base64,"
                  f"{base64.b64encode(picture['jpeg']).decode()}'>")
@@ -155,7 +169,9 @@ def _card(picture: dict, kind: str, badge: str, path: str, size: int | None, out
     where = f"<div class=path>in {_text(output)}</div>" if output else ""
     return (f"<div class='card {kind}'>{image}<span class=badge>{_text(badge)}</span>"
             f"<div class=name>{_text(_name(path))}</div><div class=path>{_text(path)}</div>"
-            f"<div class=facts>{facts}</div>{where}</div>")
+            f"<div class=facts>{facts}</div>{where}"
+            + (f"<div class='evidence {'yes' if evidence.startswith('verified') else 'no'}'>{_text(evidence)}</div>"
+               if evidence else "") + "</div>")
 
 
 def _page(title: str, lines: list[str], sections: list[str]) -> str:

@@ -254,9 +254,9 @@ def task_slots(spark) -> int | None:
     return max(1, context.defaultParallelism // int(context.getConf().get("spark.task.cpus", "1")))
 
 
-_DDL = {pa.int64(): "long", pa.int32(): "int", pa.float32(): "float", pa.string(): "string", pa.binary(): "binary",
-        pa.list_(pa.string()): "array<string>", pa.list_(pa.int64()): "array<long>",
-        pa.list_(pa.float32()): "array<float>"}
+_DDL = {pa.int64(): "long", pa.int32(): "int", pa.float32(): "float", pa.bool_(): "boolean", pa.string(): "string",
+        pa.binary(): "binary", pa.list_(pa.string()): "array<string>", pa.list_(pa.int64()): "array<long>",
+        pa.list_(pa.float32()): "array<float>", pa.list_(pa.bool_()): "array<boolean>"}
 
 
 def ddl(schema: pa.Schema) -> str:

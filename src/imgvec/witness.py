@@ -1,9 +1,9 @@
 """Which files of a group a person may delete: each must have a kept file of its own at the threshold.
 
-Groups are joined transitively (A~B~C) for browsing, but a chain must never make a file deletable:
-members in keep order each join the most similar file kept so far at cosine >= threshold, or are
-kept themselves (greedy leader assignment). Every file not kept then has a witness, a kept file of
-its group at or above the threshold.
+Candidates are joined transitively (A~B~C), but a chain must never make a file deletable, nor join two
+pictures into one group: members in keep order each join the most similar file kept so far at cosine
+>= threshold, or are kept themselves (greedy leader assignment). Every file not kept then has a
+witness, a kept file at or above the threshold, and groups form around kept files (`around_kept`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ def keep_order(rows: list[dict], keep: str) -> list[int]:
     return sorted(range(len(rows)), key=key)
 
 
-def witnesses(vectors: np.ndarray, threshold: float, forced=None) -> tuple[np.ndarray, np.ndarray]:
+def witnesses(vectors: np.ndarray, threshold: float, forced=None, refused=frozenset()) -> tuple[np.ndarray,
+                                                                                                np.ndarray]:
     """For normalised `vectors` in keep order: each one's kept file (a position; itself when kept) and the cosine
-    to it (1 when kept). `forced`: positions that are kept whatever they resemble (other outputs' files)."""
+    to it (1 when kept). `forced`: positions that are kept whatever they resemble (other outputs' files).
+    `refused`: (kept position, position) pairs that may not witness (their pixels did not verify): the next most
+    similar kept file is tried."""
     n = len(vectors)
     forced = np.zeros(n, bool) if forced is None else np.asarray(forced, bool)
     leader = np.arange(n)
@@ -36,6 +39,8 @@ def witnesses(vectors: np.ndarray, threshold: float, forced=None) -> tuple[np.nd
     for i in range(n):
         if kept and not forced[i]:
             cosines = vectors[kept] @ vectors[i]
+            if refused:
+                cosines[[(k, i) in refused for k in kept]] = -np.inf
             best = int(np.argmax(cosines))
             if cosines[best] >= threshold:
                 leader[i], similarity[i] = kept[best], cosines[best]
@@ -61,3 +66,20 @@ def weakest_pair(vectors: np.ndarray) -> tuple[int, int, float]:
             worst = (start + int(row), int(col), float(similarities[row, col]))
     a, b = sorted((int(positions[worst[0]]), int(positions[worst[1]])))
     return a, b, worst[2]
+
+
+def around_kept(vectors: np.ndarray, leader: np.ndarray) -> list[list[int]]:
+    """Groups of positions formed around kept files: each kept file with the files it witnesses. A kept file that
+    witnesses none joins the group of its most similar member that is in a group (it stays kept): still shown,
+    never alone, and never the link that joins two groups."""
+    groups: dict[int, list[int]] = {}
+    for position, kept in enumerate(leader.tolist()):
+        groups.setdefault(kept, []).append(position)
+    lone = [kept for kept, members in groups.items() if len(members) == 1]
+    shared = [p for members in groups.values() if len(members) > 1 for p in members]
+    if not shared:  # nobody witnesses anybody (every pair refused, or every file forced): one group to look at
+        return [list(range(len(leader)))]
+    for kept in lone:
+        target = shared[int(np.argmax(vectors[shared] @ vectors[kept]))]
+        groups[int(leader[target])].append(groups.pop(kept)[0])
+    return [sorted(members) for members in groups.values()]
