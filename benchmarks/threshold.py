@@ -49,7 +49,7 @@ def collection(folder: str, originals: list[str], share: str) -> int:
     copies = 0
     for n, path in enumerate(originals):
         shutil.copy(path, folder)
-        kinds = OTHER_EDITS[: SHARES[share]] if share != "15%" else (OTHER_EDITS[n % 8],) if n % 6 == 0 else ()
+        kinds = OTHER_EDITS[: SHARES[share]] if share != "15%" else (OTHER_EDITS[n // 6 % 8],) if n % 6 == 0 else ()
         image = Image.open(path).convert("RGB") if kinds else None
         for kind in kinds:
             with open(os.path.join(folder, f"{picture(path)}_copy_{kind}.jpg"), "wb") as f:
@@ -105,7 +105,7 @@ def run(model: str, sample: int, chain: float, master: str, folder: str) -> dict
             "images": len(originals) + copies, "copies": copies,
             "calibration": {k: calibration[k] for k in ("threshold", "recall", "expected_precision",
                                                         "precision_lower_bound", "expected_true_pairs",
-                                                        "expected_false_pairs", "pairs_checked", "reached")},
+                                                        "expected_false_pairs", "pairs_checked", "pairs_telling", "reached")},
             "calibrate_seconds": round(seconds, 1), "at_recorded": calibrated, "at_0.9": fixed,
             "ratio_to_0.9": round(calibrated["copies_found"] / max(1, fixed["copies_found"]), 2),
             **({"verify": verified_deletions(output, chain, master)} if share == "90%" else {})}

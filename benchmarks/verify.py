@@ -1,7 +1,8 @@
 """How far the pixel verifier (imgvec.verify) can be trusted, on real pictures.
 
 Per edit, the share of copies it verifies against their original: imgvec calibrate's eight edits and eight
-it does not make (benchmarks/pictures.py); per 1,000 pairs of different pictures, how many it verifies,
+it does not make (benchmarks/pictures.py), of all copies and of those whose images both have the detail a
+verdict needs (verify.MIN_DETAIL keypoints); per 1,000 pairs of different pictures, how many it verifies,
 among all pairs and among those a model puts at cosine >= 0.5; and milliseconds per pair on one core
 (decode and features of both images, then the match; and the match alone, as when an image's features are
 reused). A measurement, never pass/fail: `python benchmarks/verify.py [--model efficientnet_lite0]`.
@@ -38,7 +39,7 @@ def run(model: str, folder: str) -> dict:
     started = time.perf_counter()
     features = [verify.features_of(decode_image(open(p, "rb").read(), draft=verify.SIDE)) for p in paths]
     features_ms = (time.perf_counter() - started) / len(paths) * 1000
-    recall, seconds, pairs = {}, 0.0, 0
+    recall, seconds, pairs, telling = {}, 0.0, 0, []
     for kind in [*EDITS, *OTHER_EDITS]:
         verified = []
         for n, (image, mine) in enumerate(zip(images, features, strict=True)):
@@ -49,6 +50,8 @@ def run(model: str, folder: str) -> dict:
             seconds += time.perf_counter() - started
             pairs += 1
             verified.append(verdict.verified)
+            if verdict.detail >= verify.MIN_DETAIL:
+                telling.append(verdict.verified)
         recall[kind] = round(float(np.mean(verified)), 3)
     cosines = _cosines(model, paths)
     started = time.perf_counter()
@@ -61,6 +64,9 @@ def run(model: str, folder: str) -> dict:
             "recall_calibrate_edits": {k: recall[k] for k in EDITS},
             "recall_other_edits": {k: recall[k] for k in OTHER_EDITS},
             "recall_all": round(float(np.mean(list(recall.values()))), 3),
+            "recall_with_detail": round(float(np.mean(telling)), 3),
+            "copies_with_detail": round(len(telling) / pairs, 3),
+            "pictures_without_detail": sum(len(f.points) < verify.MIN_DETAIL for f in features),
             "distinct_pairs": len(distinct), "false_per_1000": round(1000 * len(wrong) / len(distinct), 2),
             "distinct_pairs_above_0.5": len(near),
             "false_per_1000_above_0.5": round(1000 * sum(v.verified for v in near) / max(1, len(near)), 2),

@@ -13,8 +13,8 @@ Recall comes from known copies; precision from the pairs the collection really h
   driver   per threshold: recall, per edit and overall; the collection's true pairs (verified, scaled
            from each band's draw to its count, divided by the verifier's recall on the known copies) and
            false pairs (the rest), scaled to the output's size (pairs grow with N^2); precision and a
-           one-sided 95% lower bound (Wilson, at the draw's effective size). Recommended: the lowest
-           threshold at and above which every threshold's precision bound keeps --min-precision, or
+           one-sided 95% lower bound (Wilson, at the draw's effective size). Recommended: the
+           threshold with the highest recall whose precision bound keeps --min-precision, or that
            expects no false pair at the output's size (a collection without copies to speak of).
            No share of copies is assumed: a collection full of copies has verified pairs, not
            false ones, so it is not pushed to a higher threshold.
@@ -100,7 +100,8 @@ class CopyTask:
                 "error": None}
 
 
-def _verify_copies(image, copies: list[bytes]) -> list[bool]:
+def _verify_copies(image, copies: list[bytes]) -> list[bool | None]:
+    """Whether the verifier confirms each copy of `image`; None where its verdict says nothing (too little detail)."""
     from imgvec.decode import decode_image
     from imgvec.verify import SIDE, compare, features_of
 
@@ -108,7 +109,8 @@ def _verify_copies(image, copies: list[bytes]) -> list[bool]:
     verdicts = []
     for data in copies:
         copy = decode_image(data, draft=SIDE)
-        verdicts.append(not isinstance(copy, str) and compare(mine, features_of(copy)).verified)
+        verdict = None if isinstance(copy, str) else compare(mine, features_of(copy))
+        verdicts.append(verdict.verified if verdict is not None and verdict.telling else None)
     return verdicts
 
 
@@ -159,11 +161,11 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     if failed:
         raise ValueError(f"calibrate needs the originals, and {failed}; restore it or embed again without it")
     cosines = np.array([r["cosines"] for r in found], np.float32)  # [originals, edits]
-    checked = [r["verified"] for r in found if r["verified"] is not None]
-    known = (cosines[: len(checked)], np.array(checked, bool).reshape(len(checked), len(EDITS)))
-    readable = np.array([verdicts[p].error is None for p in pairs], bool)
+    checked = [[np.nan if v is None else v for v in r["verified"]] for r in found if r["verified"] is not None]
+    known = (cosines[: len(checked)], np.array(checked, np.float64).reshape(len(checked), len(EDITS)))
+    telling = np.array([verdicts[p].telling for p in pairs], bool)
     verified = np.array([verdicts[p].verified for p in pairs], bool)
-    table = precision_table(counts, drawn["cosine"][readable], verified[readable], known,
+    table = precision_table(counts, drawn["cosine"][telling], verified[telling], known,
                             scale=all_pairs / max(1, distinct_pairs), exhaustive=len(ids) >= images)
     for row in table:
         row.update(_recall(row["threshold"], cosines))
@@ -171,8 +173,8 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     chosen = next(r for r in table if r["threshold"] == threshold)
     result = {"output": features.location, "model": features.metadata.get("model"),
               "weights_sha256": features.metadata.get("weights_sha256"), "images": images, "originals": n,
-              "pairs_sampled": distinct_pairs, "pairs_checked": int(readable.sum()),
-              "pairs_unreadable": int((~readable).sum()), "verifier_originals": len(checked),
+              "pairs_sampled": distinct_pairs, "pairs_checked": len(pairs),
+              "pairs_telling": int(telling.sum()), "verifier_originals": len(checked),
               "edits": dict(EDITS), "precision": precision, "threshold": threshold, "recall": chosen["recall"],
               "expected_precision": chosen["precision"], "precision_lower_bound": chosen["precision_lower_bound"],
               "expected_false_pairs": chosen["expected_false_pairs"],
@@ -220,16 +222,17 @@ def precision_table(at_or_above: np.ndarray, cosine: np.ndarray, verified: np.nd
                     exhaustive: bool) -> list[dict]:
     """Per threshold: the collection's expected true and false pairs at the output's size and the precision with
     its lower bound, from the pairs counted (`at_or_above`, per threshold) and the verified draw (`cosine`,
-    `verified`). `known`: (cosines [originals, edits], verified [first originals, edits]) of the known copies,
-    whose verified share at each threshold is the verifier's recall there. `scale`: output pairs per sample pair;
+    `verified`: only verdicts that say something). `known`: (cosines [originals, edits], verified [first
+    originals, edits]: 1, 0, or NaN where the verdict says nothing) of the known copies, whose verified share at
+    each threshold is the verifier's recall there. `scale`: output pairs per sample pair;
     `exhaustive`: the sample is the whole output."""
     within = -np.diff(np.append(at_or_above, 0))  # pairs per threshold step
     bands = np.arange(len(THRESHOLDS)) // BAND
     drawn_band = _band(cosine)
-    known_cosines, known_verified = known
+    known_cosines, known_verified = known[0], np.asarray(known[1], np.float64)
     table = []
     for k, threshold in enumerate(THRESHOLDS):
-        share, weights, exact = 0.0, [], True
+        share, weights, exact = 0.0, [], True  # weights: (the band's pairs, how many of them say something)
         total = int(at_or_above[k])
         for band in np.unique(bands[k:]):
             pairs = int(within[k:][bands[k:] == band].sum())  # the band's pairs at or above the threshold
@@ -239,8 +242,8 @@ def precision_table(at_or_above: np.ndarray, cosine: np.ndarray, verified: np.nd
             if not mine.any():  # none drawn above the threshold: the band's draw as a whole
                 mine = drawn_band == band
             checked = int(mine.sum())
-            if not checked:
-                exact = False
+            if not checked:  # none of its pairs can be told apart by their pixels: counted as false, not as none
+                weights.append((pairs, pairs))
                 continue
             share += pairs * verified[mine].mean()
             weights.append((pairs, checked))
@@ -248,9 +251,10 @@ def precision_table(at_or_above: np.ndarray, cosine: np.ndarray, verified: np.nd
         seen = sum(p for p, _ in weights)
         verified_share = share / seen if seen else 0.0
         effective = seen**2 / sum(p * p / c for p, c in weights) if weights else 0.0  # Kish's effective size
-        at = known_cosines[: len(known_verified)] >= threshold
+        telling = ~np.isnan(known_verified)
+        at = (known_cosines[: len(known_verified)] >= threshold) & telling
         recall = float(known_verified[at].mean()) if at.any() else (
-            float(known_verified.mean()) if known_verified.size else 1.0)
+            float(known_verified[telling].mean()) if telling.any() else 1.0)
         recall = max(recall, 0.5)  # a verifier that misses most copies says little; never divide by ~0
         precision = min(1.0, verified_share / recall) if seen else 1.0
         if not seen:
@@ -276,16 +280,12 @@ def _wilson_lower(share: float, n: float) -> float:
 
 
 def choose(table: list[dict], precision: float) -> tuple[float, bool]:
-    """The lowest threshold at and above which every threshold keeps `precision` (its lower bound) or expects no
-    false pair at the output's size (fewer than NO_FALSE_PAIR); the highest threshold (and False) when even it
-    does not."""
-    chosen = None
-    for row in reversed(table):
-        if row["precision_lower_bound"] >= precision or row["expected_false_pairs"] < NO_FALSE_PAIR:
-            chosen = row["threshold"]
-        else:
-            break
-    return (chosen, True) if chosen is not None else (table[-1]["threshold"], False)
+    """The threshold with the highest recall (the lowest) whose precision lower bound keeps `precision`, or that
+    expects no false pair at the output's size (fewer than NO_FALSE_PAIR); the highest threshold (and False)
+    when none does."""
+    good = [row["threshold"] for row in table
+            if row["precision_lower_bound"] >= precision or row["expected_false_pairs"] < NO_FALSE_PAIR]
+    return (min(good), True) if good else (table[-1]["threshold"], False)
 
 
 def _recall(threshold: float, cosines: np.ndarray) -> dict:

@@ -27,6 +27,8 @@ SIDE = 512  # pixels of the longer side images are matched at
 FEATURES = 1_000  # SIFT keypoints kept per image: the strongest
 CONTRAST = 0.01  # SIFT keeps fainter features than its default 0.04: smooth pictures (skies, gradients) have few
 RATIO = 0.75  # Lowe's ratio test: the best match must be clearly better than the second
+MIN_DETAIL = 100  # keypoints both images need for a verdict to say something: smooth pictures (gradients, skies)
+# have too few, and their copies fail as often as different pictures do (measured: benchmarks/verify.py)
 MIN_INLIERS = 15  # points agreeing on one transform that make a verdict (measured: benchmarks/verify.py)
 MIN_SPREAD = 0.04  # share of an image's area the agreeing points must span (their bounding box), in the image
 # where the shared content is larger: an inset may be small in the copy, but a shared logo is small in both
@@ -37,7 +39,7 @@ PAIRS_PER_TASK = 200  # pairs of one Spark task, grouped by their first image so
 PAIRS = pa.schema([("a", pa.string()), ("b", pa.string())])
 PLAN = pa.schema([("id", pa.int64()), ("a", pa.list_(pa.string())), ("b", pa.list_(pa.string()))])
 VERDICTS = pa.schema([("a", pa.string()), ("b", pa.string()), ("verified", pa.bool_()), ("matches", pa.int64()),
-                      ("transform", pa.string()), ("error", pa.string())])
+                      ("transform", pa.string()), ("detail", pa.int64()), ("error", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,17 @@ class Verdict:
     verified: bool
     matches: int  # points that agree on the best transform found
     transform: str  # "similarity", "affine", "mirror+similarity", "mirror+affine", or "none"
+    detail: int = 0  # keypoints of the image that has fewer: below MIN_DETAIL, a failed pair says nothing
     error: str | None = None  # an image that could not be read or decoded: not verified
+
+    @property
+    def telling(self) -> bool:
+        """Does this verdict say something: verified, or not verified though both images have detail to match."""
+        return self.error is None and (self.verified or self.detail >= MIN_DETAIL)
 
     def row(self, a: str, b: str) -> dict:
         return {"a": a, "b": b, "verified": self.verified, "matches": self.matches, "transform": self.transform,
-                "error": self.error}
+                "detail": self.detail, "error": self.error}
 
 
 @dataclass
@@ -88,15 +96,16 @@ def _mirrored(features: _Features) -> _Features:
 
 def compare(a: _Features, b: _Features) -> Verdict:
     """The verdict on two images' features: the best transform, b as it is or mirrored."""
-    best = Verdict(False, 0, "none")
+    detail = min(len(a.points), len(b.points))
+    best = Verdict(False, 0, "none", detail)
     for mirrored in (False, True):
         other = _mirrored(b) if mirrored else b
         for kind, matches in _agreeing(a, other):
             name = f"mirror+{kind}" if mirrored else kind
             if matches >= MIN_INLIERS:
-                return Verdict(True, matches, name)
+                return Verdict(True, matches, name, detail)
             if matches > best.matches:
-                best = Verdict(False, matches, "none")
+                best = Verdict(False, matches, "none", detail)
     return best
 
 
@@ -181,7 +190,7 @@ class PairVerifier:
         first, second = self.features(a), self.features(b)
         for problem in (first, second):
             if isinstance(problem, str):
-                return Verdict(False, 0, "none", problem)
+                return Verdict(False, 0, "none", error=problem)
         return compare(first, second)
 
 
@@ -213,5 +222,4 @@ def verify_pairs(pairs: list[tuple[str, str]], *, master: str = "local[*]", conf
                      "b": [[b for _, b in t] for t in tasks]}, schema=PLAN)
     with session(master, conf, spark) as spark:
         rows = collect(spark, one_row_per_partition(spark, plan).mapInArrow(VerifyTask(), ddl(VERDICTS)), report)
-    return {(r["a"], r["b"]): Verdict(r["verified"], r["matches"], r["transform"], r["error"])
-            for r in rows.to_pylist()}
+    return {(r.pop("a"), r.pop("b")): Verdict(**r) for r in rows.to_pylist()}

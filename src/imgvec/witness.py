@@ -70,16 +70,26 @@ def weakest_pair(vectors: np.ndarray) -> tuple[int, int, float]:
 
 def around_kept(vectors: np.ndarray, leader: np.ndarray) -> list[list[int]]:
     """Groups of positions formed around kept files: each kept file with the files it witnesses. A kept file that
-    witnesses none joins the group of its most similar member that is in a group (it stays kept): still shown,
-    never alone, and never the link that joins two groups."""
+    witnesses none (forced, or refused by --verify) joins its most similar member: still shown, never alone, and
+    never the link that joins two kept files' groups."""
+    n = len(leader)
+    root = np.arange(n)
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    edges = [(i, int(k)) for i, k in enumerate(leader.tolist()) if k != i]
+    followed = {k for _, k in edges}
+    for kept in (i for i in range(n) if leader[i] == i and i not in followed):
+        cosines = vectors @ vectors[kept]
+        cosines[kept] = -np.inf
+        edges.append((kept, int(np.argmax(cosines))))
+    for a, b in edges:
+        root[find(a)] = find(b)
     groups: dict[int, list[int]] = {}
-    for position, kept in enumerate(leader.tolist()):
-        groups.setdefault(kept, []).append(position)
-    lone = [kept for kept, members in groups.items() if len(members) == 1]
-    shared = [p for members in groups.values() if len(members) > 1 for p in members]
-    if not shared:  # nobody witnesses anybody (every pair refused, or every file forced): one group to look at
-        return [list(range(len(leader)))]
-    for kept in lone:
-        target = shared[int(np.argmax(vectors[shared] @ vectors[kept]))]
-        groups[int(leader[target])].append(groups.pop(kept)[0])
-    return [sorted(members) for members in groups.values()]
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values())
