@@ -105,7 +105,8 @@ def run(model: str, sample: int, chain: float, master: str, folder: str) -> dict
             "images": len(originals) + copies, "copies": copies,
             "calibration": {k: calibration[k] for k in ("threshold", "recall", "expected_precision",
                                                         "precision_lower_bound", "expected_true_pairs",
-                                                        "expected_false_pairs", "pairs_checked", "pairs_telling", "reached")},
+                                                        "expected_false_pairs", "pairs_checked", "pairs_telling",
+                                                        "reached")},
             "calibrate_seconds": round(seconds, 1), "at_recorded": calibrated, "at_0.9": fixed,
             "ratio_to_0.9": round(calibrated["copies_found"] / max(1, fixed["copies_found"]), 2),
             **({"verify": verified_deletions(output, chain, master)} if share == "90%" else {})}
