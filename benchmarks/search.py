@@ -9,8 +9,9 @@ each command as a user runs it (a fresh process, local Spark on --cores):
   - 1,000 queries one at a time through the stored index (NeighbourIndex, loaded once): p50/p99
     latency, and recall@10 against exact search of the same queries over every vector;
   - `imgvec dupes OUTPUT --threshold 0.9` (clustered on Spark): wall time and groups;
-  - on a --sample output of the same kind: clustered dupes against `--exact`, pair recall and
-    precision (pairs of images that share a group);
+  - on a --sample output of the same kind: clustered dupes against `--exact`, recall and precision
+    of the files found to have a near-duplicate (groups form around kept files, so the files, not
+    the pairs of co-members, are what the two searches must agree on);
   - new against old (--follow, the first dimension): 10^4 NEW vectors (5% near copies of OLD rows)
     through `imgvec dupes NEW --against OLD` with OLD's index, and its NEW x OLD pair recall
     against exact search; then the same 10^4 added to OLD as parts of a new run (a copy of OLD
@@ -291,11 +292,10 @@ def _cpu() -> str:
         return platform.machine()
 
 
-def pairs(found: dict) -> set:
-    from itertools import combinations
-
-    return {tuple(sorted((a["path"], b["path"]))) for g in found["groups"] if g["kind"] == "near"
-            for a, b in combinations(g["members"], 2)}
+def grouped(found: dict) -> set:
+    """The files in near-duplicate groups: those that have a near-duplicate (whichever kept file each one's group
+    forms around)."""
+    return {m["path"] for g in found["groups"] if g["kind"] == "near" for m in g["members"]}
 
 
 def main() -> None:
@@ -338,12 +338,12 @@ def main() -> None:
             clusters = max(2, round(args.sample / defaults.CLUSTER_SIZE))  # clustered even on a small sample
             clustered_seconds, clustered = imgvec("dupes", sample, "--threshold", THRESHOLD, "--clusters", clusters,
                                                   "--json", *spark)
-            truth, found_pairs = pairs(json.loads(exact)), pairs(json.loads(clustered))
+            truth, found = grouped(json.loads(exact)), grouped(json.loads(clustered))
             run["dupes_sample"] = {
                 "vectors": args.sample, "exact_seconds": round(exact_seconds, 1),
-                "clustered_seconds": round(clustered_seconds, 1), "exact_pairs": len(truth),
-                "pair_recall": round(len(truth & found_pairs) / max(1, len(truth)), 4),
-                "pair_precision": round(len(truth & found_pairs) / max(1, len(found_pairs)), 4)}
+                "clustered_seconds": round(clustered_seconds, 1), "exact_grouped_files": len(truth),
+                "grouped_file_recall": round(len(truth & found) / max(1, len(truth)), 4),
+                "grouped_file_precision": round(len(truth & found) / max(1, len(found)), 4)}
             print(f"{dim}-d: dupes on a sample {run['dupes_sample']}", flush=True)
         results["runs"].append(run)
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

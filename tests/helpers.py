@@ -153,6 +153,12 @@ def visible_on_workers(spark, path) -> set[bool]:
     return {r[0] for r in spark.range(0, 4, numPartitions=4).select(exists("id")).collect()}
 
 
+def grouped_files(found: dict) -> set:
+    """Every path in a near-duplicate group of `imgvec dupes --json` output: the files that have a near-duplicate.
+    What a search finds, whichever kept file each one's group forms around."""
+    return {m["path"] for g in found["groups"] if g["kind"] == "near" for m in g["members"]}
+
+
 def co_member_pairs(found: dict) -> set:
     """Every pair of paths that share a near-duplicate group in `imgvec dupes --json` output."""
     return {tuple(sorted((a["path"], b["path"]))) for g in found["groups"] if g["kind"] == "near"

@@ -14,8 +14,8 @@ from deployments import connect_server, hidden_torch_cache, needs_hiding
 from helpers import (
     assert_same_features,
     clustered_vectors,
-    co_member_pairs,
     files_in,
+    grouped_files,
     imgvec,
     reference_features,
     vectors_output,
@@ -90,5 +90,5 @@ def test_index_and_clustered_dupes_on_spark_connect(connect_url, tmp_path):
     assert clustered.returncode == 0, clustered.stderr
     found = json.loads(clustered.stdout)
     assert found["search"].startswith("clustered: 3 k-means clusters") and exact["search"] == "exact"
-    truth, pairs = co_member_pairs(exact), co_member_pairs(found)
-    assert truth and pairs <= truth and len(pairs & truth) / len(truth) >= 0.95
+    truth, files = grouped_files(exact), grouped_files(found)
+    assert truth and files <= truth and len(files & truth) / len(truth) >= 0.95

@@ -114,8 +114,9 @@ def test_embed_with_an_engine_keeps_errors_as_rows_resume_and_the_record(tmp_pat
     names = sorted(example_bytes)
     reference, _ = ImageVectorizer("efficientnet_lite0", device="cpu").embed([example_bytes[n] for n in names])
     ours = np.array([by_name[n]["features"] for n in names], np.float32)
-    # int8 for the first run's images, fp32 for the resumed ones: each close to torch fp32
-    assert cosines(ours, reference).min() >= 0.97
+    # int8 for the first run's images, fp32 for the resumed ones: each close to torch fp32 (int8 less so on a CPU
+    # without VNNI, where its weights are quantised to 7 bits against saturation: 0.73 with 8 bits, measured)
+    assert cosines(ours, reference).min() >= (0.97 if engines.cpu_has_int8() else 0.9)
     resumed = [i for i, n in enumerate(names) if n not in list(example_bytes)[:6]]
     assert cosines(ours[resumed], reference[resumed]).min() >= 0.9999
     info = json.loads(imgvec("info", output, "--json").stdout)

@@ -22,7 +22,7 @@ from helpers import (
     SPARK,
     assert_usage_error,
     clustered_vectors,
-    co_member_pairs,
+    grouped_files,
     imgvec,
     imgvec_here,
     vectors_output,
@@ -155,9 +155,9 @@ def test_clustered_dupes_on_spark_find_what_exact_finds_on_real_photos(planted):
     assert result.returncode == 0, result.stderr
     clustered = json.loads(result.stdout)
     assert clustered["search"].startswith("clustered: 4 k-means clusters")
-    truth, found = co_member_pairs(exact), co_member_pairs(clustered)
-    assert len(truth) >= 40  # the planted variants are found at this threshold
-    assert len(truth & found) / len(truth) >= 0.95  # pair recall
+    truth, found = grouped_files(exact), grouped_files(clustered)
+    assert len(truth) >= 30  # the planted variants are found at this threshold
+    assert len(truth & found) / len(truth) >= 0.95  # recall of the files that have a near-duplicate
     assert found <= truth  # nothing that exact search would not group
     features = features_by_path(output)
     for group in clustered["groups"]:  # each member's similarity is a real pair inside its group
@@ -177,8 +177,8 @@ def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):
     assert result.returncode == 0, result.stderr
     clustered = json.loads(result.stdout)
     assert clustered["search"].startswith("clustered: 15 k-means clusters")
-    truth, found = co_member_pairs(exact), co_member_pairs(clustered)
-    assert len(truth) > 100_000 and found <= truth
+    truth, found = grouped_files(exact), grouped_files(clustered)
+    assert len(truth) > 5_000 and found <= truth
     assert len(truth & found) / len(truth) >= 0.95
 
 

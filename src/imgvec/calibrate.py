@@ -153,13 +153,13 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
             task = CopyTask(vectorizer.config, ship_weights(spark, vectorizer.runtime_ref))
             found = collect(spark, one_row_per_partition(spark, plan).mapInArrow(task, ddl(COSINES)),
                             lambda share: progress.update(share * n))
+            found = sorted(found.to_pylist(), key=lambda r: r["original"])
+            failed = next((r["error"] for r in found if r["error"]), None)
+            if failed:
+                raise ValueError(f"calibrate needs the originals, and {failed}; restore it or embed again without it")
             verdicts = verify_pairs(pairs, spark=spark, report=lambda share: progress.update(n + share * len(pairs)))
     finally:
         progress.close()
-    found = sorted(found.to_pylist(), key=lambda r: r["original"])
-    failed = next((r["error"] for r in found if r["error"]), None)
-    if failed:
-        raise ValueError(f"calibrate needs the originals, and {failed}; restore it or embed again without it")
     cosines = np.array([r["cosines"] for r in found], np.float32)  # [originals, edits]
     checked = [[np.nan if v is None else v for v in r["verified"]] for r in found if r["verified"] is not None]
     known = (cosines[: len(checked)], np.array(checked, np.float64).reshape(len(checked), len(EDITS)))
