@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, imgvec
+from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, clustered_vectors, imgvec, imgvec_here, vectors_output
 from imgvec.lock import LockError
 from imgvec.output import FeatureDataset
 from imgvec.progress import Progress
@@ -243,3 +243,19 @@ def test_info_dupes_and_similar_by_path_import_neither_torch_nor_pyspark(embedde
     for command in commands:
         result = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=60)
         assert result.stdout.split() == ["0", "-"], (command, result.stdout, result.stderr)
+
+
+def test_options_and_positionals_mix_in_every_command(tmp_path, capsys):
+    from imgvec.cli import parse_args
+
+    assert parse_args(["similar", "out", "-k", "3", "a.jpg", "b.jpg"]).queries == ["a.jpg", "b.jpg"]
+    assert parse_args(["embed", "a", "-o", "x", "b", "--resume"]).inputs == ["a", "b"]
+    assert parse_args(["dupes", "--keep", "first", "out", "--verify"]).output == "out"
+    assert parse_args(["calibrate", "--json", "out"]).output == "out"
+    assert parse_args(["index", "--rebuild", "out"]).output == "out"
+    assert parse_args(["info", "--json", "out"]).output == "out"
+    output = tmp_path / "vectors"
+    vectors_output(output, clustered_vectors(40, 8))
+    found = imgvec_here(capsys, "similar", output, "-k", "3", "img/00000001.jpg", "--json")  # as a user types it
+    assert found.returncode == 0, found.stderr
+    assert [len(r["matches"]) for r in json.loads(found.stdout)] == [3]

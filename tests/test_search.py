@@ -550,3 +550,5 @@ def test_against_an_output_of_another_model_is_one_line(old_and_new, tmp_path, c
     assert_usage_error(imgvec_here(capsys, "dupes", new, "--against", tmp_path / "other"), "another model")
     vectors_output(tmp_path / "wider", np.ones((10, 64), np.float32))
     assert_usage_error(imgvec_here(capsys, "dupes", new, "--against", tmp_path / "wider"), "64-d")
+    itself = f"file://{new}/"  # another spelling of the same place
+    assert_usage_error(imgvec_here(capsys, "dupes", new, "--against", itself), "is OUTPUT itself")

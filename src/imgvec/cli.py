@@ -153,7 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="what an output holds")
     info.add_argument("output", metavar="OUTPUT")
     info.add_argument("--json", action="store_true", help="JSON on stdout")
+    parser.commands = commands.choices  # parse_args: each command's own parser
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, options and positionals in any order (`similar OUT -k 3 photo.jpg` as well as
+    `similar OUT photo.jpg -k 3`): the command's own parser reads the rest intermixed."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv or argv[0] not in parser.commands:
+        return parser.parse_args(argv)  # no command, --help, or one that does not exist: said by the main parser
+    args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
 
 
 def _spark_options(parser) -> None:
@@ -180,7 +193,7 @@ def _size(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as error:
         return _fail(str(error))

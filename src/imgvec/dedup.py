@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from imgvec import defaults
 from imgvec.output import FeatureDataset, read_part
+from imgvec.paths import comparable
 from imgvec.progress import Progress
 from imgvec.rows import part_ids, part_vectors
 from imgvec.search import groups, linked, normalise
@@ -123,6 +124,10 @@ def find_duplicates(output: str, threshold: float | None = None, *, keep: str = 
         raise ValueError(f"--keep is one of {', '.join(defaults.KEEPS)}, not {keep!r}")
     if clusters is not None and (exact or clusters < 1):
         raise ValueError("--clusters is a number of k-means clusters (at least 1), and cannot go with --exact")
+    for location in against:
+        if comparable(location) == comparable(output):
+            raise ValueError(f"--against {location} is OUTPUT itself: every file would be its own copy; give "
+                             "another output (new images --against old ones), or leave --against out")
     started = time.monotonic()
     features = open_searchable(output)
     olds = [open_searchable(location) for location in against]
