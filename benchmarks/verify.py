@@ -14,13 +14,13 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 from pictures import OTHER_EDITS, other_copy, pictures
 from PIL import Image
+from throughput import cpu_kind
 
 from imgvec import verify
 from imgvec.decode import decode_image
@@ -60,7 +60,7 @@ def run(model: str, folder: str) -> dict:
     match_ms = (time.perf_counter() - started) / len(distinct) * 1000
     wrong = [(os.path.basename(paths[i]), os.path.basename(paths[j]), v.matches) for i, j, v in distinct if v.verified]
     near = [v for i, j, v in distinct if cosines[i, j] >= 0.5]
-    return {"cpu": _cpu(), "pictures": len(paths), "side": verify.SIDE, "min_inliers": verify.MIN_INLIERS,
+    return {"cpu": cpu_kind(), "pictures": len(paths), "side": verify.SIDE, "min_inliers": verify.MIN_INLIERS,
             "recall_calibrate_edits": {k: recall[k] for k in EDITS},
             "recall_other_edits": {k: recall[k] for k in OTHER_EDITS},
             "recall_all": round(float(np.mean(list(recall.values()))), 3),
@@ -82,14 +82,6 @@ def _cosines(model: str, paths: list[str]) -> np.ndarray:
     assert not any(errors), errors
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors @ vectors.T
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def main() -> None:
