@@ -49,7 +49,7 @@ def collection(folder: str, originals: list[str], share: str) -> int:
     copies = 0
     for n, path in enumerate(originals):
         shutil.copy(path, folder)
-        kinds = OTHER_EDITS[: SHARES[share]] if share != "15%" else (OTHER_EDITS[n % 8],) if n % 6 == 0 else ()
+        kinds = OTHER_EDITS[: SHARES[share]] if share != "15%" else (OTHER_EDITS[n // 6 % 8],) if n % 6 == 0 else ()
         image = Image.open(path).convert("RGB") if kinds else None
         for kind in kinds:
             with open(os.path.join(folder, f"{picture(path)}_copy_{kind}.jpg"), "wb") as f:
