@@ -42,7 +42,7 @@ from imgvec.progress import Progress
 from imgvec.rows import part_ids, part_vectors
 from imgvec.search import groups, linked, normalise
 from imgvec.searchable import Searchable, check_comparable, open_searchable, parts_plan
-from imgvec.witness import around_kept, keep_order, weakest_pair, witnesses
+from imgvec.witness import around_kept, best_partners, keep_order, weakest_pair, witnesses
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
@@ -295,10 +295,8 @@ def _label(sources: list[Searchable], identical: list[list[int]], near, keep: st
     unverified = []
     for (rows, vectors, _), (leader, similarity, refused) in zip(candidates, assigned, strict=True):
         for positions in around_kept(vectors, leader):
-            inside = vectors[positions] @ vectors[positions].T
-            np.fill_diagonal(inside, -np.inf)
             members_rows = []
-            for position, best in zip(positions, inside.max(axis=1).tolist(), strict=True):
+            for position, best in zip(positions, best_partners(vectors[positions]).tolist(), strict=True):
                 kept = rows[leader[position]]
                 row = {**_public(rows[position]), "similarity": round(float(best), 6), "kept_file": kept["path"],
                        "kept_similarity": round(float(similarity[position]), 6)}

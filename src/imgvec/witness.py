@@ -49,6 +49,18 @@ def witnesses(vectors: np.ndarray, threshold: float, forced=None, refused=frozen
     return leader, similarity
 
 
+def best_partners(vectors: np.ndarray) -> np.ndarray:
+    """Each normalised vector's highest cosine to another one, block by block: the n^2 similarities of a large
+    group are never held at once."""
+    best = np.full(len(vectors), -np.inf, np.float32)
+    for start in range(0, len(vectors), BLOCK):
+        similarities = vectors[start : start + BLOCK] @ vectors.T
+        rows = np.arange(len(similarities))
+        similarities[rows, start + rows] = -np.inf  # a member with itself is no pair
+        best[start : start + BLOCK] = similarities.max(axis=1)
+    return best
+
+
 def weakest_pair(vectors: np.ndarray) -> tuple[int, int, float]:
     """The least similar pair of normalised `vectors` (positions a < b and their cosine); among a seeded
     sample of WEAKEST_MAX of them in a larger group."""
