@@ -319,7 +319,7 @@ def run_similar(args) -> int:
 
 
 def run_dupes(args) -> int:
-    from imgvec.dedup import find_duplicates
+    from imgvec.dedup import evidence, find_duplicates
 
     out = _new_file(args.out, "--out") if args.out else None
     page = _new_file(args.html, "--html") if args.html else None
@@ -357,12 +357,12 @@ def run_dupes(args) -> int:
             weakest = f", weakest pair {group.weakest['similarity']:.4f}" if group.kind == "near" else ""
             print(f"group {n} ({group.kind}, {len(group.members)} images{weakest})")
             for member in group.members[: args.show]:
-                evidence = _evidence(member)
+                said = evidence(member)
                 if member["kept_file"] == member["path"]:
-                    print(f"  {member['similarity']:.4f}  {member['path']}  (keep{evidence})")
+                    print(f"  {member['similarity']:.4f}  {member['path']}  (keep{', ' + said if said else ''})")
                 else:
                     copy = "" if len(group.kept) == 1 else f"copy of {member['kept_file']}"
-                    about = ", ".join(x for x in (copy, evidence.lstrip(", ")) if x)
+                    about = ", ".join(x for x in (copy, said) if x)
                     print(f"  {member['kept_similarity']:.4f}  {member['path']}" + (f"  ({about})" if about else ""))
             if len(group.members) > args.show:
                 print(f"  ... and {len(group.members) - args.show} more")
@@ -378,15 +378,6 @@ def run_dupes(args) -> int:
                                     conf=_conf(args)).encode())
         print(f"page written to {page.uri}", file=sys.stderr)
     return 0
-
-
-def _evidence(member: dict) -> str:
-    """What --verify found for a file's witness pair, as the text listing says it."""
-    if member.get("verified") is None:
-        return ""
-    if member["verified"]:
-        return f", verified: {member['matches']} matching points"
-    return ", not verified: no kept file's pixels match"
 
 
 def run_calibrate(args) -> int:

@@ -92,6 +92,14 @@ class Duplicates:
                                      for n, g in enumerate(self.groups) for m in g.members], schema=schema)
 
 
+def evidence(member: dict) -> str:
+    """The pixel verifier's word on a file's witness pair (dupes --verify), as the listing and the page say it."""
+    if member.get("verified") is None:
+        return ""
+    return (f"verified: {member['matches']} matching points" if member["verified"]
+            else f"not verified ({member['matches']} matching points)")
+
+
 def resolve_threshold(features: Searchable, threshold: float | None) -> tuple[float, str]:
     """The threshold to use and where it comes from: given, calibrated on this output, or the model's default."""
     if threshold is not None:

@@ -100,6 +100,8 @@ h2{font-size:15px;margin:0 0 10px} h2 small{font-weight:normal;color:#666}
 
 def dupes_page(found, show: int, out: str | None, master: str = "local[*]", conf: dict | None = None) -> str:
     """The largest `show` groups of a Duplicates result, each member with its kept file marked."""
+    from imgvec.dedup import evidence
+
     shown = found.groups[:show]
     pictures = thumbnails([m["path"] for g in shown for m in g.members], master, conf)
     deletable = found.to_delete()
@@ -123,7 +125,7 @@ def dupes_page(found, show: int, out: str | None, master: str = "local[*]", conf
             kept = m["kept_file"] == m["path"]
             badge = "KEEP" if kept else f"copy, cosine {m['kept_similarity']:.3f} to {_name(m['kept_file'])}"
             cards.append(_card(pictures[m["path"]], "keep" if kept else "copy", badge, m["path"], m.get("bytes"),
-                               m.get("output"), _evidence(m)))
+                               m.get("output"), evidence(m)))
         sections.append(f"<section><h2>Group {n}: {group.kind}, {len(group.members)} images, "
                         f"{len(group.kept)} kept <small>(weakest pair {weakest:.3f})</small></h2>"
                         f"<div class=cards>{''.join(cards)}</div></section>")
@@ -146,14 +148,6 @@ def similar_page(how: str, results: list[dict]) -> str:
         sections.append(f"<section><h2>{_text(_name(result['query']))}</h2><div class=cards>{''.join(cards)}</div>"
                         "</section>")
     return _page("imgvec similar", [f"{_count(len(results), 'query', 'queries')}; search: {_text(how)}."], sections)
-
-
-def _evidence(member: dict) -> str:
-    """The pixel verifier's word on a file's witness pair (dupes --verify), or nothing."""
-    if member.get("verified") is None:
-        return ""
-    return (f"verified: {member['matches']} matching points" if member["verified"]
-            else f"not verified ({member['matches']} matching points)")
 
 
 def _card(picture: dict, kind: str, badge: str, path: str, size: int | None, output: str | None = None,
