@@ -30,8 +30,9 @@ def measure(seconds: float) -> dict:
     import numpy as np
     import torch
 
-    from imgvec.featurize import FeatureConfig, get_featurizer, native_bf16
-    from imgvec.weights import WeightsRef
+    from imgvec.features.featurize import FeatureConfig, get_featurizer
+    from imgvec.models.hardware import native_bf16
+    from imgvec.models.weights import WeightsRef
 
     torch.set_num_threads(1)
     crops = list(np.random.default_rng(0).integers(0, 256, (16, 224, 224, 3), dtype=np.uint8))

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from imgvec import defaults
+from imgvec.base import defaults
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from parallel import summed_rate  # noqa: E402
@@ -82,8 +82,8 @@ def in_process_rate(folder: str, model: str, cores: int, sample: int) -> float:
 
 DRIVER = """
 import json, resource, sys, time
-from imgvec.embed import embed
-from imgvec.spark import get_session
+from imgvec.batch.embed import embed
+from imgvec.spark.session import get_session
 folder, output, model, cores, shard_size, events, resume = sys.argv[1:8]
 started = time.monotonic()
 log = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": events, "spark.eventLog.compress": "false"}

@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from imgvec import defaults
+from imgvec.base import defaults
 
 CACHE = os.path.join(tempfile.gettempdir(), "imgvec-search")
 PART_ROWS = 512
@@ -52,8 +52,8 @@ def make_output(count: int, dim: int, seed: int = 0) -> str:
     """An imgvec output of `count` clustered vectors with planted near-duplicates (made once, then reused)."""
     import pyarrow as pa
 
-    from imgvec.output import FORMAT, FeatureDataset
-    from imgvec.writing import run_writing
+    from imgvec.dataset.output import FORMAT, FeatureDataset
+    from imgvec.dataset.writing import run_writing
 
     folder = os.path.join(CACHE, f"vectors-{count}-{dim}-{seed}")
     if os.path.exists(os.path.join(folder, ".complete")):
@@ -94,10 +94,10 @@ def imgvec(*args) -> tuple[float, str]:
 
 def queries(output: str, count: int = 1000) -> dict:
     """Latency of single queries through the stored index, and their recall@10 against exact search."""
-    from imgvec.index import NeighbourIndex
-    from imgvec.output import FeatureDataset
-    from imgvec.rows import part_vectors
-    from imgvec.search import Best, normalise
+    from imgvec.answers.index import NeighbourIndex
+    from imgvec.dataset.output import FeatureDataset
+    from imgvec.dataset.rows import part_vectors
+    from imgvec.kernels.similarity import Best, normalise
 
     dataset = FeatureDataset(output)
     parts = dataset.part_names()
@@ -145,9 +145,9 @@ def new_output(old: str, count: int, dim: int, share: float = 0.05, seed: int = 
     """NEW: `count` vectors of OLD's kind, `share` of them near copies of OLD rows; and those rows' ids in OLD."""
     import pyarrow as pa
 
-    from imgvec.output import FORMAT, FeatureDataset
-    from imgvec.searchable import open_searchable
-    from imgvec.writing import run_writing
+    from imgvec.dataset.output import FORMAT, FeatureDataset
+    from imgvec.dataset.searchable import open_searchable
+    from imgvec.dataset.writing import run_writing
 
     folder = os.path.join(CACHE, f"new-{count}-{dim}-{seed}")
     shutil.rmtree(folder, ignore_errors=True)
@@ -177,8 +177,8 @@ def new_output(old: str, count: int, dim: int, share: float = 0.05, seed: int = 
 
 def exact_against(old: str, new_vectors: np.ndarray, threshold: float) -> set:
     """Every (new row, old path) pair at or above the threshold, part by part."""
-    from imgvec.search import normalise
-    from imgvec.searchable import open_searchable
+    from imgvec.dataset.searchable import open_searchable
+    from imgvec.kernels.similarity import normalise
 
     features = open_searchable(old)
     new_vectors = normalise(new_vectors)
@@ -212,7 +212,7 @@ def follow(old: str, dim: int, build_seconds: float, spark: list[str], count: in
     grown = os.path.join(CACHE, f"grown-{dim}")
     shutil.rmtree(grown, ignore_errors=True)
     shutil.copytree(old, grown, copy_function=os.link)  # hard links: the update never rewrites a file it keeps
-    from imgvec.output import FeatureDataset
+    from imgvec.dataset.output import FeatureDataset
 
     dataset = FeatureDataset(grown)
     for name in os.listdir(new):
@@ -233,8 +233,8 @@ def follow(old: str, dim: int, build_seconds: float, spark: list[str], count: in
 
 def calibrate_pairs(old: str) -> dict:
     """What calibrate's pairs cost at OLD's size: its pairs sample read, counted and drawn for verification."""
-    from imgvec.calibrate import PAIRS_SAMPLE, sample_pairs
-    from imgvec.searchable import open_searchable
+    from imgvec.answers.calibrate import PAIRS_SAMPLE, sample_pairs
+    from imgvec.dataset.searchable import open_searchable
 
     started = time.monotonic()
     features = open_searchable(old)
@@ -255,8 +255,8 @@ def verify_ms_per_pair() -> float:
 
     from PIL import Image
 
-    from imgvec.edits import make_copy
-    from imgvec.verify import PairVerifier
+    from imgvec.answers.verify import PairVerifier
+    from imgvec.inputs.edits import make_copy
 
     folder = tempfile.mkdtemp(prefix="imgvec-verify-cost-")
     pairs = []

@@ -121,7 +121,7 @@ def predict_batch(spark, folder: str, out: str, weights_file: str, loads_file: s
 
 def imgvec_job(spark, folder: str, out: str, weights_file: str, batch_size: int, draft: bool = False,
                precision: str = "fp32", device: str = "cpu", engine: str = "torch"):
-    from imgvec.embed import embed
+    from imgvec.batch.embed import embed
 
     embed([folder], out, model=MODEL, weights=weights_file, batch_size=batch_size, draft=draft,
           precision=precision, device=device, engine=engine, overwrite=True, quiet=True, spark=spark)
@@ -144,7 +144,7 @@ def worker_report(spark, cores: int) -> list[dict]:
     def report(batches):
         import pandas as pd
 
-        from imgvec.featurize import model_loads
+        from imgvec.features.featurize import model_loads
 
         for _ in batches:
             yield pd.DataFrame([{"pid": os.getpid(), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -157,7 +157,7 @@ def worker_report(spark, cores: int) -> list[dict]:
 
 def run_in_fresh_session(cores: int, job, *args, conf: dict | None = None) -> dict:
     """Time `job` in a new local Spark session (its Python workers start cold, as in a real run)."""
-    from imgvec.spark import get_session
+    from imgvec.spark.session import get_session
 
     spark = get_session(f"local[{cores}]", quiet=True, conf={"spark.ui.enabled": "false", **(conf or {})})
     spark.sparkContext.setLogLevel("ERROR")
@@ -211,7 +211,7 @@ def cli_whole_command(folder: str, out: str, weights_file: str, cores: int, batc
 def agreement_on_real_photos(large_folder: str) -> dict:
     """Cosine of --draft (on 4000x3000 photos) and --precision bf16 (on the examples) to the exact features."""
     from imgvec import ImageVectorizer
-    from imgvec.search import duplicate_groups
+    from imgvec.kernels.similarity import duplicate_groups
 
     def cosine(a, b):
         return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -239,8 +239,9 @@ def agreement_on_real_photos(large_folder: str) -> dict:
 def engine_rows(cores: int, sizes, work: str, weights_file: str, batch_size: int, say) -> list[dict]:
     """imgvec per engine and precision: steady state and the whole job on the large folder, and each one's
     agreement with torch fp32 on the bundled photos (same weights). The torch row is the baseline."""
-    from imgvec import ImageVectorizer, engines
-    from imgvec.featurize import native_bf16
+    from imgvec import ImageVectorizer
+    from imgvec.models import engines
+    from imgvec.models.hardware import native_bf16
 
     photos = [p.read_bytes() for p in sorted(EXAMPLES.iterdir())]
     reference = ImageVectorizer(MODEL, weights=weights_file, device="cpu").embed(photos)[0]
@@ -256,7 +257,7 @@ def engine_rows(cores: int, sizes, work: str, weights_file: str, batch_size: int
             continue
         vectorizer = ImageVectorizer(MODEL, weights=weights_file, device="cpu", engine=engine, precision=precision)
         if precision == "int8":
-            vectorizer.calibrate_int8([open(os.path.join(sizes[0][1], f), "rb").read()
+            vectorizer.quantize_with([open(os.path.join(sizes[0][1], f), "rb").read()
                                        for f in sorted(os.listdir(sizes[0][1]))[:64]])
         got = vectorizer.embed(photos)[0]
         cosine = np.sum(got * reference, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
@@ -321,7 +322,7 @@ def _embed_seconds(folder: str, out: str, cores: int, env: dict) -> tuple[float,
 
 def cpu_kind() -> str:
     """lscpu's model and the instruction sets that decide which engine and precision to pick."""
-    from imgvec.engines import cpu_flags
+    from imgvec.models.hardware import cpu_flags
 
     flags = cpu_flags() or set()
     have = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),

@@ -1,4 +1,4 @@
-"""How far the pixel verifier (imgvec.verify) can be trusted, on real pictures.
+"""How far the pixel verifier (imgvec.answers.verify) can be trusted, on real pictures.
 
 Per edit, the share of copies it verifies against their original: imgvec calibrate's eight edits and eight
 it does not make (benchmarks/pictures.py), of all copies and of those whose images both have the detail a
@@ -22,9 +22,9 @@ from pictures import OTHER_EDITS, other_copy, pictures
 from PIL import Image
 from throughput import cpu_kind
 
-from imgvec import verify
-from imgvec.decode import decode_image
-from imgvec.edits import EDITS, make_copy
+from imgvec.answers import verify
+from imgvec.inputs.decode import decode_image
+from imgvec.inputs.edits import EDITS, make_copy
 
 
 def run(model: str, folder: str) -> dict:

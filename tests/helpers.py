@@ -33,7 +33,7 @@ def imgvec(*args, timeout=300, **kwargs):
 
 def imgvec_here(capsys, *args):
     """The `imgvec` command's main() in this process: for commands that must stop before Spark starts."""
-    from imgvec.cli import main
+    from imgvec.cli.main import main
 
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -61,7 +61,7 @@ def seed_default_weights(model_name: str, seed: int = 1234) -> str:
     import torch
     import torchvision.models as tvm
 
-    from imgvec.weights import hub_checkpoint_path
+    from imgvec.models.weights import hub_checkpoint_path
 
     enum = {"resnet50": tvm.ResNet50_Weights, "resnet18": tvm.ResNet18_Weights}[model_name]
     path = hub_checkpoint_path(enum.DEFAULT.url)
@@ -87,7 +87,7 @@ def classic_session(master: str = "local[2]", **conf):
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    from imgvec.spark import get_session
+    from imgvec.spark.session import get_session
 
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -181,13 +181,13 @@ def vectors_output(folder, vectors: np.ndarray, *, part_rows: int = 512, model: 
     `sha256`: each row's content hash (identical files), else none recorded."""
     import pyarrow as pa
 
-    from imgvec.lock import now
-    from imgvec.output import FORMAT, FeatureDataset
-    from imgvec.writing import run_writing
+    from imgvec.dataset.lock import now
+    from imgvec.dataset.output import FORMAT, FeatureDataset
+    from imgvec.dataset.writing import held_for_writing
 
     dataset = FeatureDataset(str(folder))
     identity = {"model": model, "weights": "none", "weights_sha256": None, "dim": vectors.shape[1], "format": FORMAT}
-    with run_writing(dataset, identity, resume=False, overwrite=False):
+    with held_for_writing(dataset, identity, resume=False, overwrite=False):
         for start in range(0, len(vectors), part_rows):
             rows = vectors[start : start + part_rows]
             offsets = pa.array(np.arange(0, rows.size + 1, max(1, vectors.shape[1]), dtype=np.int32))

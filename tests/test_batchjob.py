@@ -20,7 +20,7 @@ from torch import nn
 
 from helpers import EXAMPLES, classic_session
 from imgvec import ModelEntry, Preprocess
-from imgvec.embed import embed
+from imgvec.batch.embed import embed
 
 pytestmark = pytest.mark.spark
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the model below travels to the workers by value

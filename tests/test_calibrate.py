@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 from helpers import EXAMPLES, SPARK, assert_usage_error, clustered_vectors, imgvec, imgvec_here, vectors_output
-from imgvec import ImageVectorizer, defaults
-from imgvec.calibrate import THRESHOLDS, choose, precision_table, sample_pairs
-from imgvec.edits import EDITS, make_copy
+from imgvec.base.settings import RunOptions
+from imgvec import ImageVectorizer
+from imgvec.answers.calibrate import THRESHOLDS, recommended, precision_table, sample_pairs
+from imgvec.base import defaults
+from imgvec.inputs.edits import EDITS, make_copy
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_calibrate_measures_each_threshold_and_dupes_uses_what_it_recommends(pho
     vectorizer = ImageVectorizer("efficientnet_lite0", device="cpu")
     paths = sorted(folder.iterdir())
     originals = {f"file:{p}": Image.open(p).convert("RGB") for p in paths}
-    from imgvec.searchable import open_searchable
+    from imgvec.dataset.searchable import open_searchable
 
     sample = [r["path"] for r in open_searchable(str(output)).rows(open_searchable(str(output)).sample(10)[0])
               .to_pylist()]
@@ -64,14 +66,14 @@ def test_calibrate_measures_each_threshold_and_dupes_uses_what_it_recommends(pho
     assert found["pairs_checked"] == 1 and table[0]["pairs_in_sample"] == 1
     assert table[0]["expected_true_pairs"] == 1 and table[0]["expected_false_pairs"] == 0
     assert 0.5 <= table[0]["verifier_recall"] <= 1 and found["verifier_originals"] == 10
-    assert found["threshold"] == choose(table, defaults.CALIBRATION_PRECISION)[0] and found["recall"] == next(
+    assert found["threshold"] == recommended(table, defaults.CALIBRATION_PRECISION)[0] and found["recall"] == next(
         r["recall"] for r in table if r["threshold"] == found["threshold"])
     recorded = json.loads((output / "_imgvec.json").read_text())["calibration"]
     assert recorded["threshold"] == found["threshold"] and recorded["weights_sha256"]
     after = imgvec("dupes", output, "--json")
     assert json.loads(after.stdout)["threshold"] == found["threshold"]
     assert f"threshold {found['threshold']}: calibrated on this output" in after.stderr
-    from imgvec.cli import calibration_text
+    from imgvec.cli.text import calibration_text
 
     text = calibration_text(found)  # what calibrate prints without --json, from the same result
     assert "<- recommended" in text and "true pairs  false pairs  precision" in text
@@ -80,8 +82,8 @@ def test_calibrate_measures_each_threshold_and_dupes_uses_what_it_recommends(pho
 
 def test_an_original_that_is_gone_is_one_line(photos_output):
     """After the test above, which needs every photo: one of the originals calibrate will copy is deleted."""
-    from imgvec.calibrate import PAIRS_SAMPLE
-    from imgvec.searchable import open_searchable
+    from imgvec.answers.calibrate import PAIRS_SAMPLE
+    from imgvec.dataset.searchable import open_searchable
 
     folder, output = photos_output
     features = open_searchable(str(output))
@@ -92,11 +94,11 @@ def test_an_original_that_is_gone_is_one_line(photos_output):
 
 
 def test_a_sample_too_small_for_the_precision_says_what_it_can_estimate(tmp_path, capsys, monkeypatch):
-    import imgvec.calibrate
+    import imgvec.answers.calibrate
 
     output = tmp_path / "vectors"
     vectors_output(output, clustered_vectors(60_000, 4))
-    monkeypatch.setattr(imgvec.calibrate, "PAIRS_SAMPLE", 50)  # 1,225 pairs for 1.8x10^9 at 60,000 images
+    monkeypatch.setattr(imgvec.answers.calibrate, "PAIRS_SAMPLE", 50)  # 1,225 pairs for 1.8x10^9 at 60,000 images
     result = imgvec_here(capsys, "calibrate", output, "--sample", "50")
     assert_usage_error(result, f"cannot vouch for precision {defaults.CALIBRATION_PRECISION} at 60000 images")
     assert "it can estimate precision up to 0.0" in result.stderr and "--sample" in result.stderr
@@ -160,21 +162,21 @@ def test_precision_counts_verified_pairs_as_true_and_corrects_for_the_verifiers_
     blind = precision_table(counts, np.empty(0, np.float32), np.empty(0, bool), (np.empty((0, 8)), np.empty((0, 8))),
                             scale=1.0, exhaustive=True)
     assert blind[30]["expected_false_pairs"] == 3 and blind[30]["precision_lower_bound"] == 0
-    assert choose(blind, 0.95) == (0.81, True)
+    assert recommended(blind, 0.95) == (0.81, True)
 
 
 def test_choose_is_the_highest_recall_whose_precision_bound_holds():
     table = [{"threshold": float(t), "precision_lower_bound": 1.0 if t >= 0.8 else 0.0,
               "expected_false_pairs": 0.0 if t >= 0.8 else 5.0} for t in THRESHOLDS]
-    assert choose(table, 0.99) == (0.8, True)
+    assert recommended(table, 0.99) == (0.8, True)
     table[30]["precision_lower_bound"], table[30]["expected_false_pairs"] = 0.5, 3.0  # 0.8 no longer holds
-    assert choose(table, 0.99) == (0.81, True)
+    assert recommended(table, 0.99) == (0.81, True)
     table[20]["precision_lower_bound"] = 0.995  # 0.7 does (its extra pairs are verified copies): more recall
-    assert choose(table, 0.99) == (0.7, True)
-    assert choose([{**row, "precision_lower_bound": 0.5, "expected_false_pairs": 3.0} for row in table],
+    assert recommended(table, 0.99) == (0.7, True)
+    assert recommended([{**row, "precision_lower_bound": 0.5, "expected_false_pairs": 3.0} for row in table],
                   0.99) == (0.99, False)
     empty = [{**row, "precision_lower_bound": 0.0, "expected_false_pairs": 0.0} for row in table]
-    assert choose(empty, 0.99) == (0.5, True)  # no pairs at all: nothing to be wrong about
+    assert recommended(empty, 0.99) == (0.5, True)  # no pairs at all: nothing to be wrong about
 
 
 # --- the property: a collection's own copies do not move its threshold ------------------------------------
@@ -213,12 +215,12 @@ def other_copies(path, kinds) -> None:
 def test_the_collections_own_copies_do_not_move_its_threshold(tmp_path, spark, monkeypatch):
     """The same pictures with copies at 0%, ~15% and ~75% of the images: recommended thresholds within 0.08
     (counting every high pair as false, the first design, moved the last one to 0.99)."""
-    import imgvec.calibrate
-    from imgvec.calibrate import calibrate
-    from imgvec.embed import embed
+    import imgvec.answers.calibrate
+    from imgvec.answers.calibrate import calibrate
+    from imgvec.batch.embed import embed
 
-    monkeypatch.setattr(imgvec.calibrate, "CHECKS_PER_BAND", 40)  # a smaller draw: seconds, not minutes
-    monkeypatch.setattr(imgvec.calibrate, "VERIFIED_ORIGINALS", 4)
+    monkeypatch.setattr(imgvec.answers.calibrate, "CHECKS_PER_BAND", 40)  # a smaller draw: seconds, not minutes
+    monkeypatch.setattr(imgvec.answers.calibrate, "VERIFIED_ORIGINALS", 4)
     kinds = ("grey", "squash", "recrop")
     recommended = {}
     for share, copied in (("none", 0), ("15%", 4), ("75%", 24)):
@@ -228,7 +230,7 @@ def test_the_collections_own_copies_do_not_move_its_threshold(tmp_path, spark, m
             other_copies(path, kinds if copied == 24 else kinds[n % 3 : n % 3 + 1])
         output = str(tmp_path / f"{share}-vectors")
         embed([str(folder)], output, model="efficientnet_lite0", quiet=True, spark=spark)
-        found = calibrate(output, sample=4, spark=spark, quiet=True)
+        found = calibrate(output, sample=4, run=RunOptions(spark=spark, quiet=True))
         recommended[share] = found["threshold"]
         if copied:
             assert found["expected_true_pairs"] > 0 and found["reached"]

@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, clustered_vectors, imgvec, imgvec_here, vectors_output
-from imgvec.lock import LockError
-from imgvec.output import FeatureDataset
-from imgvec.progress import Progress
-from imgvec.writing import run_writing
+from imgvec.base.progress import Progress
+from imgvec.dataset.lock import LockError
+from imgvec.dataset.output import FeatureDataset
+from imgvec.dataset.writing import held_for_writing
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_byte
     while not list(output.glob("part-*.parquet")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     metadata = json.loads((output / "_imgvec.json").read_text())
-    second = run_writing(FeatureDataset(str(output)), metadata, resume=True, overwrite=False)  # a run meanwhile
+    second = held_for_writing(FeatureDataset(str(output)), metadata, resume=True, overwrite=False)  # a run meanwhile
     with pytest.raises(LockError, match="being written by another imgvec run"), second:
         pass
     assert process.poll() is None
@@ -236,7 +236,7 @@ def test_info_dupes_and_similar_by_path_import_neither_torch_nor_pyspark(embedde
     output, _ = embedded
     commands = [["info", str(output)], ["dupes", str(output)], ["dupes", str(output), "--keep", "first"],
                 ["similar", str(output), str(photos / "motorcycle_left.jpg")]]
-    probe = ("import sys, contextlib, io\nfrom imgvec.cli import main\n"
+    probe = ("import sys, contextlib, io\nfrom imgvec.cli.main import main\n"
              "with contextlib.redirect_stdout(io.StringIO()): rc = main(sys.argv[1:])\n"
              "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'pyspark'})\n"
              "print(rc, ' '.join(heavy) or '-')")
@@ -246,7 +246,7 @@ def test_info_dupes_and_similar_by_path_import_neither_torch_nor_pyspark(embedde
 
 
 def test_options_and_positionals_mix_in_every_command(tmp_path, capsys):
-    from imgvec.cli import parse_args
+    from imgvec.cli.parser import parse_args
 
     assert parse_args(["similar", "out", "-k", "3", "a.jpg", "b.jpg"]).queries == ["a.jpg", "b.jpg"]
     assert parse_args(["embed", "a", "-o", "x", "b", "--resume"]).inputs == ["a", "b"]

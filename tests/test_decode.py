@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from corpus import corpus, encode, photo, png_with_declared_size, with_orientation
-from imgvec.decode import decode_image
+from imgvec.inputs.decode import decode_image
 
 CORPUS = corpus()
 

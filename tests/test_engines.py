@@ -17,7 +17,8 @@ from helpers import EXAMPLES, SPARK, assert_usage_error, imgvec, imgvec_here, wi
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
-from imgvec import ImageVectorizer, engines  # noqa: E402
+from imgvec import ImageVectorizer  # noqa: E402
+from imgvec.models import engines
 
 PHOTOS = sorted(EXAMPLES.iterdir())
 
@@ -41,7 +42,7 @@ def agreement(model, weights, photos, engine, precision="fp32", calibration=None
     torch_features, _ = ImageVectorizer(model, weights=weights, device="cpu").embed(photos)
     vectorizer = ImageVectorizer(model, weights=weights, device="cpu", engine=engine, precision=precision)
     if calibration is not None:
-        vectorizer.calibrate_int8(calibration)
+        vectorizer.quantize_with(calibration)
     features, errors = vectorizer.embed(photos)
     assert errors == [None] * len(photos)
     return float(cosines(features, torch_features).min())
@@ -86,9 +87,9 @@ def test_the_export_is_made_once_and_cached_by_what_makes_it(photos, tmp_path):
     assert again.runtime_ref.path == path and os.path.getmtime(path) == made  # one fp32 graph for both engines
     assert again.runtime_ref.sha256 == first.runtime_ref.sha256
     int8 = ImageVectorizer("resnet18", weights="random", device="cpu", engine="openvino", precision="int8")
-    int8.calibrate_int8(photos[:5])
+    int8.quantize_with(photos[:5])
     other = ImageVectorizer("resnet18", weights="random", device="cpu", engine="openvino", precision="int8")
-    other.calibrate_int8(photos[5:])
+    other.quantize_with(photos[5:])
     assert len({path, int8.runtime_ref.path, other.runtime_ref.path}) == 3  # other images, another int8 file
 
 
@@ -157,7 +158,7 @@ def test_a_model_that_cannot_be_exported_names_the_operator(tmp_path, capsys):
 
 
 def test_a_process_loads_an_engine_once_per_export(photos):
-    from imgvec.featurize import model_loads
+    from imgvec.features.featurize import model_loads
 
     vectorizer = ImageVectorizer("resnet18", weights="random", device="cpu", engine="onnxruntime")
     other_batches = ImageVectorizer("resnet18", weights="random", device="cpu", engine="onnxruntime", batch_size=4)

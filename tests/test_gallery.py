@@ -64,10 +64,10 @@ def test_the_similar_page_shows_each_query_with_its_matches(collection, tmp_path
 
 
 def test_thumbnails_are_made_on_spark_workers_when_there_are_many(collection, tmp_path, capsys, monkeypatch):
-    import imgvec.gallery
+    import imgvec.answers.gallery
 
     _, output = collection
-    monkeypatch.setattr(imgvec.gallery, "IN_PROCESS", 1)  # as for a page of thousands of images
+    monkeypatch.setattr(imgvec.answers.gallery, "IN_PROCESS", 1)  # as for a page of thousands of images
     page = tmp_path / "dupes.html"
     assert imgvec_here(capsys, "dupes", output, "--threshold", "0.8", "--html", page, *SPARK).returncode == 0
     opened = in_browser(page)

@@ -5,7 +5,7 @@ import torch
 
 from helpers import max_relative_difference
 from imgvec import ImageVectorizer, read_images
-from imgvec.featurize import resolve_device
+from imgvec.models.hardware import resolve_device
 
 pytestmark = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")

@@ -11,9 +11,10 @@ from torch import nn
 
 import imgvec
 from corpus import encode, photo
-from imgvec.featurize import FeatureConfig, get_featurizer, model_loads
-from imgvec.models import Preprocess, get_model, list_models
-from imgvec.weights import WeightsUnavailable, build_network, hub_checkpoint_path, resolve_weights
+from imgvec.features.featurize import FeatureConfig, get_featurizer, model_loads
+from imgvec.inputs.preprocess import Preprocess
+from imgvec.models.registry import get_model, list_models
+from imgvec.models.weights import WeightsUnavailable, build_network, hub_checkpoint_path, resolve_weights
 
 
 @pytest.mark.parametrize("name,dim", [("resnet50", 2048), ("resnet18", 512), ("efficientnet_b0", 1280),

@@ -19,10 +19,10 @@ import torchvision
 
 from helpers import EXAMPLES, assert_usage_error, imgvec, imgvec_here
 from imgvec import ImageVectorizer
-from imgvec.embed import identity as identity_of
-from imgvec.lock import LockError
-from imgvec.output import FeatureDataset
-from imgvec.writing import run_writing
+from imgvec.batch.embed import made_by
+from imgvec.dataset.lock import LockError
+from imgvec.dataset.output import FeatureDataset
+from imgvec.dataset.writing import held_for_writing
 
 # No Spark master listens here: a command that got as far as starting a job would fail differently.
 NO_SPARK = ["--master", "spark://127.0.0.1:9"]
@@ -38,9 +38,9 @@ def tree(folder) -> dict:
 def small_output(folder, rows=3) -> FeatureDataset:
     """An imgvec output of resnet18 with random weights, written by imgvec's own writer without the model."""
     dataset = FeatureDataset(str(folder))
-    identity = identity_of(ImageVectorizer("resnet18", weights="random"))
+    identity = made_by(ImageVectorizer("resnet18", weights="random"))
     dim = identity["dim"]
-    with run_writing(dataset, identity, resume=False, overwrite=False):
+    with held_for_writing(dataset, identity, resume=False, overwrite=False):
         dataset.write_part(pa.table({"path": [f"file:/p/{i}.jpg" for i in range(rows)],
                                      "features": [[float(i + j) for j in range(dim)] for i in range(rows)],
                                      "error": pa.nulls(rows, pa.string())}), "part-0000-000000.parquet")
@@ -82,7 +82,7 @@ def test_overwrite_refuses_an_imgvec_output_that_also_holds_foreign_files(capsys
 def test_overwrite_deletes_exactly_what_imgvec_wrote(tmp_path):
     dataset = small_output(tmp_path / "o")
     small = {"model": "resnet18", "weights": "random", "weights_sha256": None, "dim": 2, "format": "x"}
-    with run_writing(dataset, small, resume=False, overwrite=True):
+    with held_for_writing(dataset, small, resume=False, overwrite=True):
         assert sorted(os.listdir(tmp_path / "o")) == ["_imgvec.json", "_imgvec.lock"]
         assert dataset.read().num_rows == 0
     assert os.listdir(tmp_path / "o") == ["_imgvec.json"]  # the lock goes with the run
@@ -161,16 +161,16 @@ def test_a_stray_file_next_to_the_parts_is_never_fatal(capsys, tmp_path):
 def test_a_live_run_holds_the_output_and_a_dead_one_does_not(capsys, tmp_path, photos):
     dataset = small_output(tmp_path / "o")
     identity = dataset.metadata()
-    with run_writing(dataset, identity, resume=True, overwrite=False):  # a run of this process, alive
+    with held_for_writing(dataset, identity, resume=True, overwrite=False):  # a run of this process, alive
         assert_usage_error(imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--resume", *RANDOM, *NO_SPARK),
                            "is being written by another imgvec run")
-        with pytest.raises(LockError, match="another imgvec run"), run_writing(dataset, identity, resume=False,
+        with pytest.raises(LockError, match="another imgvec run"), held_for_writing(dataset, identity, resume=False,
                                                                                      overwrite=True):
             pass
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock = {"run": "gone", "host": os.uname().nodename, "pid": int(dead.stdout), "refreshed": 4e9, "started": "x"}
     (tmp_path / "o" / "_imgvec.lock").write_text(json.dumps(lock))
-    with run_writing(dataset, identity, resume=True, overwrite=False):  # its process is gone: taken over
+    with held_for_writing(dataset, identity, resume=True, overwrite=False):  # its process is gone: taken over
         pass
     assert not (tmp_path / "o" / "_imgvec.lock").exists()
 
@@ -215,7 +215,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_named_in_one_line_before_any_job(t
     warning = [line for line in capped.stderr.splitlines() if line.startswith("imgvec: warning:")]
     assert len(warning) == 1 and "has no native bf16" in warning[0] and "0.18x the speed of fp32" in warning[0]
     assert_usage_error(capped, "already exists")
-    native = subprocess.run([sys.executable, "-c", "from imgvec.featurize import native_bf16; print(native_bf16())"],
+    native = subprocess.run([sys.executable, "-c", "from imgvec.models.hardware import native_bf16; print(native_bf16())"],
                             capture_output=True, text=True, check=True).stdout.strip() == "True"
     as_is = imgvec(*args)
     assert ("imgvec: warning:" in as_is.stderr) is not native

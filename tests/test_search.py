@@ -27,9 +27,9 @@ from helpers import (
     imgvec_here,
     vectors_output,
 )
-from imgvec.output import FeatureDataset
-from imgvec.search import duplicate_groups, groups, linked, normalise
-from imgvec.writing import run_writing
+from imgvec.dataset.output import FeatureDataset
+from imgvec.dataset.writing import held_for_writing
+from imgvec.kernels.similarity import duplicate_groups, groups, linked, normalise
 
 THRESHOLD = 0.8
 
@@ -254,7 +254,7 @@ def test_a_chain_never_makes_a_file_deletable_nor_joins_two_pictures_in_one_grou
 
 
 def test_groups_form_around_kept_files_and_a_lone_kept_file_joins_its_nearest_group():
-    from imgvec.witness import around_kept, witnesses
+    from imgvec.kernels.witness import around_kept, witnesses
 
     x = normalise(chain()[:3])  # A~B~C: A kept, B joins A, C (not near A) kept with nobody to witness
     leader, _ = witnesses(x, 0.75)
@@ -266,7 +266,7 @@ def test_groups_form_around_kept_files_and_a_lone_kept_file_joins_its_nearest_gr
 
 
 def test_witnesses_keep_order_and_forced_files():
-    from imgvec.witness import keep_order, weakest_pair, witnesses
+    from imgvec.kernels.witness import keep_order, weakest_pair, witnesses
 
     x = normalise(chain())
     leader, similarity = witnesses(x, 0.75)
@@ -320,8 +320,8 @@ def test_every_index_type_builds_and_measures_its_recall(tmp_path, capsys, kind)
 
 
 def test_an_index_larger_than_memory_is_segmented_and_searched_in_runs(tmp_path, capsys, monkeypatch):
-    import imgvec.index
-    from imgvec.index import NeighbourIndex
+    import imgvec.answers.index
+    from imgvec.answers.index import NeighbourIndex
 
     output = tmp_path / "vectors"
     vectors = clustered_vectors(3_000, 32, seed=4)
@@ -333,7 +333,7 @@ def test_an_index_larger_than_memory_is_segmented_and_searched_in_runs(tmp_path,
     queries = normalise(vectors[:20])
     held = NeighbourIndex.open(FeatureDataset(str(output)))
     in_memory = held.search(queries, 5)
-    monkeypatch.setattr(imgvec.index, "_free_memory", lambda: 0)  # as on a machine too small to hold them all
+    monkeypatch.setattr(imgvec.answers.index, "_free_memory", lambda: 0)  # as on a machine too small to hold them all
     streamed = NeighbourIndex.open(FeatureDataset(str(output)))
     one_by_one = streamed.search(queries, 5)
     assert held._loaded is not None and streamed._loaded is None
@@ -350,7 +350,7 @@ def test_a_rebuilt_index_replaces_the_old_files_and_overwrite_removes_it(tmp_pat
     build = json.loads((output / "_imgvec_index" / "index.json").read_text())["build"]
     assert files == sorted(["index.json", f"trained-{build}.faiss", f"queries-{build}.npz", f"truth-{build}-0.npz",
                             f"segment-{build}-0.faiss"])
-    with run_writing(FeatureDataset(str(output)), {"model": "x", "dim": 8}, resume=False, overwrite=True):
+    with held_for_writing(FeatureDataset(str(output)), {"model": "x", "dim": 8}, resume=False, overwrite=True):
         assert not os.path.exists(output / "_imgvec_index")
 
 
@@ -408,7 +408,7 @@ def test_an_output_of_format_1_is_read_and_resuming_it_marks_format_2(tmp_path, 
     result = imgvec_here(capsys, "dupes", output, "--threshold", "0.9", "--json")
     found = json.loads(result.stdout)
     assert [sorted(m["path"] for m in g["members"]) for g in found["groups"]] == [["a.jpg", "b.jpg"]]
-    with run_writing(FeatureDataset(str(output)), identity, resume=True, overwrite=False):
+    with held_for_writing(FeatureDataset(str(output)), identity, resume=True, overwrite=False):
         pass
     assert json.loads((output / "_imgvec.json").read_text())["format"] == "imgvec-features/2"
     assert FeatureDataset(str(output)).read(["path", "sha256"]).column("sha256").null_count == 3
@@ -419,7 +419,7 @@ def test_an_output_of_format_1_is_read_and_resuming_it_marks_format_2(tmp_path, 
 
 def add_parts(output, vectors: np.ndarray, run: int, part_rows: int = 500) -> None:
     """What `embed --resume` does to an output: parts of a new run, paths after the old ones, counts updated."""
-    from imgvec.lock import now
+    from imgvec.dataset.lock import now
 
     dataset = FeatureDataset(str(output))
     first = dataset.metadata()["total"]

@@ -8,8 +8,8 @@ import pytest
 
 from helpers import EXAMPLES, SPARK, imgvec, max_relative_difference
 from imgvec import ImageVectorizer, read_images
-from imgvec.sources import Item, shards
-from imgvec.storage import list_local_files
+from imgvec.base.storage import list_local_files
+from imgvec.inputs.sources import Item, shards
 
 
 def test_local_listing_is_recursive_skips_hidden_files_and_keeps_empty_ones(tmp_path):

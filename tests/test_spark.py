@@ -61,7 +61,7 @@ def test_the_model_is_built_once_per_python_worker(spark, example_bytes):
     def report(batches):
         import pandas as pd
 
-        from imgvec.featurize import model_loads
+        from imgvec.features.featurize import model_loads
 
         for _ in batches:
             yield pd.DataFrame([model_loads(config, weights)])

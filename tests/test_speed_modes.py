@@ -7,7 +7,7 @@ from PIL import Image
 from corpus import encode
 from helpers import EXAMPLES
 from imgvec import ImageVectorizer
-from imgvec.search import duplicate_groups, nearest
+from imgvec.kernels.similarity import duplicate_groups, nearest
 
 
 def cosines(a, b):

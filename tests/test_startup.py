@@ -14,7 +14,7 @@ from helpers import EXAMPLES, SPARK, assert_usage_error, imgvec
 # A fresh interpreter that starts a session as the commands do and says what its JVM was started with.
 SESSION_PROBE = """
 import json
-from imgvec import jobs
+from imgvec.spark import session as jobs
 spark = jobs.get_session("local[1]", quiet=True)
 system = spark.sparkContext._jvm.java.lang.System
 arguments = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
@@ -59,7 +59,7 @@ def test_the_first_command_makes_a_class_archive_that_later_jvms_start_from(tmp_
 
 
 def test_archive_off_and_a_failed_build_start_the_jvm_as_before(tmp_path, monkeypatch):
-    from imgvec import jvm
+    from imgvec.spark import jvm
 
     monkeypatch.setenv("IMGVEC_CACHE", str(tmp_path))
     monkeypatch.setattr(jvm, "_listing", {})
@@ -94,7 +94,7 @@ def test_a_mistake_found_while_the_jvm_starts_prints_one_line_and_stops_it(tmp_p
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out").exists()
 
-    script = (f"from imgvec.cli import main\nfrom imgvec import jobs\n"
+    script = (f"from imgvec.cli.main import main\nfrom imgvec.spark import session as jobs\n"
               f"rc = main(['embed', {str(EXAMPLES)!r}, '-o', {str(tmp_path / 'out')!r}, '--weights', {str(bad)!r}])\n"
               "spark = jobs.get_session('local[1]', quiet=True)\n"
               "print(rc, spark.sparkContext.parallelize(range(5), 2).map(lambda x: x * 2).sum())\n")

@@ -4,20 +4,20 @@ import argparse
 
 import pytest
 
-from imgvec import names
-from imgvec.cli import _size
-from imgvec.index import _pq_bytes, _training_size, choose, inverted_lists, segments_needed
-from imgvec.paths import fixed_prefix, overlaps
-from imgvec.searchable import parts_plan
-from imgvec.storage import name_matches
+from imgvec.answers.index import _pq_bytes, _training_size, index_for, inverted_lists, segments_needed
+from imgvec.base.paths import fixed_prefix, overlaps
+from imgvec.base.storage import name_matches
+from imgvec.cli.parser import _size
+from imgvec.dataset import names
+from imgvec.dataset.searchable import parts_plan
 
 
 def test_the_index_type_follows_the_size():
-    assert choose("auto", 20_000, 512) == ("flat", "IDMap,Flat")
-    assert choose("auto", 20_001, 512) == ("ivf-flat", "IVF128,Flat")
-    assert choose("auto", 10**6, 512, memory=8 * 2**30) == ("ivf-flat", "IVF1024,Flat")
-    assert choose("auto", 10**8, 512, memory=8 * 2**30) == ("ivf-pq", "IVF8192,PQ64")
-    assert choose("hnsw", 10, 8)[0] == "hnsw" and choose("ivf-pq", 1_000, 32)[1] == "IVF25,PQ4x4"  # few to train on
+    assert index_for("auto", 20_000, 512) == ("flat", "IDMap,Flat")
+    assert index_for("auto", 20_001, 512) == ("ivf-flat", "IVF128,Flat")
+    assert index_for("auto", 10**6, 512, memory=8 * 2**30) == ("ivf-flat", "IVF1024,Flat")
+    assert index_for("auto", 10**8, 512, memory=8 * 2**30) == ("ivf-pq", "IVF8192,PQ64")
+    assert index_for("hnsw", 10, 8)[0] == "hnsw" and index_for("ivf-pq", 1_000, 32)[1] == "IVF25,PQ4x4"  # few to train on
 
 
 def test_inverted_lists_and_codes():

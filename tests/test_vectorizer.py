@@ -87,7 +87,7 @@ def test_unpickled_in_a_fresh_process_builds_the_model_once_and_agrees(resnet50_
     (tmp_path / "img").write_bytes(image)
     script = f"""
 import pickle, sys, numpy as np
-from imgvec.featurize import model_loads
+from imgvec.features.featurize import model_loads
 v = pickle.load(open({str(tmp_path / 'v.pkl')!r}, 'rb'))
 assert model_loads()['loads'] == 0, 'built before first use'
 image = open({str(tmp_path / 'img')!r}, 'rb').read()

@@ -1,4 +1,4 @@
-"""The pixel verifier (imgvec.verify): copies of real photos verify, different photos do not, each image is decoded
+"""The pixel verifier (imgvec.answers.verify): copies of real photos verify, different photos do not, each image is decoded
 once per task, and pairs verified on Spark's workers get the verdicts this process gives.
 """
 
@@ -11,8 +11,9 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps
 
 from helpers import EXAMPLES, SPARK, imgvec, in_browser
-from imgvec import verify
-from imgvec.edits import EDITS, make_copy
+from imgvec.base.settings import RunOptions
+from imgvec.answers import verify
+from imgvec.inputs.edits import EDITS, make_copy
 
 TEXTURED = ("astronaut", "chelsea", "coffee", "rocket")  # photos with local detail to match
 DIFFERENT = ("astronaut", "brick", "camera", "chelsea", "coffee", "hubble_deep_field", "motorcycle_left", "retina",
@@ -63,7 +64,7 @@ def test_a_shared_caption_banner_does_not_make_two_photos_one():
 
 
 def test_each_image_is_decoded_once_and_an_unreadable_one_is_a_verdict(tmp_path, monkeypatch):
-    import imgvec.storage
+    import imgvec.base.storage
 
     paths = []
     for name in ("chelsea", "rocket"):
@@ -73,8 +74,8 @@ def test_each_image_is_decoded_once_and_an_unreadable_one_is_a_verdict(tmp_path,
             path.write_bytes(make_copy(image, kind, 1))
             paths.append(str(path))
     reads = []
-    real_read = imgvec.storage.read_file
-    monkeypatch.setattr(imgvec.storage, "read_file", lambda uri: reads.append(uri) or real_read(uri))
+    real_read = imgvec.base.storage.read_file
+    monkeypatch.setattr(imgvec.base.storage, "read_file", lambda uri: reads.append(uri) or real_read(uri))
     checker = verify.PairVerifier()
     pairs = [(a, b) for a, b in itertools.combinations(paths, 2)]
     verdicts = {pair: checker(*pair) for pair in pairs}
@@ -99,7 +100,7 @@ def test_pairs_verified_on_spark_workers_agree_with_this_process(tmp_path, spark
             path.write_bytes(make_copy(image, kind, n))
             paths.append(str(path))
     pairs = list(itertools.combinations(paths, 2))  # 66 pairs: 18 copies of one photo, 48 of different photos
-    on_spark = verify.verify_pairs(pairs, spark=spark)
+    on_spark = verify.verify_pairs(pairs, RunOptions(spark=spark))
     here = verify.PairVerifier()
     assert on_spark == {pair: here(*pair) for pair in pairs}
     assert sum(v.verified for v in on_spark.values()) == 18

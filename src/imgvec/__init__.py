@@ -4,27 +4,23 @@ Public names load on first use, so `imgvec --help` does not wait for torch and p
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("imgvec")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0+unknown"
+from imgvec.base.version import VERSION as __version__
 
 _PUBLIC = {
-    "ImageFeaturizer": "imgvec.ml",
-    "ImageVectorizer": "imgvec.vectorizer",
-    "ModelEntry": "imgvec.models",
-    "Preprocess": "imgvec.models",
-    "WeightsUnavailable": "imgvec.weights",
-    "decode_image": "imgvec.decode",
-    "embed": "imgvec.embed",
-    "get_model": "imgvec.models",
-    "get_session": "imgvec.jobs",
-    "list_models": "imgvec.models",
-    "read_images": "imgvec.spark",
-    "register_model": "imgvec.models",
-    "torchscript_model": "imgvec.models",
+    "ImageFeaturizer": "imgvec.features.ml",
+    "ImageVectorizer": "imgvec.features.vectorizer",
+    "ModelEntry": "imgvec.models.entry",
+    "Preprocess": "imgvec.inputs.preprocess",
+    "WeightsUnavailable": "imgvec.models.weights",
+    "decode_image": "imgvec.inputs.decode",
+    "embed": "imgvec.batch.embed",
+    "get_model": "imgvec.models.registry",
+    "get_session": "imgvec.spark.session",
+    "list_models": "imgvec.models.registry",
+    "read_images": "imgvec.features.dataframe",
+    "register_model": "imgvec.models.registry",
+    "torchscript_model": "imgvec.models.registry",
 }
 
 __all__ = [*sorted(_PUBLIC), "__version__"]

@@ -1,0 +1,88 @@
+"""Starting a run that writes an output: new, resumed or overwritten, and what imgvec may delete.
+
+imgvec deletes only what it wrote: its metadata, its lock, its parts, its index and temporaries
+left by a killed writer. A folder holding anything else is never replaced, an output is never
+resumed with another model, and no output may overlap its inputs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from imgvec.base.paths import overlaps
+from imgvec.dataset import names
+from imgvec.dataset.lock import Lock, now
+from imgvec.dataset.output import FORMAT, FeatureDataset, OutputError
+
+
+@contextmanager
+def held_for_writing(dataset: FeatureDataset, made_by: dict, *, resume: bool, overwrite: bool):
+    """Hold `dataset` for one run that writes features made by `made_by` (model, weights)."""
+    if dataset.where.is_file():
+        raise OutputError(f"output {dataset.location} is a file; give a folder")
+    Lock(dataset.where.child(names.LOCK)).check_free()  # a busy output is the first thing to say
+    present = [n for n in dataset.names() if n != names.LOCK]
+    held = None
+    if present:
+        if names.METADATA not in present:
+            raise OutputError(f"output {dataset.location} holds files but is not an imgvec output "
+                              f"(no {names.METADATA}); give a new or empty folder")
+        if overwrite:
+            _check_only_ours(dataset, present)
+        elif not resume:
+            raise OutputError(f"output {dataset.location} already exists; pass --resume to complete it "
+                              "or --overwrite to replace it")
+        else:
+            held = dataset.metadata()
+            _check_same_maker(dataset, held, made_by)
+    dataset.where.make_folder()
+    with dataset.locked():
+        for name in present:
+            if name == names.INDEX and overwrite:
+                _delete_index(dataset)
+            elif overwrite or names.is_temporary(name):  # a temporary: what a killed run was writing
+                dataset.where.child(name).delete()
+        if held is None:
+            dataset.write_metadata({**made_by, "created": now()})
+        elif held["format"] != FORMAT:  # an older output: the parts added now are of this format
+            dataset.write_metadata({**held, "format": FORMAT})
+        yield dataset
+
+
+def check_apart(dataset: FeatureDataset, inputs: list[str]) -> None:
+    """OUTPUT must not be an input, lie inside one, or hold one: its own parts would be read as images."""
+    for text in inputs:
+        if overlaps(dataset.location, text):
+            raise OutputError(f"output {dataset.location} overlaps input {text}; write the output to a folder "
+                              "outside the inputs")
+
+
+def _check_only_ours(dataset: FeatureDataset, present: list[str]) -> None:
+    foreign = [n for n in present if n not in (names.METADATA, names.INDEX) and not names.is_part(n)
+               and not names.is_temporary(n)]
+    if names.INDEX in present:
+        foreign += [f"{names.INDEX}/{n}" for n in _index_names(dataset) if not names.is_index_file(n)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(f"output {dataset.location} also holds files imgvec did not write ({shown}); "
+                          "--overwrite replaces only an imgvec output: give a new folder")
+
+
+def _check_same_maker(dataset: FeatureDataset, held: dict, made_by: dict) -> None:
+    for key in ("model", "weights_sha256", "dim"):
+        if made_by.get(key) is not None and held.get(key) != made_by[key]:
+            raise OutputError(
+                f"output {dataset.location} holds features from {held.get('model')} ({held.get('weights')}); "
+                f"resuming with {made_by['model']} ({made_by['weights']}) would mix two models: "
+                "use another output or --overwrite")
+
+
+def _index_names(dataset: FeatureDataset) -> list[str]:
+    return sorted(e.base_name for e in dataset.where.child(names.INDEX).entries())
+
+
+def _delete_index(dataset: FeatureDataset) -> None:
+    folder = dataset.where.child(names.INDEX)
+    for name in _index_names(dataset):  # all imgvec's: checked by _check_only_ours
+        folder.child(name).delete()
+    folder.delete_folder()

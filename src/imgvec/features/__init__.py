@@ -1,0 +1,3 @@
+"""Image bytes to feature vectors: the per-process featurizer, ImageVectorizer, the Spark DataFrame column and the
+Spark ML transformer.
+"""

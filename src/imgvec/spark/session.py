@@ -1,0 +1,223 @@
+"""The Spark session a command runs on: started early and quietly for the `imgvec` command, or the caller's own;
+classic Spark or Spark Connect."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from imgvec.base import defaults
+from imgvec.base.settings import RunOptions
+from imgvec.spark import jvm
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def get_session(master: str = defaults.MASTER, app_name: str = "imgvec", conf: dict | None = None,
+                quiet: bool = False) -> SparkSession:
+    """A SparkSession for `master`: a Spark master URL, or sc://host:port for Spark Connect.
+
+    Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
+    quiet: the JVM this starts logs errors only.
+    """
+    from pyspark.sql import SparkSession
+
+    with _starting:
+        if master.startswith("sc://"):
+            return SparkSession.builder.appName(app_name).remote(master).config(map=conf or {}).getOrCreate()
+        return _classic_session(_classic_options(master, app_name, conf, quiet))
+
+
+def _classic_session(options: dict) -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.config(map=options).getOrCreate()
+    jvm.started(spark)
+    return spark
+
+
+def _classic_options(master: str, app_name: str, conf: dict | None, quiet: bool) -> dict:
+    """The options of a classic session: what spark-submit gets when it launches the driver's JVM."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    options = {"spark.master": master, "spark.app.name": app_name, "spark.python.worker.reuse": "true"}
+    if master.startswith("local"):
+        options.update({"spark.driver.memory": "2g", "spark.ui.showConsoleProgress": "false"})
+    # The JVM only moves bytes here: its optimising JIT compiler (C2) would spend several CPU
+    # seconds per run competing with the model for the cores; C1 alone is faster end to end.
+    java_options = ["-XX:TieredStopAtLevel=1", *jvm.java_options()]
+    if quiet:
+        quiet_logs = os.path.join(os.path.dirname(__file__), "log4j2-quiet.properties")
+        java_options.append(f"-Dlog4j2.configurationFile={quiet_logs}")
+    options["spark.driver.extraJavaOptions"] = " ".join(map(shlex.quote, java_options))
+    return {**options, **(conf or {})}
+
+
+# --- a command's session, started early ----------------------------------------------------------
+
+# What every JVM start prints, which says nothing to a command's user (imgvec sets the log level).
+_START_UP_NOISE = (b"WARNING: Using incubator modules", b"Setting default log level to",
+                   b"To adjust logging level use sc.setLogLevel")
+_starting = threading.Lock()  # one session starts (or an unused early one stops) at a time
+_early = None  # the command's session, starting in the background: see start_early
+
+
+def start_early(run: RunOptions) -> None:
+    """Start the session `session(run)` will use now, in the background.
+
+    The JVM's start (3-5 s) then overlaps the driver's imports and checks. What the JVM prints is held
+    back until the session is used: a command that fails before then prints only its own one line.
+    Not for Spark Connect, nor where this process already has a JVM (a notebook's, a test's).
+    """
+    global _early
+    from pyspark import SparkContext
+
+    if (_early is not None or run.spark is not None or run.master.startswith("sc://") or os.environ.get("SPARK_REMOTE")
+            or "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._gateway is not None):
+        return
+    _early = _EarlySession(run.master, run.conf)
+
+
+def drop_early() -> None:
+    """The command ends without the session it started early: stop it (once it is up) and its JVM."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        early.abandon()
+
+
+def _take_early(run: RunOptions):
+    """The session start_early began for `run`, with the JVM's held output let through; else None."""
+    global _early
+    early, _early = _early, None
+    if early is None:
+        return None
+    if early.wanted != (run.master, run.conf):
+        early.abandon()
+        return None
+    return early.take()
+
+
+class _EarlySession:
+    def __init__(self, master: str, conf: dict):
+        self.wanted = (master, conf)
+        self.spark = self.error = self.gateway = None
+        self.held: list[bytes] | None = []  # the JVM's stderr until the session is used; None once let through
+        self.abandoned = False
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._start, daemon=True, name="imgvec-early-session")
+        self.thread.start()
+
+    def _start(self) -> None:
+        from subprocess import PIPE
+
+        from pyspark import SparkConf, SparkContext
+        from pyspark.java_gateway import launch_gateway
+
+        with _starting:
+            try:
+                master, conf = self.wanted
+                options = _classic_options(master, "imgvec", conf, quiet=True)
+                self.gateway = launch_gateway(SparkConf(loadDefaults=False).setAll(options.items()),
+                                              popen_kwargs={"stderr": PIPE})
+                threading.Thread(target=self._relay, args=(self.gateway.proc.stderr,), daemon=True).start()
+                SparkContext._ensure_initialized(gateway=self.gateway)
+                self.spark = _classic_session(options)
+            except BaseException as error:  # raised where the session is taken
+                self.error = error
+            with self.lock:
+                if self.abandoned:
+                    self._stop()
+
+    def _relay(self, stream) -> None:
+        for line in iter(stream.readline, b""):
+            with self.lock:
+                if self.held is not None:
+                    if not self.abandoned:
+                        self.held.append(line)
+                    continue
+            _to_stderr(line)
+
+    def take(self):
+        self.thread.join()
+        with self.lock:
+            for line in self.held:
+                if not line.startswith(_START_UP_NOISE):
+                    _to_stderr(line)
+            self.held = None
+        if self.error is not None:
+            raise self.error
+        return self.spark
+
+    def abandon(self) -> None:
+        jvm.forget()  # its JVM ran no job: its class list would make a poor archive
+        with self.lock:
+            self.abandoned = True
+            self.held = []
+            if not self.thread.is_alive():
+                self._stop()
+
+    def _stop(self) -> None:
+        """Stop the session and its JVM, so that a later session in this process starts its own."""
+        from pyspark import SparkContext
+
+        try:
+            if self.spark is not None:
+                self.spark.stop()
+            if self.gateway is not None:
+                self.gateway.shutdown()
+        except Exception:  # a JVM that did not come up
+            pass
+        if self.gateway is not None:
+            self.gateway.proc.kill()
+            SparkContext._gateway = SparkContext._jvm = None
+
+
+def _to_stderr(data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:
+        pass
+
+
+def is_connect(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@contextmanager
+def session(run: RunOptions):
+    """The session a command runs on: `run.spark` when the caller has one, else local, a cluster or Spark Connect
+    (sc://). It stops only a session it started: one already active in this process (a notebook's) runs on.
+    The `imgvec` command's classic session ends with its process instead (jvm.ends_with_process)."""
+    if run.spark is not None:
+        yield run.spark
+        return
+    from pyspark.sql import SparkSession
+
+    before = SparkSession.getActiveSession()
+    spark = _take_early(run) or get_session(run.master, conf=run.conf, quiet=True)
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel("ERROR")
+    try:
+        yield spark
+    finally:
+        if spark is not before:
+            if is_connect(spark) or not jvm.ends_with_process:  # a Connect server keeps what it is not told to end
+                spark.stop()
+            jvm.build()
+
+
+def task_slots(spark) -> int | None:
+    """How many tasks run at once: cores / spark.task.cpus (None on Spark Connect, which hides the cores)."""
+    if is_connect(spark):
+        return None
+    context = spark.sparkContext
+    return max(1, context.defaultParallelism // int(context.getConf().get("spark.task.cpus", "1")))
+
+

@@ -1,0 +1,141 @@
+"""One way to run work on Spark: a plan of rows, one task each, and the rows the tasks return, collected.
+
+The driver sends each task its row of the plan (names only: a shard's images, an index segment's
+parts, pairs of paths) and gets back what the task's RowTask returns: a few numbers or small rows
+per task, never the images. Progress is reported meanwhile and Ctrl-C cancels the job. A plan too
+small to start a session for runs the same task in this process (RowTask.here).
+
+No pyspark at import: the commands that never start Spark import their tasks from here.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+import pyarrow as pa
+
+from imgvec.spark.session import is_connect
+
+
+class RowTask:
+    """A Spark task's code: a frozen dataclass (small, picklable) whose run() turns plan rows into RESULT rows.
+
+    Each task gets one row of the plan (run_tasks plans them so); run() does its set-up once, then yields
+    RecordBatches of RESULT.
+    """
+
+    RESULT: ClassVar[pa.Schema]
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:  # mapInArrow's function
+        return self.run(row for batch in batches for row in batch.to_pylist())
+
+    def run(self, rows: Iterator[dict]) -> Iterator[pa.RecordBatch]:
+        raise NotImplementedError
+
+    def here(self, plan: pa.Table) -> pa.Table:
+        """The plan run in this process, without Spark: the same code as on a worker."""
+        return pa.Table.from_batches(list(self(iter(plan.to_batches()))), self.RESULT)
+
+
+def run_tasks(spark, plan: pa.Table, task: RowTask, report: Callable[[float], None] | None = None,
+              then: Callable | None = None) -> pa.Table:
+    """One Spark task per row of `plan`, each running `task`; their rows (after `then`, a further step on the
+    DataFrame such as a shuffle) collected on the driver. report(share of tasks done) meanwhile."""
+    frame = one_row_per_partition(spark, plan).mapInArrow(task, ddl(task.RESULT))
+    return collect(spark, then(frame) if then else frame, report)
+
+
+def collect(spark, job, report=None) -> pa.Table:
+    """The job's rows, with progress reported meanwhile; Ctrl-C cancels the job."""
+    try:
+        with progress(spark, report or (lambda share: None)):
+            return job.toArrow()
+    except KeyboardInterrupt:
+        cancel_all(spark)
+        raise
+
+
+def one_row_per_partition(spark, plan: pa.Table):
+    """The plan as a DataFrame whose every partition holds exactly one of its rows (a task's work).
+
+    Names travel driver -> tasks only, each task carrying just its own row.
+    """
+    from pyspark.sql import functions as F
+
+    if is_connect(spark):
+        # The plan is a local relation on the Connect server's driver; broadcasting it costs no job, and the
+        # join keeps range's partitioning: one row number per partition.
+        numbers = spark.range(0, plan.num_rows, numPartitions=plan.num_rows)
+        return numbers.join(F.broadcast(spark.createDataFrame(plan)), "id")
+    # Classic Spark: n rows in n slices puts one row in each.
+    rows = spark.sparkContext.parallelize([tuple(r.values()) for r in plan.to_pylist()], plan.num_rows)
+    return spark.createDataFrame(rows, ddl(plan.schema))
+
+
+_DDL = {pa.int64(): "long", pa.int32(): "int", pa.float32(): "float", pa.bool_(): "boolean", pa.string(): "string",
+        pa.binary(): "binary", pa.list_(pa.string()): "array<string>", pa.list_(pa.int64()): "array<long>",
+        pa.list_(pa.float32()): "array<float>", pa.list_(pa.bool_()): "array<boolean>"}
+
+
+def ddl(schema: pa.Schema) -> str:
+    """Spark's DDL for an Arrow schema of the simple types imgvec's tasks exchange."""
+    return ", ".join(f"{f.name} {_DDL[f.type]}" for f in schema)
+
+
+def cancel_all(spark) -> None:
+    try:
+        if is_connect(spark):
+            spark.interruptAll()
+        else:
+            spark.sparkContext.cancelAllJobs()
+    except Exception:  # already stopping
+        pass
+
+
+@contextmanager
+def progress(spark, report):
+    """Calls report(share of finished tasks) while the block (in this thread) runs its Spark job."""
+    if is_connect(spark):
+        def handler(stages=None, **_):
+            report(_fraction((s.num_completed_tasks, s.num_tasks) for s in stages or []))
+
+        spark.registerProgressHandler(handler)
+        try:
+            yield
+        finally:
+            spark.removeProgressHandler(handler)
+        return
+    context = spark.sparkContext
+    job_group = f"imgvec-{uuid.uuid4().hex[:12]}"
+    context.setJobGroup(job_group, "imgvec", interruptOnCancel=True)
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll, args=(context.statusTracker(), job_group, stop, report), daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        poller.join()
+        context.setLocalProperty("spark.jobGroup.id", None)
+
+
+def _poll(status, job_group: str, stop: threading.Event, report) -> None:
+    while not stop.wait(0.5):
+        try:
+            jobs = sorted(status.getJobIdsForGroup(job_group))
+            job = status.getJobInfo(jobs[-1]) if jobs else None
+            stages = [status.getStageInfo(s) for s in job.stageIds] if job else []
+            report(_fraction((s.numCompletedTasks, s.numTasks) for s in stages if s))
+        except Exception:  # progress is best effort; the job is what matters
+            pass
+
+
+def _fraction(pairs) -> float:
+    done = total = 0
+    for completed, tasks in pairs:
+        done, total = done + completed, total + tasks
+    return done / total if total else 0.0
