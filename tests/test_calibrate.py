@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from helpers import EXAMPLES, SPARK, assert_usage_error, clustered_vectors, imgvec, imgvec_here, vectors_output
-from imgvec.base.settings import RunOptions
 from imgvec import ImageVectorizer
-from imgvec.answers.calibrate import THRESHOLDS, recommended, precision_table, sample_pairs
+from imgvec.answers.calibrate import THRESHOLDS, precision_table, recommended, sample_pairs
 from imgvec.base import defaults
+from imgvec.base.settings import RunOptions
 from imgvec.inputs.edits import EDITS, make_copy
 
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps
 
 from helpers import EXAMPLES, SPARK, imgvec, in_browser
-from imgvec.base.settings import RunOptions
 from imgvec.answers import verify
+from imgvec.base.settings import RunOptions
 from imgvec.inputs.edits import EDITS, make_copy
 
 TEXTURED = ("astronaut", "chelsea", "coffee", "rocket")  # photos with local detail to match
