@@ -12,7 +12,32 @@ os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="imgvec-test-torch-home-")
 # The engines' exports inside it: hidden from the cluster's and Connect's workers with the weights.
 os.environ["IMGVEC_CACHE"] = os.path.join(os.environ["TORCH_HOME"], "imgvec")
 
-from helpers import EXAMPLES, classic_session, seed_default_weights  # noqa: E402  (after TORCH_HOME)
+# Fixtures that start Spark (a session, a Spark Connect server, or the `imgvec` command's embed): their tests are Spark
+# tests; tests that start Spark otherwise carry @pytest.mark.spark themselves.
+STARTS_SPARK = {"spark", "cluster_session", "connect_url", "connect_session", "two_cpu_tasks", "embedded",
+                "photos_output", "planted", "old_and_new", "copies_output", "gallery_collection"}
+NO_SPARK_HOME = os.path.join(tempfile.gettempdir(), "imgvec-quick-tier-starts-no-spark")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if STARTS_SPARK & set(item.fixturenames):
+            item.add_marker(pytest.mark.spark)
+    if "slow" not in config.getoption("markexpr"):  # slow tests run only when asked for by name: -m slow
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_collection_finish(session):
+    """A run without Spark tests (the quick tier, -m "not spark") cannot start Spark: pyspark finds no Spark there, so
+    a test that starts it without the mark fails instead of making the quick tier slow."""
+    if not any(item.get_closest_marker("spark") for item in session.items):
+        os.environ["SPARK_HOME"] = NO_SPARK_HOME
+
+
+from helpers import EXAMPLES, classic_session, clustered_vectors, seed_default_weights, vectors_output  # noqa: E402  (after TORCH_HOME)
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +77,14 @@ def image_dir(tmp_path, example_bytes):
     (tmp_path / "broken.jpg").write_bytes(example_bytes["chelsea.jpg"][:2000])
     (tmp_path / "nested" / "notes.txt").write_bytes(b"not an image")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    """30,000 clustered 64-d vectors: past the size where imgvec stops being exact by default (dupes and index)."""
+    from imgvec.kernels.similarity import normalise
+
+    folder = tmp_path_factory.mktemp("generated") / "vectors"
+    vectors = clustered_vectors(30_000, 64)
+    vectors_output(folder, vectors)
+    return folder, normalise(vectors)

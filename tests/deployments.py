@@ -66,13 +66,13 @@ def _start(command: list[str], log_path: str, env: dict) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
+def _stop(processes: list[subprocess.Popen], grace: float = 20) -> None:
     for process in processes:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
     for process in processes:
         try:
-            process.wait(20)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
 
@@ -188,7 +188,7 @@ def object_store(workdir: str):
         _wait(lambda: _bucket_made(env, "imgvec-probe"), "SeaweedFS S3", [log], timeout=90)
         yield env
     finally:
-        _stop([process])
+        _stop([process], grace=2)  # SeaweedFS takes 20 s to stop cleanly; its data is the test's, thrown away
 
 
 def _bucket_made(env: dict, bucket: str) -> bool:

@@ -1,5 +1,6 @@
 """The `imgvec` command, run for real (subprocesses, local Spark, real photos and real weights)."""
 
+import argparse
 import io
 import json
 import os
@@ -15,8 +16,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import EXAMPLES, IMGVEC, SPARK, assert_usage_error, clustered_vectors, imgvec, imgvec_here, vectors_output
+from helpers import (
+    EXAMPLES,
+    IMGVEC,
+    SPARK,
+    assert_usage_error,
+    clustered_vectors,
+    imgvec,
+    imgvec_here,
+    vectors_output,
+)
 from imgvec.base.progress import Progress
+from imgvec.cli.parser import _size
 from imgvec.dataset.lock import LockError
 from imgvec.dataset.output import FeatureDataset
 from imgvec.dataset.writing import held_for_writing
@@ -134,6 +145,7 @@ def test_usage_and_configuration_errors_exit_2_in_one_line(embedded, photos, tmp
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.spark
 def test_max_error_rate_exceeded_exits_3_after_writing_everything(photos, tmp_path):
     result = imgvec("embed", photos, "-o", tmp_path / "o", "--model", "resnet18", "--weights", "random",
                     "--max-error-rate", "0.01", "-q", *SPARK)
@@ -152,6 +164,7 @@ def test_overwrite_replaces(embedded, photos, tmp_path):
     assert table.num_rows == 1 and len(table.column("features")[0]) == 512
 
 
+@pytest.mark.spark
 def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_bytes):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -187,6 +200,7 @@ def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_byte
     assert json.loads((output / "_imgvec.json").read_text())["total"] == 30
 
 
+@pytest.mark.spark
 def test_a_parquet_table_with_named_columns(tmp_path, example_bytes):
     table = pa.table({"name": list(example_bytes), "img": list(example_bytes.values())})
     pq.write_table(table, tmp_path / "images.parquet")
@@ -259,3 +273,40 @@ def test_options_and_positionals_mix_in_every_command(tmp_path, capsys):
     found = imgvec_here(capsys, "similar", output, "-k", "3", "img/00000001.jpg", "--json")  # as a user types it
     assert found.returncode == 0, found.stderr
     assert [len(r["matches"]) for r in json.loads(found.stdout)] == [3]
+
+
+@pytest.mark.spark
+def test_a_torchscript_model_records_its_dimension_and_every_command_works(tmp_path, capsys):
+    """The documented way to bring one's own model: its output knows its dimension (it once recorded null)."""
+    import torch
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = torch.nn.Identity()
+    scripted = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(net.eval()), str(scripted))
+    output = tmp_path / "vectors"
+    result = imgvec("embed", EXAMPLES, "-o", output, "--model", f"torchscript:{scripted}", "-q", *SPARK)
+    assert result.returncode == 0, result.stderr
+    metadata = json.loads((output / "_imgvec.json").read_text())
+    assert metadata["dim"] == 512
+    for recorded in (512, None):  # an output made before the fix recorded null: read from a part
+        (output / "_imgvec.json").write_text(json.dumps({**metadata, "dim": recorded}))
+        assert json.loads(imgvec_here(capsys, "info", output, "--json").stdout)["dim"] == 512
+        assert imgvec_here(capsys, "index", output, "--rebuild", "-q").returncode == 0
+        query = str(EXAMPLES / "motorcycle_left.jpg")
+        found = json.loads(imgvec_here(capsys, "similar", output, f"file:{query}", "-k", "2", "--json").stdout)
+        assert found[0]["search"].startswith("flat index") and len(found[0]["matches"]) == 2
+        assert imgvec_here(capsys, "dupes", output, "--threshold", "0.99", "--json").returncode == 0
+
+
+@pytest.mark.parametrize("text,value", [("16G", 16 * 2**30), ("64K", 65536), ("1.5M", 1572864), ("100", 100),
+                                        ("8gb", 8 * 2**30)])
+def test_sizes(text, value):
+    assert _size(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-1G", "lots"])
+def test_bad_sizes(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        _size(text)

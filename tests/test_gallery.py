@@ -13,7 +13,7 @@ from helpers import EXAMPLES, SPARK, assert_usage_error, imgvec, imgvec_here, in
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory):
+def gallery_collection(tmp_path_factory):
     """The examples, two edited copies of three of them, a byte-identical copy; embedded; then one copy deleted."""
     folder = tmp_path_factory.mktemp("gallery")
     for path in EXAMPLES.iterdir():
@@ -31,8 +31,8 @@ def collection(tmp_path_factory):
     return folder, output
 
 
-def test_the_dupes_page_shows_each_group_with_its_kept_file(collection, tmp_path):
-    folder, output = collection
+def test_the_dupes_page_shows_each_group_with_its_kept_file(gallery_collection, tmp_path):
+    folder, output = gallery_collection
     page, out = tmp_path / "dupes.html", tmp_path / "groups.parquet"
     result = imgvec("dupes", output, "--threshold", "0.8", "--keep", "largest", "--html", page, "--out", out,
                     "--show", "3")
@@ -52,8 +52,8 @@ def test_the_dupes_page_shows_each_group_with_its_kept_file(collection, tmp_path
     assert "copy, cosine 0." in opened["text"]  # each copy's card names its kept file and the cosine to it
 
 
-def test_the_similar_page_shows_each_query_with_its_matches(collection, tmp_path):
-    folder, output = collection
+def test_the_similar_page_shows_each_query_with_its_matches(gallery_collection, tmp_path):
+    folder, output = gallery_collection
     page = tmp_path / "similar.html"
     result = imgvec("similar", output, folder / "chelsea.jpg", folder / "rocket.jpg", "-k", "4", "--html", page)
     assert result.returncode == 0, result.stderr
@@ -63,10 +63,10 @@ def test_the_similar_page_shows_each_query_with_its_matches(collection, tmp_path
     assert_usage_error(imgvec("similar", output, folder / "chelsea.jpg", "--html", page), "already exists")
 
 
-def test_thumbnails_are_made_on_spark_workers_when_there_are_many(collection, tmp_path, capsys, monkeypatch):
+def test_thumbnails_are_made_on_spark_workers_when_there_are_many(gallery_collection, tmp_path, capsys, monkeypatch):
     import imgvec.answers.gallery
 
-    _, output = collection
+    _, output = gallery_collection
     monkeypatch.setattr(imgvec.answers.gallery, "IN_PROCESS", 1)  # as for a page of thousands of images
     page = tmp_path / "dupes.html"
     assert imgvec_here(capsys, "dupes", output, "--threshold", "0.8", "--html", page, *SPARK).returncode == 0

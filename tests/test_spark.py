@@ -1,175 +1,153 @@
-"""process_images, read_images and ImageFeaturizer on a real local[2] Spark session."""
+"""imgvec.spark: the command's session started early and quietly, the JVM's class-data-sharing archive, tasks
+of several CPUs, and the one task runner (RowTask, run_tasks) on a real session.
+"""
 
+from __future__ import annotations
+
+import glob
+import json
 import os
-import pickle
+import subprocess
+import sys
+import time
 
-import numpy as np
 import pytest
-from pyspark.errors import PySparkException
-from pyspark.ml import Pipeline, PipelineModel
-from pyspark.sql import functions as F
-from pyspark.sql.functions import udf
-from pyspark.sql.types import ArrayType, FloatType
 
-from corpus import corpus
-from helpers import assert_same_features, files_in, reference_features
-from imgvec import ImageFeaturizer, ImageVectorizer, read_images
+from helpers import EXAMPLES, SPARK, assert_usage_error, classic_session, imgvec
+from imgvec import ImageVectorizer
 
-pytestmark = pytest.mark.spark
-
-
-
-def jobs_so_far(spark):
-    return set(spark.sparkContext.statusTracker().getJobIdsForGroup())
-
-
-def test_process_images_equals_the_single_process_result(spark, image_dir, resnet18_default):
-    v = ImageVectorizer("resnet18")  # default weights: the pre-seeded torch hub file
-    df = read_images(spark, str(image_dir)).withColumn("size_kb", F.col("length") / 1024)
-    out = v.process_images(df)
-    assert out.schema["features"].dataType == ArrayType(FloatType(), containsNull=False)
-    assert set(df.columns) | {"features", "error"} == set(out.columns)
-    rows = out.drop("content").collect()
-    assert_same_features(rows, reference_features(v, files_in(image_dir)))
-    errors = {os.path.basename(r.path): r.error for r in rows if r.error}
-    assert set(errors) == {"broken.jpg", "notes.txt"}
-    assert errors["broken.jpg"].startswith("truncated:") and errors["notes.txt"].startswith("unrecognised:")
+# A fresh interpreter that starts a session as the commands do and says what its JVM was started with.
+SESSION_PROBE = """
+import json
+from imgvec.spark import session as jobs
+spark = jobs.get_session("local[1]", quiet=True)
+system = spark.sparkContext._jvm.java.lang.System
+arguments = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+print(json.dumps({"arguments": list(arguments), "java": system.getProperty("java.home"),
+                  "classpath": system.getProperty("java.class.path"),
+                  "rows": spark.range(3, numPartitions=2).rdd.map(lambda x: x).count()}))
+"""
 
 
-def test_lazy_until_an_action(spark, image_dir):
-    df = read_images(spark, str(image_dir))
-    before = jobs_so_far(spark)
-    out = ImageVectorizer("resnet18", weights="random").process_images(df)
-    assert jobs_so_far(spark) == before
-    assert out.count() == len(files_in(image_dir))
+def _probe(env) -> dict:
+    result = subprocess.run([sys.executable, "-c", SESSION_PROBE], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_the_jvm_imgvec_starts_skips_the_optimising_jit_compiler(spark):
-    # The JVM only moves bytes: C2 would take CPU seconds from the model on every run.
-    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
-    assert "-XX:TieredStopAtLevel=1" in list(runtime.getInputArguments())
+@pytest.mark.spark
+def test_the_first_command_makes_a_class_archive_that_later_jvms_start_from(tmp_path):
+    """A command's JVM lists its classes; once it ends, a detached process makes the archive (once), and the
+    next JVM maps it: `java -Xshare:on` (which fails rather than run without it) accepts it with that classpath."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "IMGVEC_CACHE": str(cache)}
+    result = imgvec("embed", EXAMPLES / "coffee.jpg", "-o", tmp_path / "out", "--weights", "random",
+                    "--model", "resnet18", *SPARK, env=env)
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 300
+    while not glob.glob(str(cache / "jvm" / "*.jsa")) and time.monotonic() < deadline:
+        failed = glob.glob(str(cache / "jvm" / "*.failed"))
+        assert not failed, open(failed[0]).read()
+        time.sleep(1)
+    [archive] = glob.glob(str(cache / "jvm" / "*.jsa"))
+    time.sleep(1)  # the builder removes its marker and list just after the rename
+    assert sorted(os.listdir(cache / "jvm")) == [os.path.basename(archive)]  # no list, marker or partial file
+
+    started = _probe(env)
+    assert f"-XX:SharedArchiveFile={archive}" in started["arguments"]
+    assert started["rows"] == 3
+    check = subprocess.run([os.path.join(started["java"], "bin", "java"), "-Xshare:on",
+                            f"-XX:SharedArchiveFile={archive}", "-cp", started["classpath"], "-version"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr + check.stdout
+    assert sorted(os.listdir(cache / "jvm")) == [os.path.basename(archive)]  # used, not made again
 
 
-def test_the_model_is_built_once_per_python_worker(spark, example_bytes):
-    images = [(f"img{i}", data) for i, data in enumerate(list(example_bytes.values()) * 3)]
-    df = spark.createDataFrame(images, "name string, content binary").repartition(8)
-    v = ImageVectorizer("resnet18", weights="random", batch_size=4)
-    out = v.process_images(df)
-    assert out.filter("error is null").count() == len(images)
-    config, weights = v.config, v.weights_ref
+def test_archive_off_and_a_failed_build_start_the_jvm_as_before(tmp_path, monkeypatch):
+    from imgvec.spark import jvm
 
-    def report(batches):
+    monkeypatch.delenv("SPARK_HOME", raising=False)  # pyspark's own jars, even in the quick tier (no JVM starts)
+    monkeypatch.setenv("IMGVEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(jvm, "_listing", {})
+    base = jvm._base()
+    assert base is not None and base.startswith(str(tmp_path))
+    [listing] = jvm.java_options()
+    assert listing == f"-XX:DumpLoadedClassList={base}.{os.getpid()}.classes"
+
+    # A build that fails says why, once: no later JVM lists for an archive that cannot be made.
+    with open(f"{base}.1.classes", "w") as f:
+        f.write("java/lang/Object\n")
+    open(base + ".building", "w").close()
+    jvm.dump(base, f"{base}.1.classes", "/bin/false", "unused")
+    assert "exited 1" in open(base + ".failed").read()
+    assert not os.path.exists(base + ".building") and not os.path.exists(f"{base}.1.classes")
+    monkeypatch.setattr(jvm, "_listing", {})
+    assert jvm.java_options() == []
+
+    open(base + ".jsa", "w").close()  # an archive made by another run meanwhile is used
+    assert jvm.java_options() == [f"-XX:SharedArchiveFile={base}.jsa"]
+    monkeypatch.setenv("IMGVEC_JVM_ARCHIVE", "0")
+    assert jvm.java_options() == []
+
+
+@pytest.mark.spark
+def test_a_mistake_found_while_the_jvm_starts_prints_one_line_and_stops_it(tmp_path):
+    """`embed` starts its JVM before torch is imported and the weights checked: a bad weights file is still one
+    line, with none of the JVM's start-up lines, and nothing is written; in-process, a later session runs."""
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = imgvec("embed", EXAMPLES, "-o", tmp_path / "out", "--weights", bad, *SPARK)
+    assert_usage_error(result, "is not a PyTorch checkpoint")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+    script = (f"from imgvec.cli.main import main\nfrom imgvec.spark import session as jobs\n"
+              f"rc = main(['embed', {str(EXAMPLES)!r}, '-o', {str(tmp_path / 'out')!r}, '--weights', {str(bad)!r}])\n"
+              "spark = jobs.get_session('local[1]', quiet=True)\n"
+              "print(rc, spark.sparkContext.parallelize(range(5), 2).map(lambda x: x * 2).sum())\n")
+    after = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert after.stdout.split()[-2:] == ["2", "20"], after.stderr
+
+
+@pytest.mark.spark
+def test_the_commands_jvm_ends_with_it_and_cleans_up(tmp_path):
+    """`imgvec embed` prints none of the JVM's start-up lines and does not wait for Spark to stop: its JVM exits
+    when the command's process does, and Spark's own shutdown hook still removes its temporary folders."""
+    local = tmp_path / "spark-local"
+    local.mkdir()
+    env = {**os.environ, "SPARK_LOCAL_DIRS": str(local)}
+    result = imgvec("embed", EXAMPLES / "coffee.jpg", "-o", tmp_path / "out", "--weights", "random",
+                    "--model", "resnet18", *SPARK, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "succeeded 1, failed 0" in result.stdout
+    # The JVM's start-up lines, held back while it started, are dropped: they say nothing to the command's user.
+    assert "Using incubator modules" not in result.stderr and "setLogLevel" not in result.stderr, result.stderr
+    deadline = time.monotonic() + 60
+    while os.listdir(local) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert os.listdir(local) == []
+
+
+@pytest.fixture(scope="module")
+def two_cpu_tasks():
+    spark = classic_session("local[2]", **{"spark.task.cpus": "2", "spark.executorEnv.OMP_NUM_THREADS": "7"})
+    yield spark
+    spark.stop()
+
+
+@pytest.mark.spark
+def test_torch_threads_follow_the_tasks_cpus_not_the_environment(two_cpu_tasks, example_bytes):
+    spark = two_cpu_tasks
+    df = spark.createDataFrame([(n, b) for n, b in example_bytes.items()], "name string, content binary")
+    assert ImageVectorizer("resnet18", weights="random").process_images(df).filter("error is null").count() == 10
+
+    def threads(batches):
         import pandas as pd
-
-        from imgvec.features.featurize import model_loads
+        import torch
 
         for _ in batches:
-            yield pd.DataFrame([model_loads(config, weights)])
+            yield pd.DataFrame({"threads": [torch.get_num_threads()], "omp": [os.environ.get("OMP_NUM_THREADS")]})
 
-    loads = spark.range(0, 8, numPartitions=8).mapInPandas(report, "pid long, loads long").collect()
-    per_process = {r.pid: r.loads for r in loads}
-    assert max(per_process.values()) == 1, per_process  # 8 tasks, each worker process built it once
-    assert len(per_process) <= 2  # local[2]: the two Python workers were reused across the 8 tasks
-
-
-def test_the_seeds_own_udf_pattern_works_with_our_class(spark, image_dir, resnet18_default):
-    v = ImageVectorizer("resnet18")
-    extract = udf(lambda b: v.extract_features(b), ArrayType(FloatType()))
-    rows = read_images(spark, str(image_dir)).withColumn("features", extract("content")) \
-        .withColumn("error", F.when(F.col("features").isNull(), "bad")).drop("content").collect()
-    reference = reference_features(v, files_in(image_dir))
-    assert_same_features(rows, reference)
-
-
-class SeedImageVectorizer:
-    """The seed article's class as written: it keeps the SparkSession on self."""
-
-    def __init__(self, spark):
-        self.spark = spark
-
-    def extract_features(self, image_binary):
-        return [0.0]
-
-    def process_images(self, df):
-        extract = udf(lambda x: self.extract_features(x), ArrayType(FloatType()))
-        return df.withColumn("features", extract(df["content"]))
-
-
-def test_the_seeds_original_pattern_fails_with_spark_5063(spark, image_dir):
-    """Why imgvec exists: the closure drags the SparkSession to the workers."""
-    df = read_images(spark, str(image_dir))
-    with pytest.raises((pickle.PicklingError, PySparkException, Exception)) as error:
-        SeedImageVectorizer(spark).process_images(df).collect()
-    assert "CONTEXT_ONLY_VALID_ON_DRIVER" in str(error.value) or "SPARK-5063" in str(error.value)
-
-
-def test_a_table_with_a_binary_column(spark, tmp_path, example_bytes):
-    table = str(tmp_path / "table")
-    rows = [(name, data, len(data)) for name, data in sorted(example_bytes.items())]
-    spark.createDataFrame(rows, "name string, img binary, n int").write.parquet(table)
-    v = ImageVectorizer("resnet18", weights="random")
-    out = v.process_images(spark.read.parquet(table), input_col="img", output_col="vec", error_col="why")
-    got = {r.name: r for r in out.select("name", "vec", "why", "n").collect()}
-    assert set(got) == set(example_bytes)
-    for name, data in example_bytes.items():
-        assert got[name].why is None and got[name].n == len(data)
-        assert np.allclose(got[name].vec, v.extract_features(data), rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("mistake,message", [
-    ({"input_col": "bytes"}, "input column 'bytes' is not in the DataFrame"),
-    ({"input_col": "path"}, "input column 'path' is string, not binary"),
-])
-def test_column_mistakes_fail_on_the_driver_before_any_job(spark, image_dir, mistake, message):
-    df = read_images(spark, str(image_dir))
-    before = jobs_so_far(spark)
-    with pytest.raises(ValueError, match=message):
-        ImageVectorizer("resnet18", weights="random").process_images(df, **mistake)
-    assert jobs_so_far(spark) == before
-
-
-def test_model_and_weights_mistakes_fail_on_the_driver(spark, image_dir):
-    df = read_images(spark, str(image_dir))
-    with pytest.raises(ValueError, match="unknown model"):
-        ImageFeaturizer(model="resnet-50", weights="random").transform(df)
-    with pytest.raises(ValueError, match="does not exist"):
-        ImageFeaturizer(model="resnet18", weights="/no/such/file.pt").transform(df)
-
-
-def test_read_images_takes_files_directories_and_globs(spark, image_dir):
-    everything = read_images(spark, str(image_dir)).count()
-    assert everything == len(files_in(image_dir))
-    assert read_images(spark, str(image_dir), glob="*.jpg").count() == sum(
-        f.endswith(".jpg") for f in files_in(image_dir))
-    assert read_images(spark, str(image_dir / "broken.jpg")).count() == 1
-    assert read_images(spark, [str(image_dir / "nested" / "*.jpg"), str(image_dir / "broken.jpg")]).count() == \
-        len([f for f in os.listdir(image_dir / "nested") if f.endswith(".jpg")]) + 1
-    with pytest.raises(ValueError, match="does not exist"):
-        read_images(spark, str(image_dir / "missing"))
-
-
-def test_image_featurizer_in_a_pipeline_saved_and_loaded(spark, image_dir, tmp_path):
-    df = read_images(spark, str(image_dir))
-    featurizer = ImageFeaturizer(model="resnet18", weights="random", outputCol="vec", batchSize=4)
-    model = Pipeline(stages=[featurizer]).fit(df)
-    model.write().overwrite().save(str(tmp_path / "pipeline"))
-    loaded = PipelineModel.load(str(tmp_path / "pipeline"))
-    stage = loaded.stages[0]
-    assert isinstance(stage, ImageFeaturizer)
-    params = (stage.getOutputCol(), stage.getOrDefault("batchSize"), stage.getOrDefault("model"))
-    assert params == ("vec", 4, "resnet18")
-    a = {r.path: r.vec for r in model.transform(df).select("path", "vec").collect()}
-    b = {r.path: r.vec for r in loaded.transform(df).select("path", "vec").collect()}
-    assert a == b and sum(v is not None for v in a.values()) == len(a) - 2
-
-
-def test_every_corpus_input_gets_exactly_one_row_and_no_task_fails(spark):
-    items = corpus()
-    df = spark.createDataFrame([(name, data) for name, (data, _) in items.items()], "name string, content binary")
-    rows = ImageVectorizer("resnet18", weights="random").process_images(df.repartition(3)).collect()
-    assert sorted(r.name for r in rows) == sorted(items)
-    for row in rows:
-        if items[row.name][1] == "ok":
-            assert row.error is None and len(row.features) == 512, row.name
-        else:
-            assert row.features is None and row.error, row.name
+    rows = spark.range(0, 1, numPartitions=1).mapInPandas(threads, "threads int, omp string").collect()
+    assert (rows[0].threads, rows[0].omp) == (2, "7")  # the worker's environment said 7; the task has 2

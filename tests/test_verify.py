@@ -1,5 +1,5 @@
-"""The pixel verifier (imgvec.answers.verify): copies of real photos verify, different photos do not, each image is decoded
-once per task, and pairs verified on Spark's workers get the verdicts this process gives.
+"""The pixel verifier (imgvec.answers.verify): copies of real photos verify, different photos do not, each image is
+decoded once per task, and pairs verified on Spark's workers get the verdicts this process gives.
 """
 
 import io

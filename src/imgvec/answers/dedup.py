@@ -527,7 +527,9 @@ def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int
     near = min(2, len(centroids))
     similarities, nearest = quantizer.search(sample, near)
     expected = np.bincount(nearest[:, 0], minlength=len(centroids)).astype(np.float64)
-    second = similarities[:, 1] >= similarities[:, 0] - margin if near == 2 else np.zeros(len(sample), bool)
-    expected += np.bincount(nearest[second, 1], minlength=len(centroids))
+    second = np.zeros(len(sample), bool)
+    if near == 2:  # one cluster (--clusters 1) has no second
+        second = similarities[:, 1] >= similarities[:, 0] - margin
+        expected += np.bincount(nearest[second, 1], minlength=len(centroids))
     expected *= count / len(sample)
     return np.maximum(1, np.ceil(expected / UNIT)).astype(np.int64), float(second.mean())

@@ -40,12 +40,19 @@ def precision_warning(precision: str, device: str) -> str | None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto': the GPU Spark gave this task, else any CUDA device, else the CPU."""
+    """The device to run on here: see pick_device."""
+    cuda = torch.cuda.is_available()
+    return torch.device(pick_device(device, cuda, _task_gpu() if cuda else None))
+
+
+def pick_device(device: str, cuda: bool, task_gpu: int | None) -> str:
+    """'auto': the GPU Spark gave this task (`task_gpu`), else the first CUDA device when there is one, else the CPU;
+    any other device as asked."""
     if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{_task_gpu() or 0}")
-    return torch.device("cpu")
+        return device
+    if not cuda:
+        return "cpu"
+    return f"cuda:{task_gpu or 0}"
 
 
 def use_task_cpus() -> None:

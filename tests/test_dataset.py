@@ -11,17 +11,26 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
 
-from helpers import EXAMPLES, assert_usage_error, imgvec, imgvec_here
+from helpers import (
+    EXAMPLES,
+    assert_usage_error,
+    imgvec,
+    imgvec_here,
+)
 from imgvec import ImageVectorizer
 from imgvec.batch.embed import made_by
+from imgvec.dataset import names
 from imgvec.dataset.lock import LockError
 from imgvec.dataset.output import FeatureDataset
+from imgvec.dataset.rows import part_ids
+from imgvec.dataset.searchable import parts_plan
 from imgvec.dataset.writing import held_for_writing
 
 # No Spark master listens here: a command that got as far as starting a job would fail differently.
@@ -215,9 +224,55 @@ def test_bf16_on_a_cpu_without_native_bf16_is_named_in_one_line_before_any_job(t
     warning = [line for line in capped.stderr.splitlines() if line.startswith("imgvec: warning:")]
     assert len(warning) == 1 and "has no native bf16" in warning[0] and "0.18x the speed of fp32" in warning[0]
     assert_usage_error(capped, "already exists")
-    native = subprocess.run([sys.executable, "-c", "from imgvec.models.hardware import native_bf16; print(native_bf16())"],
+    probe = "from imgvec.models.hardware import native_bf16; print(native_bf16())"
+    native = subprocess.run([sys.executable, "-c", probe],
                             capture_output=True, text=True, check=True).stdout.strip() == "True"
     as_is = imgvec(*args)
     assert ("imgvec: warning:" in as_is.stderr) is not native
     fp32 = imgvec(*[a if a != "bf16" else "fp32" for a in args], env=avx2)
     assert "warning" not in fp32.stderr
+
+
+def test_an_output_of_format_1_is_read_and_resuming_it_marks_format_2(tmp_path, capsys):
+    output = tmp_path / "old"
+    output.mkdir()
+    old = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", pa.string())])
+    pq.write_table(pa.table({"path": ["a.jpg", "b.jpg", "c.jpg"], "features": [[1.0, 0.0], [0.99, 0.1], [0.0, 1.0]],
+                             "error": [None, None, None]}, schema=old), output / "part-00000.parquet")
+    identity = {"model": "resnet18", "weights": "random", "weights_sha256": None, "dim": 2}
+    (output / "_imgvec.json").write_text(json.dumps({**identity, "format": "imgvec-features/1"}))
+    assert imgvec_here(capsys, "info", output).returncode == 0
+    result = imgvec_here(capsys, "dupes", output, "--threshold", "0.9", "--json")
+    found = json.loads(result.stdout)
+    assert [sorted(m["path"] for m in g["members"]) for g in found["groups"]] == [["a.jpg", "b.jpg"]]
+    with held_for_writing(FeatureDataset(str(output)), identity, resume=True, overwrite=False):
+        pass
+    assert json.loads((output / "_imgvec.json").read_text())["format"] == "imgvec-features/2"
+    assert FeatureDataset(str(output)).read(["path", "sha256"]).column("sha256").null_count == 3
+
+
+def test_every_file_name_of_an_output_is_built_and_parsed_in_one_place():
+    assert names.part(3, 17) == "part-0003-000017.parquet" and names.part_run(names.part(3, 17)) == 3
+    assert names.is_part("part-00000.parquet") and names.part_run("part-00000.parquet") is None  # format /1
+    assert not names.is_part("part-1-2.parquet.tmp") and not names.is_part("_imgvec.json")
+    assert names.is_temporary(".tmp-1a2b3c4d-part-0000-000000.parquet")
+    build = "0123abcd"
+    for name in (names.trained(build), names.queries(build), names.truth(build, 2), names.segment(build, 5),
+                 f"shard-{build}-1.faiss", names.INDEX_DESCRIPTION):  # shard-: indexes of imgvec-index/1
+        assert names.is_index_file(name), name
+    assert not names.is_index_file("notes.txt") and not names.is_index_file("segment-XYZ-1.faiss")
+
+
+def test_a_plan_of_parts_keeps_their_numbers():
+    plan = parts_plan([f"p{i}" for i in range(5)], 2).to_pylist()
+    assert [r["parts"] for r in plan] == [["p0", "p1", "p2"], ["p3", "p4"]] and plan[1]["numbers"] == [3, 4]
+    update = parts_plan(["p5", "p6"], 4, numbers=[5, 6]).to_pylist()  # an index update: only the new parts
+    assert [r["numbers"] for r in update] == [[5], [6]]
+
+
+def test_row_ids_carry_their_part_number_and_row_and_never_collide():
+    ids = part_ids(3, [0, 5, 2**32 - 1])
+    assert ids.dtype == np.int64 and (ids >> 32).tolist() == [3, 3, 3]
+    assert (ids & (2**32 - 1)).tolist() == [0, 5, 2**32 - 1]
+    assert part_ids(4, [0])[0] == ids[-1] + 1  # the next part's first row follows the last possible row of this one
+    assert part_ids(2**24 - 1, [7])[0] < 2**56  # parts fit below dupes' output number (SOURCE_SHIFT)

@@ -1,0 +1,277 @@
+"""`imgvec dupes`: byte-identical files from the recorded sha256, near-duplicates exact and clustered on Spark measured
+against the exact answer on the same data, what --keep lists, and new images --against old outputs.
+
+Real photos with planted near-duplicates (crops, resizes, re-encodes, colour changes, byte-identical copies)
+embedded by a real model; generated clustered vectors where scale matters.
+"""
+
+import hashlib
+import io
+import itertools
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageEnhance
+
+from helpers import (
+    EXAMPLES,
+    SPARK,
+    assert_usage_error,
+    clustered_vectors,
+    grouped_files,
+    imgvec,
+    imgvec_here,
+    vectors_output,
+)
+from imgvec.answers.dedup import UNIT, _blocks
+from imgvec.kernels.similarity import normalise
+
+THRESHOLD = 0.8
+
+
+def variants(image: Image.Image) -> dict[str, bytes]:
+    """Near-duplicates of one photo, as a user's collection has them."""
+    w, h = image.size
+
+    def jpeg(im, quality=90):
+        buffer = io.BytesIO()
+        im.convert("RGB").save(buffer, "JPEG", quality=quality)
+        return buffer.getvalue()
+
+    return {"crop": jpeg(image.crop((w // 12, h // 12, w - w // 12, h - h // 12))),
+            "half": jpeg(image.resize((w // 2, h // 2))),
+            "q30": jpeg(image, quality=30),
+            "warm": jpeg(ImageEnhance.Color(image.convert("RGB")).enhance(1.3)),
+            "bright": jpeg(ImageEnhance.Brightness(image.convert("RGB")).enhance(1.1))}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The examples, five near-duplicates of each, and byte-identical copies of two, embedded for real."""
+    folder = tmp_path_factory.mktemp("planted")
+    for path in EXAMPLES.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+        for kind, data in variants(Image.open(path)).items():
+            (folder / f"{path.stem}_{kind}.jpg").write_bytes(data)
+    for copy in ("rocket_copy.jpg", "rocket_copy2.jpg"):
+        (folder / copy).write_bytes((EXAMPLES / "rocket.jpg").read_bytes())
+    (folder / "coffee_copy.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
+    output = tmp_path_factory.mktemp("out") / "vectors"
+    result = imgvec("embed", folder, "-o", output, "--model", "efficientnet_lite0", "--shard-size", "16", "-q", *SPARK)
+    assert result.returncode == 0, result.stderr
+    return folder, output
+
+
+def features_by_path(output) -> dict:
+    table = pq.read_table(output, columns=["path", "features"])
+    return {p: np.asarray(f, np.float32) for p, f in zip(table.column("path").to_pylist(),
+                                                         table.column("features").to_pylist(), strict=True) if f}
+
+
+def test_embed_records_each_files_length_and_sha256(planted):
+    folder, output = planted
+    rows = pq.read_table(output, columns=["path", "bytes", "sha256"]).to_pylist()
+    assert len(rows) == len(os.listdir(folder))
+    for row in rows:
+        data = (folder / os.path.basename(row["path"])).read_bytes()
+        assert (row["bytes"], row["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_dupes_reports_byte_identical_files_as_their_own_groups(planted):
+    _, output = planted
+    result = imgvec("dupes", output, "--threshold", THRESHOLD, "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    names = [(g["kind"], sorted(os.path.basename(m["path"]) for m in g["members"])) for g in found["groups"]]
+    identical = sorted(members for kind, members in names if kind == "identical")
+    assert identical == [["coffee.jpg", "coffee_copy.jpg"], ["rocket.jpg", "rocket_copy.jpg", "rocket_copy2.jpg"]]
+    # the copies are listed once, in their identical group; the near group shows the one kept
+    rocket = next(members for kind, members in names if kind == "near" and "rocket_crop.jpg" in members)
+    assert "rocket.jpg" in rocket and not any("copy" in name for name in rocket)
+
+
+def test_clustered_dupes_on_spark_find_what_exact_finds_on_real_photos(planted):
+    _, output = planted
+    exact = json.loads(imgvec("dupes", output, "--threshold", THRESHOLD, "--json").stdout)
+    assert exact["search"] == "exact"
+    result = imgvec("dupes", output, "--threshold", THRESHOLD, "--clusters", "4", "--json", "-q", *SPARK)
+    assert result.returncode == 0, result.stderr
+    clustered = json.loads(result.stdout)
+    assert clustered["search"].startswith("clustered: 4 k-means clusters")
+    truth, found = grouped_files(exact), grouped_files(clustered)
+    assert len(truth) >= 30  # the planted variants are found at this threshold
+    assert len(truth & found) / len(truth) >= 0.95  # recall of the files that have a near-duplicate
+    assert found <= truth  # nothing that exact search would not group
+    features = features_by_path(output)
+    for group in clustered["groups"]:  # each member's similarity is a real pair inside its group
+        vectors = normalise(np.stack([features[m["path"]] for m in group["members"]]))
+        similarities = vectors @ vectors.T
+        np.fill_diagonal(similarities, -1)
+        for member, row in zip(group["members"], similarities, strict=True):
+            assert member["similarity"] >= THRESHOLD - 1e-6
+            if group["kind"] == "near":
+                assert abs(row.max() - member["similarity"]) < 1e-4
+
+
+@pytest.mark.spark
+def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):
+    output, _ = generated
+    exact = json.loads(imgvec("dupes", output, "--threshold", "0.9", "--exact", "--json").stdout)
+    result = imgvec("dupes", output, "--threshold", "0.9", "--json", "-q", *SPARK)  # 30,000 > EXACT_MAX: clustered
+    assert result.returncode == 0, result.stderr
+    clustered = json.loads(result.stdout)
+    assert clustered["search"].startswith("clustered: 15 k-means clusters")
+    truth, found = grouped_files(exact), grouped_files(clustered)
+    assert len(truth) > 5_000 and found <= truth
+    assert len(truth & found) / len(truth) >= 0.95
+
+
+@pytest.mark.parametrize("threshold", [THRESHOLD, 0.6])
+def test_every_file_keep_lists_has_a_kept_file_of_its_group_at_the_threshold(planted, tmp_path, threshold):
+    """A chain A~B~C may be one group to look at, but never makes a file deletable on its own."""
+    folder, output = planted
+    out = tmp_path / "groups.parquet"
+    listed = imgvec("dupes", output, "--threshold", threshold, "--keep", "largest", "--out", out)
+    assert listed.returncode == 0, listed.stderr
+    table = pq.read_table(out)
+    assert table.column_names == ["path", "group", "kind", "representative", "similarity", "kept_file",
+                                  "kept_similarity"]
+    delete = listed.stdout.splitlines()
+    rows = table.to_pylist()
+    members = {(r["group"], r["path"]): r for r in rows}  # a file kept for its identical copies is in two groups
+    features = {p: v / np.linalg.norm(v) for p, v in features_by_path(output).items()}
+    assert delete == sorted(delete) and set(delete) == {r["path"] for r in rows if r["kept_file"] != r["path"]}
+    for row in (r for r in rows if r["path"] in delete):
+        path = row["path"]
+        kept = members[row["group"], row["kept_file"]]  # in the same group ...
+        assert kept["kept_file"] == kept["path"] and kept["path"] not in delete  # ... and kept
+        if row["kind"] == "identical":
+            def content(p):
+                return (folder / os.path.basename(p)).read_bytes()
+
+            assert content(path) == content(kept["path"])
+        else:
+            cosine = float(features[path] @ features[kept["path"]])
+            assert cosine >= threshold - 1e-5 and abs(cosine - row["kept_similarity"]) < 1e-4
+    for group in {r["group"] for r in rows}:  # --keep largest: the largest file of a group is kept
+        members = [r for r in rows if r["group"] == group]
+        largest = max(members, key=lambda r: (os.path.getsize(folder / os.path.basename(r["path"])), r["path"]))
+        sizes = {os.path.getsize(folder / os.path.basename(r["path"])) for r in members if r["path"] == r["kept_file"]}
+        assert os.path.getsize(folder / os.path.basename(largest["path"])) in sizes
+    found = json.loads(imgvec("dupes", output, "--threshold", threshold, "--keep", "largest", "--json").stdout)
+    assert found["delete"] == delete and found["threshold_source"] == "given"
+    for group in found["groups"]:  # each group reports its weakest pair: the least similar of its members
+        if group["kind"] == "near":
+            vectors = np.stack([features[m["path"]] for m in group["members"]])
+            assert abs(group["weakest"]["similarity"] - (vectors @ vectors.T).min()) < 1e-4
+    assert "files to delete, each with a kept file of its group at cosine >=" in listed.stderr
+    assert_usage_error(imgvec("dupes", output, "--out", out), "already exists")  # never over a file
+    assert_usage_error(imgvec("dupes", output, "--exact", "--clusters", "3"), "cannot go with --exact")
+
+
+def chain(dim: int = 16) -> np.ndarray:
+    """Vectors A, B, C, D, each at cosine ~0.8 to the next: A~B~C~D is one group, but A and D are far apart."""
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0][:4].astype(np.float32)
+    angle = np.arccos(0.8)
+    return np.stack([np.cos(k * angle) * basis[0] + np.sin(k * angle) * basis[1] for k in range(4)])
+
+
+def test_a_chain_never_makes_a_file_deletable_nor_joins_two_pictures_in_one_group(tmp_path, capsys):
+    output = tmp_path / "vectors"
+    x = chain()
+    strangers = np.random.default_rng(9).standard_normal((50, 16)).astype(np.float32)
+    vectors_output(output, np.concatenate([x, strangers]))
+    result = imgvec_here(capsys, "dupes", output, "--threshold", "0.75", "--keep", "first", "--json")
+    found = json.loads(result.stdout)
+    paths = [f"img/{i:08d}.jpg" for i in range(4)]
+    # A is kept (first path); B joins A; C is not near A (cosine 0.28): kept; D joins C. Groups form around kept
+    # files: {A, B} and {C, D}, though B~C links them into one chain
+    assert sorted([m["path"] for m in g["members"]] for g in found["groups"]) == [paths[:2], paths[2:]]
+    kept = {m["path"]: m["kept_file"] for g in found["groups"] for m in g["members"]}
+    assert kept == {paths[0]: paths[0], paths[1]: paths[0], paths[2]: paths[2], paths[3]: paths[2]}
+    assert sorted(g["kept"] for g in found["groups"]) == [[paths[0]], [paths[2]]]
+    assert found["delete"] == [paths[1], paths[3]]
+    for group in found["groups"]:  # each member's similarity is its best pair inside its group
+        assert all(abs(m["similarity"] - 0.8) < 1e-4 for m in group["members"])
+        assert abs(group["weakest"]["similarity"] - 0.8) < 1e-4
+
+
+
+
+
+
+@pytest.fixture(scope="module")
+def old_and_new(tmp_path_factory):
+    """OLD: 3,000 clustered vectors. NEW: 300, of which 60 near copies of OLD rows, 20 byte-identical to OLD
+    files, 20 near copies of other NEW rows, the rest new."""
+    folder = tmp_path_factory.mktemp("against")
+    rng = np.random.default_rng(11)
+    old = clustered_vectors(3_000, 32, seed=10, spread=0.6)
+    new = rng.standard_normal((300, 32)).astype(np.float32) * 3
+    new[:60] = old[rng.choice(3_000, 60, replace=False)] + 0.05 * rng.standard_normal((60, 32))
+    identical = rng.choice(3_000, 20, replace=False)
+    new[60:80] = old[identical]
+    new[80:100] = new[200:220] + 0.05 * rng.standard_normal((20, 32))
+    old_hashes = [f"old{i}" for i in range(3_000)]
+    new_hashes = [f"new{i}" for i in range(300)]
+    for k, i in enumerate(identical):
+        new_hashes[60 + k] = old_hashes[i]
+    vectors_output(folder / "old", old, sha256=old_hashes)
+    vectors_output(folder / "new", new, prefix="new", sha256=new_hashes)
+    return folder / "old", folder / "new", normalise(old), normalise(new)
+
+
+def against_pairs(found: dict) -> set:
+    return {(a["path"], b["path"]) for g in found["groups"] for a, b in itertools.product(g["members"], repeat=2)
+            if a["path"].startswith("new/") and b["path"].startswith("img/")}
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_new_images_against_old_ones_never_list_an_old_file(old_and_new, capsys, indexed):
+    old, new, old_vectors, new_vectors = old_and_new
+    if indexed:
+        assert imgvec_here(capsys, "index", old, "--index-type", "ivf-flat", "-q", *SPARK).returncode == 0
+    result = imgvec_here(capsys, "dupes", new, "--against", old, "--threshold", "0.9", "--keep", "first", "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert ("by its ivf-flat index" if indexed else f"{old} exactly") in found["search"]
+    assert all(any(m["path"].startswith("new/") for m in g["members"]) for g in found["groups"])  # NEW in each
+    assert found["delete"] and not any(p.startswith("img/") for p in found["delete"])  # OLD files are kept
+    similarities = new_vectors @ old_vectors.T
+    truth = {(f"new/{i:08d}.jpg", f"img/{j:08d}.jpg") for i, j in zip(*np.nonzero(similarities >= 0.9), strict=True)}
+    assert len(truth) >= 70 and len(against_pairs(found) & truth) / len(truth) >= 0.95  # pair recall vs exact
+    identical = [g for g in found["groups"] if g["kind"] == "identical"]
+    assert len(identical) == 20 and all(g["kept"][0].startswith("img/") for g in identical)
+    for group in found["groups"]:  # every deletable NEW file has a kept file of its group at the threshold
+        for member in group["members"]:
+            if member["kept_file"] != member["path"]:
+                assert member["path"].startswith("new/") and member["kept_similarity"] >= 0.9 - 1e-6
+    own = [g for g in found["groups"] if all(m["path"].startswith("new/") for m in g["members"])]
+    assert len(own) == 20  # NEW's own near copies, among themselves
+
+
+def test_against_an_output_of_another_model_is_one_line(old_and_new, tmp_path, capsys):
+    old, new, old_vectors, _ = old_and_new
+    vectors_output(tmp_path / "other", old_vectors[:100], model="resnet18")
+    assert_usage_error(imgvec_here(capsys, "dupes", new, "--against", tmp_path / "other"), "another model")
+    vectors_output(tmp_path / "wider", np.ones((10, 64), np.float32))
+    assert_usage_error(imgvec_here(capsys, "dupes", new, "--against", tmp_path / "wider"), "64-d")
+    itself = f"file://{new}/"  # another spelling of the same place
+    assert_usage_error(imgvec_here(capsys, "dupes", new, "--against", itself), "is OUTPUT itself")
+
+
+def test_clusters_are_cut_into_blocks_by_the_rows_expected_in_each():
+    # a sample of 40 rows: 30 nearest the first centroid, 10 the second; the whole output 4 blocks' worth of rows
+    centroids = np.eye(2, dtype=np.float32)
+    sample = np.array([[1, 0.1]] * 30 + [[0.1, 1]] * 10, np.float32)
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+    blocks, second = _blocks(sample, centroids, margin=0.05, count=4 * UNIT)
+    assert blocks.tolist() == [3, 1] and second == 0.0
+    blocks, second = _blocks(sample, centroids, margin=1.0, count=4 * UNIT)  # every row near both: in both
+    assert blocks.tolist() == [4, 4] and second == 1.0
+    assert _blocks(sample, centroids, margin=0.05, count=10)[0].tolist() == [1, 1]  # at least one block each
+    assert _blocks(sample[:5], centroids[:1], margin=0.05, count=5)[0].tolist() == [1]  # one cluster: no second
