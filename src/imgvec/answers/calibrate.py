@@ -7,9 +7,9 @@ Recall comes from known copies; precision from the pairs the collection really h
            sample at cosine >= 0.50 is counted per threshold, and up to CHECKS_PER_BAND of them are drawn
            in each band of 0.05 (a seeded uniform draw, streamed: memory stays bounded)
   tasks    read each original from its recorded path (local or a store), make its known copies
-           (edits.py), embed them with the output's model and return each copy's cosine to its
+           (inputs.edits), embed them with the output's model and return each copy's cosine to its
            original; the copies of the first VERIFIED_ORIGINALS are also checked by the pixel verifier
-           (verify.py): its own recall. Then the drawn pairs are verified on the workers
+           (answers.verify): its own recall. Then the drawn pairs are verified on the workers
   driver   per threshold: recall, per edit and overall; the collection's true pairs (verified, scaled
            from each band's draw to its count, divided by the verifier's recall on the known copies) and
            false pairs (the rest), scaled to the output's size (pairs grow with N^2); precision and a
@@ -19,7 +19,7 @@ Recall comes from known copies; precision from the pairs the collection really h
            No share of copies is assumed: a collection full of copies has verified pairs, not
            false ones, so it is not pushed to a higher threshold.
 
-`dupes` groups files around kept files (witness.py), so a few false pairs at the threshold do not chain
+`dupes` groups files around kept files (kernels.witness), so a few false pairs at the threshold do not chain
 whole families together.
 """
 
@@ -49,7 +49,7 @@ VERIFIED_ORIGINALS = 50  # originals whose known copies are verified too: the ve
 Z = 1.645  # one-sided 95%
 NO_FALSE_PAIR = 0.5  # expected false pairs that round to none: in a collection with few pairs, one false pair is a
 # group of two different pictures, and its precision cannot vouch for anything
-BLOCK = 512
+TILE = 512
 ORIGINALS_PER_TASK = 50
 PLAN = pa.schema([("id", pa.int64()), ("originals", pa.list_(pa.int64())), ("paths", pa.list_(pa.string())),
                   ("hosts", pa.list_(pa.string()))])
@@ -191,7 +191,7 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
 
 
 def sample_pairs(vectors: np.ndarray, hashes: list, per_band: int = CHECKS_PER_BAND, seed: int = 0):
-    """The pairs of different images (rows i < j, not byte-identical) at cosine >= THRESHOLDS[0], block by block
+    """The pairs of different images (rows i < j, not byte-identical) at cosine >= THRESHOLDS[0], tile by tile
     (the n^2 similarities are never held at once): how many fall at or above each threshold, and a seeded uniform
     draw of at most `per_band` of them in each band of BAND thresholds ({a, b, cosine} arrays)."""
     codes = np.unique(np.array([h or f"row{i}" for i, h in enumerate(hashes)]), return_inverse=True)[1]
@@ -200,10 +200,10 @@ def sample_pairs(vectors: np.ndarray, hashes: list, per_band: int = CHECKS_PER_B
     rng = np.random.default_rng(seed)
     kept = {"a": np.empty(0, np.int64), "b": np.empty(0, np.int64), "cosine": np.empty(0, np.float32),
             "key": np.empty(0)}
-    for start in range(0, len(vectors), BLOCK):
-        similarities = vectors[start : start + BLOCK] @ vectors[start:].T
+    for start in range(0, len(vectors), TILE):
+        similarities = vectors[start : start + TILE] @ vectors[start:].T
         later = np.arange(similarities.shape[1])[None, :] > np.arange(len(similarities))[:, None]
-        mine = later & (codes[start : start + BLOCK, None] != codes[None, start:]) & (similarities >= THRESHOLDS[0])
+        mine = later & (codes[start : start + TILE, None] != codes[None, start:]) & (similarities >= THRESHOLDS[0])
         rows, cols = np.nonzero(mine)
         values = similarities[rows, cols]
         counts += np.histogram(values, edges)[0]

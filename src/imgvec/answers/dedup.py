@@ -7,22 +7,22 @@ so a file is compared once, and its copies are listed in their identical group.
 
 What may be deleted never rests on a chain: inside each group, members in keep order (the first
 path, or the largest file) each join the most similar kept file at cosine >= threshold, or are kept
-themselves (witness.py). So every file `--keep` lists has a kept file of its own group at or above
+themselves (kernels.witness). So every file `--keep` lists has a kept file of its own group at or above
 the threshold, and a group reports its weakest pair. A file kept for its identical copies is kept in
 its near group too, so that no witness is itself deleted.
 
 `against`: only groups holding an image of OUTPUT, compared with the images of other outputs (by
 their index where they have one); their files are always kept.
 
-Small outputs (up to EXACT_MAX vectors), or `exact`: every pair, in this process (search.py).
+Small outputs (up to EXACT_MAX vectors), or `exact`: every pair, in this process (kernels.similarity).
 Beyond, SemDeDup-style on Spark, the driver only planning:
   driver   k-means centroids (FAISS) trained on a sample; each cluster's expected size from it
   tasks    read their parts; each vector goes to its nearest centroid, and to the second nearest
            too when that is almost as near (a pair across the border is still compared); a cluster
            larger than UNIT rows is cut into blocks by row id, and each row goes to every pair of
            blocks it belongs to
-  shuffle  by (cluster, block, block); each group compares exactly (search.linked) and returns
-           a link per row and each row's best pair: rows that have a near-duplicate only
+  shuffle  by block pair (cluster, block, block); each is compared exactly (kernels.similarity.linked)
+           and returns a link per row and each row's best pair: rows that have a near-duplicate only
   driver   joins the links into groups (vectorised union-find); memory grows with the number of
            duplicates, not of images
 """
@@ -126,7 +126,7 @@ def find_duplicates(output: str, threshold: float | None = None, *, keep: str = 
                     exact: bool = False, clusters: int | None = None, against: list[str] = (),
                     verify: bool = False, run: RunOptions = RunOptions()) -> Duplicates:
     """Identical and near-duplicate groups of OUTPUT (those holding one of its images, `against` others).
-    `verify`: a file is deletable only when its pixels verify it against its kept file (verify.py), checked on
+    `verify`: a file is deletable only when its pixels verify it against its kept file (answers.verify), checked on
     Spark's workers when there are many pairs. ValueError (before any job) for bad arguments."""
     if threshold is not None and not -1 <= threshold <= 1:
         raise ValueError("--threshold is a cosine similarity between -1 and 1, e.g. 0.9")
@@ -444,7 +444,7 @@ def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.Re
 
 
 def compare_task(threshold: float):
-    """One (cluster, block, block) group -> every pair compared exactly -> its links and best pairs.
+    """One block pair (cluster, block, block) -> every pair of rows compared exactly -> its links and best pairs.
 
     A plain function (not a callable object): PySpark tells grouped-map signatures apart by argument count.
     """

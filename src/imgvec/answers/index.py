@@ -1,6 +1,6 @@
 """A FAISS nearest-neighbour index of an output's features: built on Spark, stored with the output, kept current.
 
-`OUTPUT/_imgvec_index/` (names.py) holds `index.json` (type, search setting, the parts it covers, the
+`OUTPUT/_imgvec_index/` (dataset.names) holds `index.json` (type, search setting, the parts it covers, the
 model that made the features, recall@10 measured at build), the trained empty index, the held-out
 queries, their exact neighbours, and one segment per Spark task. The driver trains on a sample of
 the vectors; each task reads its own parts, adds their vectors to a copy of the trained index,
@@ -10,7 +10,7 @@ so the build measures its own recall against exact search without a second pass.
 After `embed --resume` has added parts, `imgvec index` adds only those, as new segments of the same
 trained index (no retraining), merges their exact neighbours into the held-out queries' and
 measures recall@10 again; `--rebuild` trains anew. Vectors are normalised: inner product = cosine
-similarity. Row ids are (part number << 32 | row), rows.py.
+similarity. Row ids are (part number << 32 | row), dataset.rows.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`imgvec similar`: each query (a path already in the output, or an image file) -> the k most similar images.
 
-With an index (index.py) the search is the index's; without one, or with `exact`, every vector is
+With an index (answers.index) the search is the index's; without one, or with `exact`, every vector is
 compared, one part at a time, so memory stays that of one part whatever the output's size.
 """
 

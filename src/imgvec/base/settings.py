@@ -1,6 +1,6 @@
 """What a user asks for, as two plain objects passed whole: the features they want, and where Spark runs.
 
-Plain values only (no torch, no pyspark), checked where they are used; defaults come from defaults.py.
+Plain values only (no torch, no pyspark), checked where they are used; defaults come from base.defaults.
 """
 
 from __future__ import annotations

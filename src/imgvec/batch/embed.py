@@ -1,7 +1,7 @@
 """The batch job behind `imgvec embed`: list -> plan shards -> one Spark job of shard tasks -> summary.
 
 The driver lists names and plans; each task reads its shard's images and writes its own part
-straight to OUTPUT (shard.py), and sends back only counts. No feature vector passes through the
+straight to OUTPUT (batch.shard), and sends back only counts. No feature vector passes through the
 driver, whose memory and network do not grow with the images or their dimension.
 """
 

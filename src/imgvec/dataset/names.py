@@ -1,11 +1,11 @@
 """Every file name of an output, built and parsed here and nowhere else.
 
 OUTPUT/
-  _imgvec.json                       what made the features (output.py)
-  _imgvec.lock                       the run writing it now (lock.py)
-  part-<run>-<shard>.parquet         one shard task's rows (shard.py)
+  _imgvec.json                       what made the features (dataset.output)
+  _imgvec.lock                       the run writing it now (dataset.lock)
+  part-<run>-<shard>.parquet         one shard task's rows (batch.shard)
   .tmp-<random>-<name>               a file being written (storage.Location.write_with)
-  _imgvec_index/                     the nearest-neighbour index (index.py):
+  _imgvec_index/                     the nearest-neighbour index (answers.index):
     index.json                         its description
     trained-<build>.faiss              the trained, empty index
     queries-<build>.npz                held-out queries

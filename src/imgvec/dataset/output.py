@@ -2,7 +2,7 @@
 
 Every part appears whole (a rename on a local disk), so a reader (Spark, pyarrow, pandas: all
 skip names starting with '_' or '.') sees whole parts or nothing. This module reads and writes
-the parts and the metadata; names.py names the files, writing.py starts a run, lock.py holds it.
+the parts and the metadata; dataset.names names the files, dataset.writing starts a run, dataset.lock holds it.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class FeatureConfig:
     precision: str = defaults.PRECISION  # "bf16" (CPU or GPU) or "fp16" (GPU): autocast, not bit-identical
     max_pixels: int = defaults.MAX_PIXELS
     draft: bool = defaults.DRAFT  # reduced-size JPEG decoding: faster on large photos, not bit-identical
-    engine: str = defaults.ENGINE  # torch, or a CPU engine running an export of the network (engines.py)
+    engine: str = defaults.ENGINE  # torch, or a CPU engine running an export of the network (models.engines)
 
     def __post_init__(self):
         entry = get_model(self.model)  # unknown names fail here, on the driver

@@ -1,7 +1,7 @@
 """Inputs for the batch job: image files or a Parquet table, on any filesystem.
 
 The driver lists names only (`list`); each worker reads the bytes of its own shard (`read`).
-No Spark here: both sides go through pyarrow's filesystems (storage.py).
+No Spark here: both sides go through pyarrow's filesystems (base.storage).
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
-"""Exact cosine search in numpy, in blocks: nearest neighbours, and pairs above a threshold joined into groups.
+"""Exact cosine search in numpy, tile by tile: nearest neighbours, and pairs above a threshold joined into groups.
 
-`linked` compares two blocks of vectors and keeps only what grouping needs (a link per row, each
-row's best partner), so a block of thousands of near-identical images never holds its n^2 pairs.
+`linked` compares two sets of vectors and keeps only what grouping needs (a link per row, each
+row's best partner), so a set of thousands of near-identical images never holds its n^2 pairs.
 `imgvec dupes` runs it on the whole output when it is small and on each cluster's blocks on Spark
-when it is not (dedup.py); `groups` joins the results.
+when it is not (answers.dedup); `groups` joins the results.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-BLOCK = 4096
+TILE = 4096
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -41,14 +41,14 @@ def top_k(similarities: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray
 
 
 class Best:
-    """The k best (similarity, id) per query, merged block by block."""
+    """The k best (similarity, id) per query, merged tile by tile."""
 
     def __init__(self, queries: int, k: int):
         self.similarities = np.full((queries, k), -np.inf, np.float32)
         self.ids = np.full((queries, k), -1, np.int64)
 
     def update(self, similarities: np.ndarray, ids: np.ndarray) -> None:
-        """Merge in a block: similarities [queries, n] of ids [n] (or [queries, n])."""
+        """Merge in a tile: similarities [queries, n] of ids [n] (or [queries, n])."""
         both = np.concatenate([self.similarities, similarities], axis=1)
         both_ids = np.concatenate([self.ids, np.broadcast_to(ids, similarities.shape)], axis=1)
         self.similarities, self.ids = top_k(both, both_ids, self.ids.shape[1])
@@ -65,9 +65,9 @@ def duplicate_groups(vectors: np.ndarray, threshold: float) -> list[list[tuple[i
 
 
 def linked(a: np.ndarray, a_ids: np.ndarray, b: np.ndarray, b_ids: np.ndarray, threshold: float, same: bool):
-    """Every pair of a normalised block `a` x block `b` at or above `threshold`, reduced to what grouping needs.
+    """Every pair of normalised vectors `a` x `b` at or above `threshold`, reduced to what grouping needs.
 
-    `same`: a and b are one block (each pair once, no row with itself). Returns (link_from, link_to):
+    `same`: a and b are one set (each pair once, no row with itself). Returns (link_from, link_to):
     at most one link per row that ties it to its group (not necessarily a pair above the threshold),
     and (best_id, best_partner, best_similarity): each row's most similar partner among the pairs, a
     real pair. The pairs themselves (up to n^2) are never all held at once.
@@ -77,8 +77,8 @@ def linked(a: np.ndarray, a_ids: np.ndarray, b: np.ndarray, b_ids: np.ndarray, t
     labels = np.arange(len(ids), dtype=np.int64)
     best = np.full(len(ids), -np.inf, np.float32)
     partner = np.full(len(ids), -1, np.int64)
-    for start in range(0, len(a), BLOCK // 2):
-        similarities = a[start : start + BLOCK // 2] @ b.T
+    for start in range(0, len(a), TILE // 2):
+        similarities = a[start : start + TILE // 2] @ b.T
         above = similarities >= threshold
         if same:
             above &= np.arange(len(b))[None, :] > np.arange(start, start + len(similarities))[:, None]
@@ -124,7 +124,7 @@ def _roots(labels: np.ndarray, nodes: np.ndarray) -> np.ndarray:
 
 
 def groups(link_from, link_to, best_id, best_partner, best_similarity) -> list[list[tuple[int, float]]]:
-    """Groups from the links and best pairs of one or many `linked` blocks (ids may repeat), largest first.
+    """Groups from the links and best pairs of one or many `linked` calls (ids may repeat), largest first.
 
     Each member: (id, its best similarity to another member).
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK = 2_048  # rows compared at once when looking for a group's weakest pair
+TILE = 2_048  # rows compared at once when looking for a group's weakest pair
 WEAKEST_MAX = 20_000  # beyond, the weakest pair is sought among a seeded sample of this many members
 
 
@@ -50,14 +50,14 @@ def witnesses(vectors: np.ndarray, threshold: float, forced=None, refused=frozen
 
 
 def best_partners(vectors: np.ndarray) -> np.ndarray:
-    """Each normalised vector's highest cosine to another one, block by block: the n^2 similarities of a large
+    """Each normalised vector's highest cosine to another one, tile by tile: the n^2 similarities of a large
     group are never held at once."""
     best = np.full(len(vectors), -np.inf, np.float32)
-    for start in range(0, len(vectors), BLOCK):
-        similarities = vectors[start : start + BLOCK] @ vectors.T
+    for start in range(0, len(vectors), TILE):
+        similarities = vectors[start : start + TILE] @ vectors.T
         rows = np.arange(len(similarities))
         similarities[rows, start + rows] = -np.inf  # a member with itself is no pair
-        best[start : start + BLOCK] = similarities.max(axis=1)
+        best[start : start + TILE] = similarities.max(axis=1)
     return best
 
 
@@ -69,8 +69,8 @@ def weakest_pair(vectors: np.ndarray) -> tuple[int, int, float]:
         positions = np.sort(np.random.default_rng(0).choice(len(vectors), WEAKEST_MAX, replace=False))
     chosen = vectors[positions]
     worst = (0, 1, np.inf)
-    for start in range(0, len(chosen), BLOCK):
-        similarities = chosen[start : start + BLOCK] @ chosen.T
+    for start in range(0, len(chosen), TILE):
+        similarities = chosen[start : start + TILE] @ chosen.T
         rows = np.arange(len(similarities))
         similarities[rows, start + rows] = np.inf  # a member with itself is no pair
         row, col = np.unravel_index(np.argmin(similarities), similarities.shape)

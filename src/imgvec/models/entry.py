@@ -21,7 +21,7 @@ class ModelEntry:
                      and it is missing; raises WeightsUnavailable when it cannot be had.
                      None: `weights="default"` means the weights `build()` gives.
     torchscript:     the weights file is a TorchScript archive holding the whole feature extractor.
-    library, source: "timm" or "open_clip" and the model's id there (libraries.py); recorded in the output.
+    library, source: "timm" or "open_clip" and the model's id there (models.libraries); recorded in the output.
     text:            it embeds text too (CLIP): `similar --text`.
     licence, use:    what `imgvec models` says of a preset.
     """

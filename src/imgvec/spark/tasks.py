@@ -110,10 +110,10 @@ def progress(spark, report):
             spark.removeProgressHandler(handler)
         return
     context = spark.sparkContext
-    job_group = f"imgvec-{uuid.uuid4().hex[:12]}"
-    context.setJobGroup(job_group, "imgvec", interruptOnCancel=True)
+    job_tag = f"imgvec-{uuid.uuid4().hex[:12]}"
+    context.setJobGroup(job_tag, "imgvec", interruptOnCancel=True)  # Spark's "job group": a tag on its jobs
     stop = threading.Event()
-    poller = threading.Thread(target=_poll, args=(context.statusTracker(), job_group, stop, report), daemon=True)
+    poller = threading.Thread(target=_poll, args=(context.statusTracker(), job_tag, stop, report), daemon=True)
     poller.start()
     try:
         yield
@@ -123,10 +123,10 @@ def progress(spark, report):
         context.setLocalProperty("spark.jobGroup.id", None)
 
 
-def _poll(status, job_group: str, stop: threading.Event, report) -> None:
+def _poll(status, job_tag: str, stop: threading.Event, report) -> None:
     while not stop.wait(0.5):
         try:
-            jobs = sorted(status.getJobIdsForGroup(job_group))
+            jobs = sorted(status.getJobIdsForGroup(job_tag))
             job = status.getJobInfo(jobs[-1]) if jobs else None
             stages = [status.getStageInfo(s) for s in job.stageIds] if job else []
             report(_fraction((s.numCompletedTasks, s.numTasks) for s in stages if s))
