@@ -53,7 +53,7 @@ def make_output(count: int, dim: int, seed: int = 0) -> str:
     import pyarrow as pa
 
     from imgvec.dataset.output import FORMAT, FeatureDataset
-    from imgvec.dataset.writing import run_writing
+    from imgvec.dataset.writing import held_for_writing
 
     folder = os.path.join(CACHE, f"vectors-{count}-{dim}-{seed}")
     if os.path.exists(os.path.join(folder, ".complete")):
@@ -62,7 +62,7 @@ def make_output(count: int, dim: int, seed: int = 0) -> str:
     centres = rng.standard_normal((max(1, count // 50), dim)).astype(np.float32)
     dataset = FeatureDataset(folder)
     identity = {"model": "generated", "weights": "none", "weights_sha256": None, "dim": dim, "format": FORMAT}
-    with run_writing(dataset, identity, resume=False, overwrite=True):
+    with held_for_writing(dataset, identity, resume=False, overwrite=True):
         previous = None
         for start in range(0, count, PART_ROWS):
             n = min(PART_ROWS, count - start)
@@ -147,7 +147,7 @@ def new_output(old: str, count: int, dim: int, share: float = 0.05, seed: int = 
 
     from imgvec.dataset.output import FORMAT, FeatureDataset
     from imgvec.dataset.searchable import open_searchable
-    from imgvec.dataset.writing import run_writing
+    from imgvec.dataset.writing import held_for_writing
 
     folder = os.path.join(CACHE, f"new-{count}-{dim}-{seed}")
     shutil.rmtree(folder, ignore_errors=True)
@@ -164,7 +164,7 @@ def new_output(old: str, count: int, dim: int, share: float = 0.05, seed: int = 
     vectors[copies] = pool[originals] + noise * rng.standard_normal((len(copies), dim), np.float32)
     dataset = FeatureDataset(folder)
     identity = {"model": "generated", "weights": "none", "weights_sha256": None, "dim": dim, "format": FORMAT}
-    with run_writing(dataset, identity, resume=False, overwrite=False):
+    with held_for_writing(dataset, identity, resume=False, overwrite=False):
         for start in range(0, count, PART_ROWS):
             part = vectors[start : start + PART_ROWS]
             dataset.write_part(pa.table({"path": [f"new/{i:08d}.jpg" for i in range(start, start + len(part))],

@@ -211,6 +211,7 @@ def other_copies(path, kinds) -> None:
         made[kind]().save(path.with_name(f"{path.stem}_copy_{kind}.jpg"), quality=75)
 
 
+@pytest.mark.slow  # 53 s: three collections embedded and calibrated; benchmarks/threshold.py measures the same at size
 @pytest.mark.spark
 def test_the_collections_own_copies_do_not_move_its_threshold(tmp_path, spark, monkeypatch):
     """The same pictures with copies at 0%, ~15% and ~75% of the images: recommended thresholds within 0.08

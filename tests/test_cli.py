@@ -4,6 +4,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -71,6 +72,9 @@ def test_embed_writes_the_dataset_and_a_summary(embedded, photos):
     assert metadata["error_kinds"] == {"truncated": 1}
     assert "12 images in" in result.stdout and "succeeded 11, failed 1 (truncated 1)" in result.stdout
     assert str(output) in result.stdout
+    spent = re.search(r"time in (\d+) tasks?: reading ([\d.]+) s, decoding and the network ([\d.]+) s, writing "
+                      r"([\d.]+) s", result.stdout)  # where the time went, summed over the tasks
+    assert spent and int(spent[1]) >= 1 and float(spent[3]) > 0 and float(spent[4]) > 0, result.stdout
     assert "12/12 images" in result.stderr  # progress: plain lines, stderr is not a terminal
 
 

@@ -63,6 +63,8 @@ def test_the_seeds_lambda_pattern_on_the_cluster(cluster_session, image_dir, res
     assert_same_features(rows, reference_features(v, files_in(image_dir)))
 
 
+@pytest.mark.slow  # 47 s; the cluster test above ships weights to workers that cannot see them, test_models holds
+# each library to its own pipeline
 @needs_hiding
 def test_timm_and_open_clip_models_on_the_cluster(cluster_session, image_dir):
     """Their weights files live where the workers see nothing (the hidden cache): only shipping gets them there,

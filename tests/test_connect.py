@@ -5,6 +5,7 @@ pretrained file can only reach it the way imgvec ships it.
 """
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -39,6 +40,7 @@ def connect_session(connect_url):
     session = SparkSession.builder.remote(connect_url).getOrCreate()
     yield session
     session.stop()
+    os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)  # pyspark's marker: later sessions in this process are classic
 
 
 @needs_hiding

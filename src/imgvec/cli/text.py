@@ -16,9 +16,8 @@ def embed_summary(summary) -> str:
         lines.append(f"  {summary.skipped} already in the output (resumed)")
     if summary.shards:
         spent = summary.task_seconds
-        lines.append(f"  {count(summary.shards, 'task')}: reading {spent['read']:.1f} s (overlapping computing), "
-                     f"decoding and computing {spent['compute']:.1f} s, writing {spent['write']:.1f} s, summed over "
-                     f"tasks; listing {summary.listing_seconds:.1f} s on the driver")
+        lines.append(f"  time in {count(summary.shards, 'task')}: reading {spent['read']:.1f} s, decoding and the "
+                     f"network {spent['compute']:.1f} s, writing {spent['write']:.1f} s (summed; reading overlaps)")
     lines.append(f"  output: {summary.output} ({summary.total} images)")
     return "\n".join(lines)
 
