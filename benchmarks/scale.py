@@ -1,37 +1,82 @@
-"""The batch job at scale: many small image files through `imgvec embed` with a tiny TorchScript model,
-so that listing, planning, reading, decoding and writing dominate, not the network.
+"""The batch job's driver at scale: `imgvec embed` over 10^5 to 10^7 inputs, where listing, planning and the
+driver's memory are what is measured, not the network.
 
-    python benchmarks/scale.py [--images 100000] [--cores 2] [--shard-size 512]
+    python benchmarks/scale.py [--rows 100000 1000000 10000000] [--kinds table manifest files] [--cores 2]
 
-Prints, from one run: listing and planning time, images/s of the job and of the whole call, the
-driver Python process's peak RSS, the bytes the tasks sent to the driver per image (Spark's
-event log), the time of a `--resume` that finds nothing to do, and the in-process rate of the same
-model on the same files (one single-threaded process per core: read + decode + preprocess + network)
-as the baseline. A measurement, never a pass/fail test. Generated files are kept in a cache folder.
+Inputs (generated once, kept in a cache folder):
+  table     a Parquet table of `rows` rows of 16 random bytes each (not images: every row becomes an error row
+            at once, so the run measures planning, reading and writing, not decoding), files of 10^5 rows in row
+            groups of 10^4;
+  manifest  a Parquet manifest of `rows` URIs of files that do not exist (each is a `missing` row), row groups
+            of 10^5;
+  files     `rows` 8x8 PNGs in folders of 1,000 (real images; made slowly: keep it to 10^5), with the in-process
+            rate of the same model on the same files as a baseline.
+For each kind and size, in a fresh driver process (local Spark on --cores, a tiny TorchScript model): listing and
+planning seconds, the whole run's rows/s, the driver Python process's peak RSS, and the seconds of a `--resume`
+that finds nothing to do. A measurement, never a pass/fail test. Results: benchmarks/results/scale-DATE.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-
-from imgvec.base import defaults
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from parallel import summed_rate  # noqa: E402
 
 CACHE = os.path.join(tempfile.gettempdir(), "imgvec-scale")
 PER_FOLDER = 1000
+TABLE_FILE_ROWS, TABLE_GROUP_ROWS, MANIFEST_GROUP_ROWS = 100_000, 10_000, 100_000
+
+
+def make_table(rows: int) -> str:
+    """A folder of Parquet files: path (img/000000000.jpg, ...) and 16 random bytes per row."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(CACHE, f"table-{rows}")
+    if os.path.exists(os.path.join(folder, "_complete")):
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for number, start in enumerate(range(0, rows, TABLE_FILE_ROWS)):
+        count = min(TABLE_FILE_ROWS, rows - start)
+        content = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), count, [None, pa.py_buffer(
+            rng.integers(0, 256, count * 16, dtype=np.uint8).tobytes())]).cast(pa.binary())
+        paths = pa.array([f"img/{i:09d}.jpg" for i in range(start, start + count)])
+        pq.write_table(pa.table({"path": paths, "content": content}), os.path.join(folder, f"{number:05d}.parquet"),
+                       row_group_size=TABLE_GROUP_ROWS)
+    open(os.path.join(folder, "_complete"), "w").close()
+    return folder
+
+
+def make_manifest(rows: int) -> str:
+    """A Parquet manifest of `rows` keys under a prefix where nothing exists."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = os.path.join(CACHE, f"manifest-{rows}.parquet")
+    if not os.path.exists(path):
+        os.makedirs(CACHE, exist_ok=True)
+        keys = pa.array([f"{i // PER_FOLDER:05d}/{i:09d}.jpg" for i in range(rows)])
+        pq.write_table(pa.table({"bucket": pa.array(["nowhere"] * rows), "key": keys}), path + ".tmp",
+                       row_group_size=MANIFEST_GROUP_ROWS)
+        os.replace(path + ".tmp", path)
+    return path
 
 
 def make_images(count: int) -> str:
-    """`count` distinct 8x8 PNGs in folders of 1000 (made once, then reused)."""
+    """`count` distinct 8x8 PNGs in folders of 1000."""
     import numpy as np
     from PIL import Image
 
@@ -54,6 +99,7 @@ def make_model() -> str:
 
     path = os.path.join(CACHE, "tiny.pt")
     if not os.path.exists(path):
+        os.makedirs(CACHE, exist_ok=True)
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
         torch.jit.save(torch.jit.script(net.eval()), path)
@@ -83,73 +129,84 @@ def in_process_rate(folder: str, model: str, cores: int, sample: int) -> float:
 DRIVER = """
 import json, resource, sys, time
 from imgvec.batch.embed import embed
-from imgvec.spark.session import get_session
-folder, output, model, cores, shard_size, events, resume = sys.argv[1:8]
+kind, source, output, model, cores, resume = sys.argv[1:7]
 started = time.monotonic()
-log = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": events, "spark.eventLog.compress": "false"}
-summary = embed([folder], output, model="torchscript:" + model, master=f"local[{cores}]", shard_size=int(shard_size),
-                quiet=True, resume=resume == "resume", conf=log)
+inputs = dict(manifest=source, path_col="key", prefix="file:/nonexistent/") if kind == "manifest" else {}
+summary = embed([] if kind == "manifest" else [source], output, model="torchscript:" + model,
+                master=f"local[{cores}]", quiet=True, resume=resume == "resume", **inputs)
 print(json.dumps({"seconds": time.monotonic() - started, "job_seconds": summary.job_seconds,
                   "listing_seconds": summary.listing_seconds, "planning_seconds": summary.planning_seconds,
-                  "processed": summary.processed, "shards": summary.shards, "total": summary.total,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "processed": summary.processed, "skipped": summary.skipped, "tasks": summary.tasks,
+                  "total": summary.total, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run_embed(folder, output, model, cores, shard_size, events, resume=False) -> dict:
+def run_embed(kind: str, source: str, output: str, model: str, cores: int, resume: bool = False) -> dict:
     """embed() in a fresh driver process of its own, whose peak RSS is the driver's."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", DRIVER, folder, output, model, str(cores), str(shard_size), events,
+    done = subprocess.run([sys.executable, "-c", DRIVER, kind, source, output, model, str(cores),
                            "resume" if resume else "fresh"], capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_seconds": time.monotonic() - started}
 
 
-def bytes_to_driver(events: str) -> int:
-    """Sum of every task's Result Size: what the tasks sent to the driver."""
-    total = 0
-    for log in glob.glob(os.path.join(events, "**", "events_*"), recursive=True):
-        for line in open(log):
-            event = json.loads(line)
-            if event["Event"] == "SparkListenerTaskEnd":
-                total += (event.get("Task Metrics") or {}).get("Result Size", 0)
-    return total
+def cpu_name() -> str:
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--kinds", nargs="+", choices=("table", "manifest", "files"), default=["table", "manifest"])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
-    parser.add_argument("--shard-size", type=int, default=defaults.SHARD_SIZE)
     parser.add_argument("--sample", type=int, default=10_000, help="files for the in-process baseline")
     args = parser.parse_args()
 
-    started = time.monotonic()
-    folder = make_images(args.images)
     model = make_model()
-    print(f"{args.images} 8x8 PNGs in {folder} ({time.monotonic() - started:.0f} s to make or find)", flush=True)
-    baseline = in_process_rate(folder, model, args.cores, min(args.sample, args.images))
-    print(f"in-process: {args.cores} single-threaded processes, read + decode + network: {baseline:.0f} images/s",
-          flush=True)
-
-    work = tempfile.mkdtemp(prefix="imgvec-scale-run-")
-    output, events = os.path.join(work, "vectors"), os.path.join(work, "events")
-    os.makedirs(events)
-    run = run_embed(folder, output, model, args.cores, args.shard_size, events)
-    sent = bytes_to_driver(events)
-    resumed = run_embed(folder, output, model, args.cores, args.shard_size, events, resume=True)
-    job_rate = run["processed"] / run["job_seconds"]
-    whole_rate = run["processed"] / run["seconds"]
-    print(f"imgvec embed, local[{args.cores}], {run['shards']} shards of {args.shard_size}:")
-    print(f"  listing {run['listing_seconds']:.1f} s, planning {run['planning_seconds']:.2f} s")
-    print(f"  the Spark job: {job_rate:.0f} images/s = {job_rate / baseline:.2f}x in-process")
-    print(f"  the whole call (Python start to return, session start included): {run['seconds']:.1f} s, "
-          f"{whole_rate:.0f} images/s = {whole_rate / baseline:.2f}x in-process")
-    print(f"  driver Python peak RSS {run['peak_rss_mb']:.0f} MB; tasks sent the driver {sent / run['processed']:.1f} "
-          f"bytes per image ({sent} in all)")
-    print(f"  --resume with nothing to do: {resumed['process_seconds']:.1f} s from process start to exit "
-          f"({resumed['seconds']:.1f} s in embed(); {resumed['processed']} processed, {resumed['total']} listed)")
+    print(f"{cpu_name()}, {os.cpu_count()} cores; local[{args.cores}]", flush=True)
+    results = []
+    for kind in args.kinds:
+        for rows in args.rows:
+            started = time.monotonic()
+            source = {"table": make_table, "manifest": make_manifest, "files": make_images}[kind](rows)
+            made = time.monotonic() - started
+            work = tempfile.mkdtemp(prefix="imgvec-scale-run-")
+            output = os.path.join(work, "vectors")
+            try:
+                run = run_embed(kind, source, output, model, args.cores)
+                resumed = run_embed(kind, source, output, model, args.cores, resume=True)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            result = {"kind": kind, "rows": rows, "tasks": run["tasks"], "listing_seconds": run["listing_seconds"],
+                      "planning_seconds": run["planning_seconds"], "seconds": run["seconds"],
+                      "rows_per_second": run["processed"] / run["seconds"], "peak_rss_mb": run["peak_rss_mb"],
+                      "resume_seconds": resumed["seconds"], "resume_process_seconds": resumed["process_seconds"],
+                      "resume_peak_rss_mb": resumed["peak_rss_mb"], "resume_skipped": resumed["skipped"]}
+            if kind == "files":
+                result["baseline_rows_per_second"] = in_process_rate(source, model, args.cores,
+                                                                     min(args.sample, rows))
+            results.append(result)
+            print(f"{kind} of {rows} rows ({made:.0f} s to make or find), {run['tasks']} tasks: listing "
+                  f"{run['listing_seconds']:.1f} s, planning {run['planning_seconds']:.1f} s; whole run "
+                  f"{run['seconds']:.1f} s = {result['rows_per_second']:.0f} rows/s; driver peak RSS "
+                  f"{run['peak_rss_mb']:.0f} MB; no-op --resume {resumed['seconds']:.1f} s "
+                  f"({resumed['peak_rss_mb']:.0f} MB, {resumed['skipped']} skipped)"
+                  + (f"; in-process baseline {result['baseline_rows_per_second']:.0f} images/s"
+                     if kind == "files" else ""), flush=True)
+    for kind in args.kinds:
+        mine = [r for r in results if r["kind"] == kind]
+        if len(mine) > 1:
+            print(f"{kind}: driver peak RSS grows by {mine[-1]['peak_rss_mb'] - mine[0]['peak_rss_mb']:.0f} MB "
+                  f"from {mine[0]['rows']} to {mine[-1]['rows']} rows")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        f"scale-{datetime.date.today().isoformat()}.json")
+    with open(path, "w") as f:
+        json.dump({"cpu": cpu_name(), "cores": args.cores, "results": results}, f, indent=2)
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":

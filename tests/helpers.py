@@ -1,4 +1,4 @@
-"""Shared test helpers: the real command, Spark sessions, reference features, generated outputs.
+"""Shared test helpers: the real command, Spark sessions, reference features, generated outputs and corpora.
 
 Imported by the tests and by conftest.py (which holds the fixtures); never import a test module.
 """
@@ -6,6 +6,7 @@ Imported by the tests and by conftest.py (which holds the fixtures); never impor
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pathlib
 import shutil
@@ -241,3 +242,62 @@ def in_browser(page: pathlib.Path, screenshot: str | None = None) -> dict:
                         page.as_uri()], capture_output=True, timeout=120, check=True)
         assert (ARTIFACTS / screenshot).stat().st_size > 10_000
     return result
+
+
+# --- corpora as large collections come: WebDataset tars, Hugging Face and img2dataset tables, manifests --------------
+
+
+def example_samples() -> list[tuple[str, bytes, str]]:
+    """(key, JPEG bytes, caption) of every example photo: keys 000000000, 000000001, ...; the caption is its name."""
+    return [(f"{i:09d}", p.read_bytes(), p.name) for i, p in enumerate(sorted(EXAMPLES.iterdir()))]
+
+
+def webdataset_shards(folder, samples, per_tar: int) -> list[pathlib.Path]:
+    """Tars as img2dataset writes them (webdataset's TarWriter: KEY.jpg, KEY.txt, KEY.json), its Parquet of the
+    samples and a stats file beside each: 00000.tar, 00001.tar, ..."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tars = []
+    for number, start in enumerate(range(0, len(samples), per_tar)):
+        chunk = samples[start : start + per_tar]
+        tar = folder / f"{number:05d}.tar"
+        with wds.TarWriter(str(tar)) as sink:
+            for key, data, caption in chunk:
+                meta = {"key": key, "caption": caption, "url": f"https://example.com/{caption}", "status": "success"}
+                sink.write({"__key__": key, "jpg": data, "txt": caption, "json": json.dumps(meta)})
+        pq.write_table(pa.table({"key": [k for k, _, _ in chunk], "caption": [c for _, _, c in chunk],
+                                 "status": ["success"] * len(chunk)}), folder / f"{number:05d}.parquet")
+        (folder / f"{number:05d}_stats.json").write_text(json.dumps({"count": len(chunk)}))
+        tars.append(tar)
+    return tars
+
+
+def huggingface_table(path, samples) -> None:
+    """A Parquet file as Hugging Face `datasets` writes an image dataset: struct<bytes, path> under its Image
+    feature, marked in the schema metadata."""
+    from datasets import Dataset, Features, Image, Value
+
+    features = Features({"image": Image(), "text": Value("string")})
+    Dataset.from_dict({"image": [{"bytes": data, "path": caption} for _, data, caption in samples],
+                       "text": [caption for _, _, caption in samples]}, features=features).to_parquet(str(path))
+
+
+def img2dataset_table(path, samples, failed: int = 1) -> None:
+    """A Parquet file as img2dataset's `--output_format parquet` writes it: key, url, caption, status,
+    error_message, sizes and the JPEG bytes (null where the download failed: `failed` such rows at the end)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"key": key, "url": f"https://example.com/{caption}", "caption": caption, "status": "success",
+             "error_message": None, "width": 256, "height": 256, "jpg": data} for key, data, caption in samples]
+    rows += [{"key": f"{len(samples) + i:09d}", "url": "https://example.com/gone.jpg", "caption": "gone",
+              "status": "failed_to_download", "error_message": "HTTP 404", "width": None, "height": None, "jpg": None}
+             for i in range(failed)]
+    schema = pa.schema([("key", pa.string()), ("url", pa.string()), ("caption", pa.string()), ("status", pa.string()),
+                        ("error_message", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+                        ("jpg", pa.binary())])
+    pq.write_table(pa.Table.from_pylist(rows, schema), path, row_group_size=4)

@@ -20,6 +20,7 @@ import torchvision
 
 from helpers import (
     EXAMPLES,
+    SPARK,
     assert_usage_error,
     imgvec,
     imgvec_here,
@@ -137,8 +138,11 @@ DAMAGE = {"truncated part": (_truncated_part, "is damaged"), "wrong schema": (_w
           "not JSON": (_not_json, "not JSON")}
 
 
-@pytest.mark.parametrize("damage", DAMAGE)
-@pytest.mark.parametrize("command", ["similar", "dupes", "info", "resume"])
+PART_DAMAGE = ("truncated part", "wrong schema")  # found by the task that reads the part (a resumed run: on Spark)
+
+
+@pytest.mark.parametrize(("command", "damage"), [(c, d) for c in ("similar", "dupes", "info", "resume") for d in DAMAGE
+                                                 if not (c == "resume" and d in PART_DAMAGE)])
 def test_a_damaged_output_is_one_line_for_every_command(capsys, tmp_path, photos, damage, command):
     damage_it, fragment = DAMAGE[damage]
     output = tmp_path / "o"
@@ -147,6 +151,19 @@ def test_a_damaged_output_is_one_line_for_every_command(capsys, tmp_path, photos
     args = {"similar": ["similar", output, "file:/p/1.jpg"], "dupes": ["dupes", output], "info": ["info", output],
             "resume": ["embed", photos, "-o", output, "--resume", *RANDOM, *NO_SPARK]}[command]
     assert_usage_error(imgvec_here(capsys, *args), fragment)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("damage", PART_DAMAGE)
+def test_a_damaged_part_stops_a_resumed_run_before_any_image_is_embedded(tmp_path, photos, damage):
+    output = tmp_path / "o"
+    small_output(output)
+    damage_it, fragment = DAMAGE[damage]
+    damage_it(output)
+    before = tree(output)
+    result = imgvec("embed", photos, "-o", output, "--resume", *RANDOM, *SPARK)
+    assert_usage_error(result, fragment)
+    assert tree(output) == before  # the join stops before any piece's task: no new part
 
 
 @pytest.mark.parametrize("command", ["similar", "dupes", "info"])
@@ -233,7 +250,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_named_in_one_line_before_any_job(t
     assert "warning" not in fp32.stderr
 
 
-def test_an_output_of_format_1_is_read_and_resuming_it_marks_format_2(tmp_path, capsys):
+def test_an_output_of_format_1_is_read_and_resuming_it_marks_the_current_format(tmp_path, capsys):
     output = tmp_path / "old"
     output.mkdir()
     old = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", pa.string())])
@@ -247,12 +264,13 @@ def test_an_output_of_format_1_is_read_and_resuming_it_marks_format_2(tmp_path, 
     assert [sorted(m["path"] for m in g["members"]) for g in found["groups"]] == [["a.jpg", "b.jpg"]]
     with held_for_writing(FeatureDataset(str(output)), identity, resume=True, overwrite=False):
         pass
-    assert json.loads((output / "_imgvec.json").read_text())["format"] == "imgvec-features/2"
-    assert FeatureDataset(str(output)).read(["path", "sha256"]).column("sha256").null_count == 3
+    assert json.loads((output / "_imgvec.json").read_text())["format"] == "imgvec-features/3"
+    assert FeatureDataset(str(output)).read(["path", "sha256", "input"]).column("sha256").null_count == 3
 
 
 def test_every_file_name_of_an_output_is_built_and_parsed_in_one_place():
-    assert names.part(3, 17) == "part-0003-000017.parquet" and names.part_run(names.part(3, 17)) == 3
+    assert names.part(3, 17, 2) == "part-0003-000017-0002.parquet" and names.part_run(names.part(3, 17, 2)) == 3
+    assert names.is_part("part-0003-000017.parquet") and names.part_run("part-0003-000017.parquet") == 3  # /2
     assert names.is_part("part-00000.parquet") and names.part_run("part-00000.parquet") is None  # format /1
     assert not names.is_part("part-1-2.parquet.tmp") and not names.is_part("_imgvec.json")
     assert names.is_temporary(".tmp-1a2b3c4d-part-0000-000000.parquet")

@@ -17,13 +17,23 @@ import textwrap
 import threading
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from pyspark import cloudpickle
 from torch import nn
 
 from corpus import corpus
-from helpers import EXAMPLES, SPARK, classic_session, imgvec
+from helpers import (
+    EXAMPLES,
+    SPARK,
+    classic_session,
+    example_samples,
+    huggingface_table,
+    img2dataset_table,
+    imgvec,
+    webdataset_shards,
+)
 from imgvec import ImageVectorizer, ModelEntry, Preprocess
 from imgvec.batch.embed import embed
 
@@ -60,7 +70,7 @@ def event_log(folder) -> dict:
 
 
 @pytest.mark.spark
-def test_one_task_per_shard_and_only_counts_reach_the_driver(tmp_path):
+def test_one_task_per_piece_and_only_counts_reach_the_driver(tmp_path):
     spark = classic_session("local[2]", **event_log(tmp_path / "events"))
     try:
         small = embed([photos(tmp_path / "small", 1)], str(tmp_path / "o1"), model="resnet18", weights="random",
@@ -69,8 +79,9 @@ def test_one_task_per_shard_and_only_counts_reach_the_driver(tmp_path):
                       shard_size=12, quiet=True, spark=spark)  # 60 images of 2048 floats in 5 shards
     finally:
         spark.stop()
-    assert (small.shards, small.processed, large.shards, large.processed) == (5, 10, 5, 60)
-    assert sorted(os.listdir(tmp_path / "o2")) == ["_imgvec.json"] + [f"part-0000-{n:06d}.parquet" for n in range(5)]
+    assert (small.tasks, small.processed, large.tasks, large.processed) == (5, 10, 5, 60)
+    assert sorted(os.listdir(tmp_path / "o2")) == ["_imgvec.json"] + [f"part-0000-{n:06d}-0000.parquet"
+                                                                      for n in range(5)]
     jobs = sorted({t["job"] for t in imgvec_tasks(tmp_path / "events")})
     runs = [[t["result size"] for t in imgvec_tasks(tmp_path / "events") if t["job"] == job] for job in jobs]
     assert [len(r) for r in runs] == [5, 5]  # one job per run, one task per shard, nothing else
@@ -122,7 +133,7 @@ def test_a_python_worker_killed_while_writing_its_part(tmp_path):
     paths = pq.read_table(output).column("path").to_pylist()  # what any reader sees: whole parts only
     assert len(paths) == 40 and len(set(paths)) == 40
     assert sorted(n for n in os.listdir(output) if n.startswith("part-")) == [
-        "part-0000-000000.parquet", "part-0000-000001.parquet"]
+        "part-0000-000000-0000.parquet", "part-0000-000001-0000.parquet"]
 
 
 # The model below is defined in this test module, which Spark's Python workers cannot import.
@@ -238,3 +249,88 @@ def test_no_shell_is_ever_built_from_inputs_or_arguments():
         found = risky.search(text)
         assert found is None, f"{path.name} uses {found.group(0)}"
         assert path.name in processes or not re.search(r"\bsubprocess\b", text), f"{path.name} starts processes"
+
+
+# --- corpora as large collections come ------------------------------------------------------------------------------
+
+RANDOM = ["--model", "resnet18", "--weights", "random"]
+
+
+@functools.cache
+def example_features() -> dict:
+    """{caption (the example's file name): its features}, embedded as bytes in this process."""
+    vectorizer = ImageVectorizer("resnet18", weights="random")
+    return {caption: vectorizer.extract_features(data) for _, data, caption in example_samples()}
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def assert_like_the_files(rows, name_of) -> None:
+    """Every row without an error has the features of the example file `name_of(row)` names (cosine >= 0.9999)."""
+    reference = example_features()
+    for row in rows:
+        if row["error"] is None:
+            assert cosine(row["features"], reference[name_of(row)]) >= 0.9999, row["path"]
+
+
+@pytest.mark.spark
+def test_webdataset_tars_embed_one_row_per_sample_as_their_files_do(tmp_path):
+    samples = example_samples()
+    broken = ("000000100", b"\xff\xd8\xff not a jpeg at all", "broken.jpg")
+    twin = ("000000101", samples[0][1], samples[0][2])  # the same bytes again: dupes shows both, read from the tar
+    tars = webdataset_shards(tmp_path / "shards", [*samples, broken, twin], per_tar=5)
+    output = tmp_path / "out"
+    shards = str(tmp_path / "shards" / "{00000..00002}.tar")
+    result = imgvec("embed", shards, "-o", output, *RANDOM, "--shard-size", "2", "-q", *SPARK)
+    assert result.returncode == 0, result.stderr
+    assert "12 images in" in result.stdout and "failed 1 (corrupt 1)" in result.stdout, result.stdout
+    rows = pq.read_table(output).to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted(f"file:{tars[i // 5]}#{key}.jpg"
+                                                     for i, (key, _, _) in enumerate([*samples, broken, twin]))
+    assert {r["caption"] for r in rows} == {c for _, _, c in [*samples, broken]}  # captions carried
+    assert all(json.loads(r["json"])["key"] in r["path"] for r in rows)
+    assert [r["caption"] for r in rows if r["error"]] == ["broken.jpg"]
+    assert_like_the_files(rows, lambda row: row["caption"])
+    assert len(os.listdir(output)) == 1 + 7  # metadata, and parts of at most 2 samples: 5 + 5 + 2 in 3 + 3 + 1
+
+    resumed = imgvec("embed", shards, "-o", output, *RANDOM, "--resume", "-q", *SPARK)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "0 images in" in resumed.stdout and "12 already in the output" in resumed.stdout
+
+    page = tmp_path / "dupes.html"
+    found = imgvec("dupes", output, "--threshold", "0.999", "--html", page, "--json")
+    assert found.returncode == 0, found.stderr
+    assert [sorted(m["path"] for m in g["members"]) for g in json.loads(found.stdout)["groups"]] == [
+        sorted([f"file:{tars[0]}#000000000.jpg", f"file:{tars[2]}#000000101.jpg"])]
+    html = page.read_text()
+    assert html.count("src='data:image/jpeg;base64,") == 2 and "class=missing" not in html  # thumbnails decoded
+
+
+@pytest.mark.spark
+def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
+    samples = example_samples()
+    huggingface_table(tmp_path / "hf.parquet", samples)
+    img2dataset_table(tmp_path / "img2dataset.parquet", samples)
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("".join(f"file:{EXAMPLES / c}\n" for _, _, c in samples) + f"file:{tmp_path}/gone.jpg\n")
+    outputs = {}
+    for name, args in {"hf": [tmp_path / "hf.parquet"], "img2dataset": [tmp_path / "img2dataset.parquet"],
+                       "manifest": ["--manifest", manifest]}.items():
+        outputs[name] = tmp_path / name
+        result = imgvec("embed", *args, "-o", outputs[name], *RANDOM, "--shard-size", "4", "-q", *SPARK)
+        assert result.returncode == 0, result.stderr
+    hf = pq.read_table(outputs["hf"]).to_pylist()
+    assert sorted(r["path"] for r in hf) == sorted(c for _, _, c in samples)  # named by the struct's own paths
+    assert all(r["input"].startswith(f"file:{tmp_path}/hf.parquet#row=") for r in hf)
+    assert_like_the_files(hf, lambda row: row["path"])
+    crawled = pq.read_table(outputs["img2dataset"]).to_pylist()
+    assert sorted(r["path"] for r in crawled) == [f"{i:09d}" for i in range(len(samples) + 1)]  # named by key
+    assert [r["error"] for r in crawled if r["error"]] == ["missing: not downloaded (failed_to_download)"]
+    assert_like_the_files(crawled, lambda row: row["caption"])  # caption kept by default
+    listed = pq.read_table(outputs["manifest"]).to_pylist()
+    assert [r["error"].split(":")[0] for r in listed if r["error"]] == ["missing"]
+    assert_like_the_files(listed, lambda row: row["path"].rsplit("/", 1)[1])
+    assert sum(r["error"] is None for r in listed) == len(samples) == sum(r["error"] is None for r in hf)

@@ -15,8 +15,12 @@ from corpus import corpus, encode, photo, png_with_declared_size, with_orientati
 from helpers import EXAMPLES, SPARK, imgvec, max_relative_difference
 from imgvec import ImageVectorizer, read_images
 from imgvec.base.storage import list_local_files
+from imgvec.inputs import tables
 from imgvec.inputs.decode import decode_image
-from imgvec.inputs.sources import Item, shards
+from imgvec.inputs.pieces import Piece, expand_braces
+from imgvec.inputs.sources import ImageFiles
+from imgvec.inputs.tables import Manifest
+from imgvec.inputs.tars import TarShards, looks_like_tars, tar_samples
 
 CORPUS = corpus()
 
@@ -125,11 +129,69 @@ def test_local_listing_is_recursive_skips_hidden_files_and_keeps_empty_ones(tmp_
         "_meta.jpg", "a.jpg", "d.jpg", "empty.jpg"]
 
 
-def test_shards_never_split_a_row_group():
-    items = [Item(f"p{i}", f"file{i // 8}", i // 4 % 2) for i in range(16)]  # 2 row groups of 4 rows per file
-    sizes = [len(c) for c in shards(items, 3)]
-    assert sizes == [4, 4, 4, 4] and sum(sizes) == 16
-    assert [len(c) for c in shards([Item(str(i), str(i)) for i in range(7)], 3)] == [3, 3, 1]
+def test_files_here_are_planned_by_name_and_folders_below_are_listed_by_their_worker(tmp_path):
+    for name in ("a.jpg", "b.jpg", "c.jpg", "sub1/x.jpg", "sub2/deeper/y.jpg", "_hidden/z.jpg", ".h.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    source = ImageFiles((str(tmp_path),))
+    pieces = source.pieces(lambda n: -(-n // 2))  # 3 files spread over 2 pieces
+    assert [[os.path.basename(n) for n in p.names] for p in pieces] == [["a.jpg", "b.jpg"], ["c.jpg"], [], []]
+    assert [p.source for p in pieces[2:]] == [str(tmp_path / "sub1"), str(tmp_path / "sub2")]
+    assert [source.names(p) for p in pieces[2:]] == [[f"file:{tmp_path}/sub1/x.jpg"],
+                                                     [f"file:{tmp_path}/sub2/deeper/y.jpg"]]
+    listed = sorted(n for p in pieces for n in source.names(p))
+    assert listed == list_local_files([str(tmp_path)])  # the same images as one listing, each once
+
+
+def test_brace_ranges_expand_as_webdataset_writes_shard_names():
+    assert expand_braces(["s3://b/{00008..00011}.tar"]) == [f"s3://b/{n:05d}.tar" for n in range(8, 12)]
+    assert expand_braces(["x/{a,b}/{1..2}.tar"]) == ["x/a/1.tar", "x/a/2.tar", "x/b/1.tar", "x/b/2.tar"]
+    assert expand_braces(["plain/photos"]) == ["plain/photos"]
+    with pytest.raises(ValueError, match="empty"):
+        expand_braces(["{5..3}.tar"])
+
+
+def test_a_text_manifest_is_read_in_slices_each_line_once(tmp_path, monkeypatch):
+    lines = [f"s3://bucket/images/{i:07d}{'x' * (i % 13)}.jpg" for i in range(500)]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("\n".join(lines) + "\n\n")
+    monkeypatch.setattr(tables, "TEXT_SLICE", 997)  # slices end mid-line, and some exactly at a line's end
+    source = Manifest(str(manifest)).checked()
+    pieces = source.pieces()
+    assert len(pieces) == -(-manifest.stat().st_size // 997) > 10
+    assert [n for p in pieces for n in source.names(p)] == lines
+
+
+def test_tar_samples_are_grouped_by_key_with_captions_and_errors(tmp_path):
+    import webdataset as wds
+
+    good = encode(photo(seed=0), "JPEG")
+    tar = tmp_path / "00000.tar"
+    with wds.TarWriter(str(tar)) as sink:
+        sink.write({"__key__": "000000001", "jpg": good, "txt": "a cat", "json": '{"w": 1}'})
+        sink.write({"__key__": "000000002", "jpg": b"not a jpeg", "txt": "broken"})
+        sink.write({"__key__": "000000003", "txt": "no image"})
+        sink.write({"__key__": "dir/000000004", "png": encode(photo(seed=1), "PNG")})
+    uri = f"file:{tar}"
+    samples = list(tar_samples(uri))
+    assert [s.path for s in samples] == [f"{uri}#000000001.jpg", f"{uri}#000000002.jpg", f"{uri}#000000003",
+                                         f"{uri}#dir/000000004.png"]
+    assert samples[0].data == good and samples[0].extra == {"caption": "a cat", "json": '{"w": 1}'}
+    assert samples[1].data == b"not a jpeg" and samples[1].error is None  # decoding says it is broken
+    assert samples[2].error.startswith("missing: sample 000000003 has no image")
+    assert looks_like_tars([str(tar)]) and looks_like_tars([str(tmp_path)])
+    assert TarShards((str(tmp_path / "{00000..00000}.tar"),)).pieces() == [Piece(uri)]
+
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(tar.read_bytes()[: len(good) + 1536])  # inside the first sample's image
+    assert [(s.path, s.error.split(":")[0]) for s in tar_samples(f"file:{cut}")] == [
+        (f"file:{cut}#000000001.jpg", "unreadable")]
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"this is no tar" * 100)
+    assert [(s.path, s.error) for s in tar_samples(f"file:{junk}")] == [(f"file:{junk}", s.error)
+                                                                        for s in tar_samples(f"file:{junk}")]
+    assert list(tar_samples(f"file:{junk}"))[0].error.startswith("unreadable: not a tar")
+    assert list(tar_samples(f"file:{tmp_path}/gone.tar"))[0].error.startswith("missing")
 
 
 NAMES = ["a b.jpg", "a#b.jpg", "100%.jpg", "a%20b.jpg", "what?.jpg", "star*.jpg", "[x].jpg", "{y}.jpg", "c,d.jpg",

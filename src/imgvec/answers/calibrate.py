@@ -34,10 +34,10 @@ import pyarrow as pa
 
 from imgvec.base import defaults
 from imgvec.base.settings import RunOptions
-from imgvec.base.text import one_line
 from imgvec.dataset.lock import now
 from imgvec.dataset.searchable import open_searchable
 from imgvec.inputs.edits import EDITS, make_copy
+from imgvec.inputs.readback import read_back, where
 from imgvec.spark.tasks import RowTask
 
 THRESHOLDS = np.round(np.arange(0.50, 0.995, 0.01), 2)
@@ -74,26 +74,21 @@ class CopyTask(RowTask):
         use_task_cpus()
         featurizer = get_featurizer(self.config, self.weights)
         for row in rows:
-            results = [self.one(featurizer, *item) for item in zip(row["originals"], row["paths"], row["hosts"],
-                                                                   strict=True)]
+            read = read_back(row["paths"] + row["hosts"])  # a task's 50 originals and hosts: each tar streamed once
+            results = [self.one(featurizer, original, path, read[path], read[host])
+                       for original, path, host in zip(row["originals"], row["paths"], row["hosts"], strict=True)]
             yield pa.RecordBatch.from_pylist(results, schema=COSINES)
 
-    def one(self, featurizer, original: int, path: str, host: str) -> dict:
-        from imgvec.base.storage import read_file
+    def one(self, featurizer, original: int, path: str, data: bytes | str, host_data: bytes | str) -> dict:
+        """`data`, `host_data`: the bytes of the original and of the image its overlay edit is set in, or why they
+        could not be read."""
         from imgvec.inputs.decode import decode_image
 
         failed = {"original": original, "cosines": None, "verified": None}
-        try:
-            data = read_file(path)
-        except (OSError, ValueError) as exc:
-            return {**failed, "error": f"{path}: {one_line(exc)}"}
-        image = decode_image(data)
+        image = data if isinstance(data, str) else decode_image(data)
         if isinstance(image, str):
             return {**failed, "error": f"{path}: {image}"}
-        try:
-            host_image = decode_image(read_file(host))
-        except (OSError, ValueError):
-            host_image = None
+        host_image = None if isinstance(host_data, str) else decode_image(host_data)
         host_image = None if isinstance(host_image, str) else host_image
         copies = [make_copy(image, kind, original, host_image) for kind in EDITS]
         vectors, errors = featurizer.vectors([data, *copies])
@@ -143,7 +138,8 @@ def calibrate(output: str, *, sample: int = defaults.CALIBRATION_SAMPLE,
     _check_resolution(len(ids), images, distinct_pairs, all_pairs, min_precision, features.location)
     counts, drawn = sample_pairs(vectors, hashes)
     needed = np.unique(np.concatenate([np.arange(n), drawn["a"], drawn["b"]]))
-    path_of = dict(zip(needed.tolist(), features.rows(ids[needed]).column("path").to_pylist(), strict=True))
+    rows = features.rows(ids[needed], ["path", "input"]).to_pylist()  # read again from `input` (a table's row)
+    path_of = dict(zip(needed.tolist(), [where(r["path"], r["input"]) for r in rows], strict=True))
     paths = [path_of[i] for i in range(n)]
     vectorizer = recorded_vectorizer(features.metadata, features.location)
     tasks = max(1, -(-n // ORIGINALS_PER_TASK))

@@ -43,6 +43,7 @@ from imgvec.base.settings import RunOptions
 from imgvec.dataset.output import FeatureDataset, read_part
 from imgvec.dataset.rows import part_ids, part_vectors
 from imgvec.dataset.searchable import Searchable, check_comparable, open_searchable, parts_plan
+from imgvec.inputs.readback import where
 from imgvec.kernels.similarity import groups, linked, normalise
 from imgvec.kernels.witness import around_kept, best_partners, keep_order, weakest_pair, witnesses
 from imgvec.spark.tasks import RowTask
@@ -276,8 +277,8 @@ def _against(new: Searchable, olds: list[Searchable], known: np.ndarray, links, 
 def _file_groups(sources: list[Searchable], identical: list[list[int]], near, keep: str, threshold: float,
                  check=None) -> tuple[list[Group], list[str]]:
     """Groups with paths, sizes, kept files and their witnesses, largest first, and the files kept because no kept
-    file verified them. Ids are nodes (as_nodes). `check`: pairs of paths -> {pair: verify.Verdict}, when a witness must
-    be verified by its pixels."""
+    file verified them. Ids are nodes (as_nodes). `check`: pairs of places (_place) -> {pair: verify.Verdict}, when a
+    witness must be verified by its pixels."""
     nodes = sorted({i for g in identical for i in g} | {i for g in near for i, _ in g})
     about = _rows(sources, nodes)
     result, stands_for = [], {}
@@ -310,8 +311,8 @@ def _file_groups(sources: list[Searchable], identical: list[list[int]], near, ke
                 row = {**_member_fields(rows[position]), "similarity": round(float(best), 6), "kept_file": kept["path"],
                        "kept_similarity": round(float(similarity[position]), 6)}
                 if check:
-                    tried = [verdicts[rows[k]["path"], rows[position]["path"]] for k in refused.get(position, ())]
-                    verdict = (verdicts[kept["path"], rows[position]["path"]] if leader[position] != position
+                    tried = [verdicts[_place(rows[k]), _place(rows[position])] for k in refused.get(position, ())]
+                    verdict = (verdicts[_place(kept), _place(rows[position])] if leader[position] != position
                                else max(tried, key=lambda v: v.matches) if tried else None)
                     row.update(verified=verdict and verdict.verified, matches=verdict and verdict.matches)
                     if tried and leader[position] == position:
@@ -338,7 +339,7 @@ def _choose_witnesses(candidates: list, threshold: float, check):
         if check is None:
             return [(leader, similarity, {}) for leader, similarity in assigned], verdicts
         pairs = {(g, int(k), i) for g, (leader, _) in enumerate(assigned) for i, k in enumerate(leader) if k != i}
-        paths = {(g, k, i): (candidates[g][0][k]["path"], candidates[g][0][i]["path"]) for g, k, i in pairs}
+        paths = {(g, k, i): (_place(candidates[g][0][k]), _place(candidates[g][0][i])) for g, k, i in pairs}
         needed = sorted({pair for pair in paths.values() if pair not in verdicts})
         if not needed:
             break
@@ -360,17 +361,22 @@ def _group(kind: str, rows: list[dict], kept: list[str], weakest: dict) -> Group
 
 
 def _member_fields(row: dict) -> dict:
-    shown = {"path": row["path"], "bytes": row["bytes"]}
+    shown = {"path": row["path"], "bytes": row["bytes"], **({"input": row["input"]} if row.get("input") else {})}
     return {**shown, "output": row["output"]} if "output" in row else shown
 
 
+def _place(row: dict) -> str:
+    """Where a row's image is read again (its pixels verified, its thumbnail made)."""
+    return where(row["path"], row.get("input"))
+
+
 def _rows(sources: list[Searchable], nodes: list[int]) -> dict[int, dict]:
-    """{node: {path, bytes, features, source[, output]}}, read from the parts that hold them."""
+    """{node: {path, bytes, features, input, source[, output]}}, read from the parts that hold them."""
     nodes = np.asarray(nodes, np.int64)
     about = {}
     for source, features in enumerate(sources):
         mine = nodes[(nodes >> SOURCE_SHIFT) == source]
-        table = features.rows(mine & ((np.int64(1) << SOURCE_SHIFT) - 1), ["path", "bytes", "features"])
+        table = features.rows(mine & ((np.int64(1) << SOURCE_SHIFT) - 1), ["path", "bytes", "features", "input"])
         for node, row in zip(mine.tolist(), table.to_pylist(), strict=True):
             about[node] = {**row, "source": source, **({"output": features.location} if len(sources) > 1 else {})}
     return about

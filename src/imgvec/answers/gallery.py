@@ -1,7 +1,8 @@
 """Pages a person can decide from: one self-contained HTML file of thumbnails for `dupes` and `similar`.
 
 No server and no network when opened: every thumbnail is a `data:` JPEG in the page, a little CSS,
-no script. Thumbnails are made from the images' own paths (local or in a store): on Spark's workers
+no script. Thumbnails are made from the images read again (inputs.readback: a file, a tar's member, a table's
+row; local or in a store): on Spark's workers
 when there are many, in this process (a few threads) when there are few. An image that can no
 longer be read is shown as its path and the reason.
 """
@@ -19,7 +20,8 @@ from typing import ClassVar
 import pyarrow as pa
 
 from imgvec.base.settings import RunOptions
-from imgvec.base.text import one_line
+from imgvec.inputs.readback import read_back, read_back_one, where
+from imgvec.inputs.tars import split_member_path
 from imgvec.spark.tasks import RowTask
 
 THUMBNAIL = 256  # pixels, the longer side
@@ -29,56 +31,59 @@ THUMBNAILS = pa.schema([("path", pa.string()), ("jpeg", pa.binary()), ("width", 
 PLAN = pa.schema([("id", pa.int64()), ("paths", pa.list_(pa.string()))])
 
 
-def thumbnail(path: str) -> dict:
-    """{path, jpeg, width, height, error}: a JPEG of at most THUMBNAIL px and the image's own pixel size."""
+def thumbnail(place: str, data: bytes | str) -> dict:
+    """{path: place, jpeg, width, height, error}: a JPEG of at most THUMBNAIL px and the image's own pixel size.
+    `data`: the image's bytes, or why they could not be read (inputs.readback)."""
     from PIL import Image
 
-    from imgvec.base.storage import read_file
     from imgvec.inputs.decode import decode_image
 
-    try:
-        data = read_file(path)
-    except FileNotFoundError:
-        return _unreadable(path, "missing: the file is gone")
-    except (OSError, ValueError) as exc:
-        return _unreadable(path, f"unreadable: {one_line(exc)}")
+    if isinstance(data, str):
+        return _unreadable(place, data)
     image = decode_image(data, draft=THUMBNAIL)
     if isinstance(image, str):
-        return _unreadable(path, image)
+        return _unreadable(place, image)
     with Image.open(io.BytesIO(data)) as original:
         width, height = original.size  # the file's own size, not the draft decode's
     image.thumbnail((THUMBNAIL, THUMBNAIL))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=80)
-    return {"path": path, "jpeg": buffer.getvalue(), "width": width, "height": height, "error": None}
+    return {"path": place, "jpeg": buffer.getvalue(), "width": width, "height": height, "error": None}
 
 
 def _unreadable(path: str, why: str) -> dict:
     return {"path": path, "jpeg": None, "width": None, "height": None, "error": why}
 
 
+def _thumbnails_of(places: list[str]) -> list[dict]:
+    """Thumbnails, each tar among the places streamed once."""
+    tars = read_back([p for p in places if split_member_path(p)])
+    with ThreadPoolExecutor(4, thread_name_prefix="imgvec-thumbnail") as pool:
+        return list(pool.map(lambda p: thumbnail(p, tars[p] if p in tars else read_back_one(p)), places))
+
+
 @dataclass(frozen=True)
 class ThumbnailTask(RowTask):
-    """Thumbnails of a task's paths, on a worker."""
+    """Thumbnails of a task's places, on a worker."""
 
     RESULT: ClassVar[pa.Schema] = THUMBNAILS
 
     def run(self, rows):
         for row in rows:
-            yield pa.RecordBatch.from_pylist([thumbnail(p) for p in row["paths"]], schema=THUMBNAILS)
+            yield pa.RecordBatch.from_pylist(_thumbnails_of(row["paths"]), schema=THUMBNAILS)
 
 
-def thumbnails(paths: list[str], run: RunOptions = RunOptions()) -> dict[str, dict]:
-    """{path: thumbnail(path)}, on Spark's workers when there are many."""
-    paths = sorted(set(paths))
-    if len(paths) <= IN_PROCESS:
-        with ThreadPoolExecutor(4, thread_name_prefix="imgvec-thumbnail") as pool:
-            return {t["path"]: t for t in pool.map(thumbnail, paths)}
+def thumbnails(places: list[str], run: RunOptions = RunOptions()) -> dict[str, dict]:
+    """{place: its thumbnail}, on Spark's workers when there are many. A place is where an image is read again
+    (inputs.readback.where: its path, or a table's row)."""
+    places = sorted(set(places))
+    if len(places) <= IN_PROCESS:
+        return {t["path"]: t for t in _thumbnails_of(places)}
     from imgvec.spark.session import session
     from imgvec.spark.tasks import run_tasks
 
-    tasks = max(1, len(paths) // 100)
-    plan = pa.table({"id": list(range(tasks)), "paths": [paths[i::tasks] for i in range(tasks)]}, schema=PLAN)
+    tasks = max(1, len(places) // 100)
+    plan = pa.table({"id": list(range(tasks)), "paths": [places[i::tasks] for i in range(tasks)]}, schema=PLAN)
     with session(run) as spark:
         made = run_tasks(spark, plan, ThumbnailTask())
     return {t["path"]: t for t in made.to_pylist()}
@@ -110,7 +115,7 @@ def dupes_page(found, show: int, out: str | None, run: RunOptions = RunOptions()
     from imgvec.answers.dedup import evidence
 
     shown = found.groups[:show]
-    pictures = thumbnails([m["path"] for g in shown for m in g.members], run)
+    pictures = thumbnails([where(m["path"], m.get("input")) for g in shown for m in g.members], run)
     deletable = found.to_delete()
     more = len(found.groups) - len(shown)
     lines = [f"{_count(len(found.groups), 'group')} among {found.images} images at cosine &ge; {found.threshold} "
@@ -131,8 +136,8 @@ def dupes_page(found, show: int, out: str | None, run: RunOptions = RunOptions()
         for m in group.members:
             kept = m["kept_file"] == m["path"]
             badge = "KEEP" if kept else f"copy, cosine {m['kept_similarity']:.3f} to {_name(m['kept_file'])}"
-            cards.append(_card(pictures[m["path"]], "keep" if kept else "copy", badge, m["path"], m.get("bytes"),
-                               m.get("output"), evidence(m)))
+            cards.append(_card(pictures[where(m["path"], m.get("input"))], "keep" if kept else "copy", badge,
+                               m["path"], m.get("bytes"), m.get("output"), evidence(m)))
         sections.append(f"<section><h2>Group {n}: {group.kind}, {len(group.members)} images, "
                         f"{len(group.kept)} kept <small>(weakest pair {weakest:.3f})</small></h2>"
                         f"<div class=cards>{''.join(cards)}</div></section>")

@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec.base.settings import RunOptions
-from imgvec.base.text import one_line
 from imgvec.spark.tasks import RowTask
 
 SIDE = 512  # pixels of the longer side images are matched at
@@ -164,11 +163,12 @@ def verify(a, b) -> Verdict:
 
 
 class PairVerifier:
-    """Verdicts on pairs of paths, each image read and decoded once (images are keyed by path)."""
+    """Verdicts on pairs of places (inputs.readback.where), each image read and decoded once."""
 
-    def __init__(self, images: dict | None = None):
+    def __init__(self, images: dict | None = None, read: dict | None = None):
         self.cache: dict[str, _Features | str] = {}
-        self.images = images or {}  # path -> RGB PIL image already in memory (calibrate's copies)
+        self.images = images or {}  # place -> RGB PIL image already in memory (calibrate's copies)
+        self.read = read or {}  # place -> bytes (or why not) already read: a task's tar members
 
     def features(self, path: str) -> _Features | str:
         if path not in self.cache:
@@ -176,17 +176,13 @@ class PairVerifier:
         return self.cache[path]
 
     def _load(self, path: str) -> _Features | str:
-        from imgvec.base.storage import read_file
         from imgvec.inputs.decode import decode_image
+        from imgvec.inputs.readback import read_back_one
 
         image = self.images.get(path)
         if image is None:
-            try:
-                image = decode_image(read_file(path), draft=SIDE)
-            except FileNotFoundError:
-                return f"{path}: missing: the file is gone"
-            except (OSError, ValueError) as exc:
-                return f"{path}: unreadable: {one_line(exc)}"
+            data = self.read.pop(path, None) or read_back_one(path)
+            image = data if isinstance(data, str) else decode_image(data, draft=SIDE)
         if isinstance(image, str):
             return f"{path}: {image}"
         return features_of(image)
@@ -206,8 +202,12 @@ class VerifyTask(RowTask):
     RESULT: ClassVar[pa.Schema] = VERDICTS
 
     def run(self, rows):
-        verifier = PairVerifier()
+        from imgvec.inputs.readback import read_back
+        from imgvec.inputs.tars import split_member_path
+
         for row in rows:
+            in_tars = [p for p in {*row["a"], *row["b"]} if split_member_path(p)]  # each tar streamed once
+            verifier = PairVerifier(read=read_back(in_tars))
             verdicts = [verifier(a, b).row(a, b) for a, b in zip(row["a"], row["b"], strict=True)]
             yield pa.RecordBatch.from_pylist(verdicts, schema=VERDICTS)
 

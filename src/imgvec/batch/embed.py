@@ -1,16 +1,19 @@
-"""The batch job behind `imgvec embed`: list -> plan shards -> one Spark job of shard tasks -> summary.
+"""The batch job behind `imgvec embed`: plan pieces of the inputs -> one Spark job of piece tasks -> summary.
 
-The driver lists names and plans; each task reads its shard's images and writes its own part
-straight to OUTPUT (batch.shard), and sends back only counts. No feature vector passes through the
-driver, whose memory and network do not grow with the images or their dimension.
+The driver plans over input *files* (batch.shard's pieces: folders, row groups, tars, manifest slices); each task
+enumerates its piece's images, reads them and writes parts straight to OUTPUT, and sends back only counts. A
+resumed run finds what is left by joining, on Spark, the pieces' names with the output's paths. Neither the
+images, their names nor their feature vectors pass through the driver, whose memory grows with the input files.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import islice
 
 from imgvec.base import defaults
 from imgvec.base.progress import Progress
@@ -18,11 +21,13 @@ from imgvec.base.settings import FeatureSettings, RunOptions
 from imgvec.base.storage import check_reachable
 from imgvec.base.version import VERSION
 from imgvec.dataset.lock import now
-from imgvec.dataset.output import FORMAT, FeatureDataset
+from imgvec.dataset.output import FORMAT, FeatureDataset, OutputError
 from imgvec.dataset.writing import check_apart, held_for_writing
 from imgvec.features.vectorizer import ImageVectorizer
-from imgvec.inputs.sources import check_inputs_exist, open_source, shards
+from imgvec.inputs.sources import check_inputs_exist, open_source
 from imgvec.models.engines import INT8_SAMPLE, engine_version
+
+SMALL_PLAN = 16  # pieces whose names are checked in this process rather than by a Spark job
 
 
 @dataclass
@@ -34,10 +39,11 @@ class EmbedSummary:
     failed: int = 0
     error_kinds: Counter = field(default_factory=Counter)
     seconds: float = 0.0
-    listing_seconds: float = 0.0  # inputs and the output's done paths: names only, on the driver
-    planning_seconds: float = 0.0  # what is left to do, in shards
-    job_seconds: float = 0.0  # the Spark job of shard tasks
-    shards: int = 0
+    listing_seconds: float = 0.0  # the input files, and what they hold when the files say it (Parquet footers)
+    planning_seconds: float = 0.0  # the plan of pieces, and how a table names its rows
+    job_seconds: float = 0.0  # the Spark job: pieces (resumed: joined with the output's paths) -> parts
+    tasks: int = 0  # pieces of the inputs, one task each
+    parts: int = 0
     # summed over the tasks: reading inputs (overlapping the computing), decoding and the network, writing parts
     task_seconds: Counter = field(default_factory=Counter)
 
@@ -50,8 +56,8 @@ class EmbedSummary:
         return self.processed / self.seconds if self.seconds else 0.0
 
 
-def made_by(vectorizer: ImageVectorizer) -> dict:
-    """What made the features: recorded in the output, checked on --resume."""
+def made_by(vectorizer: ImageVectorizer, columns=()) -> dict:
+    """What made the features, and the input columns kept: recorded in the output, checked on --resume."""
     ref = vectorizer.weights_ref
     weights = vectorizer.weights if vectorizer.weights in ("default", "random") else ref.path
     config = vectorizer.config
@@ -59,7 +65,7 @@ def made_by(vectorizer: ImageVectorizer) -> dict:
     made = {"model": vectorizer.model_name, "weights": weights, "weights_sha256": ref.sha256,
             "dim": vectorizer.dim, "precision": config.precision, "draft": config.draft,
             "engine": config.engine, "engine_version": engine_version(config.engine),
-            "imgvec_version": VERSION, "format": FORMAT}
+            "imgvec_version": VERSION, "format": FORMAT, "columns": list(columns)}
     if entry.library:  # the library, its version and its own id of the model
         from importlib.metadata import version
 
@@ -71,9 +77,9 @@ def made_by(vectorizer: ImageVectorizer) -> dict:
 def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weights: str = defaults.WEIGHTS,
           batch_size: int = defaults.BATCH_SIZE, device: str = defaults.DEVICE, precision: str = defaults.PRECISION,
           max_pixels: int = defaults.MAX_PIXELS, draft: bool = defaults.DRAFT, engine: str = defaults.ENGINE,
-          master: str = defaults.MASTER,
-          glob: str | None = None, table: bool | None = None, binary_col: str = "content", path_col: str = "path",
-          resume: bool = False, overwrite: bool = False, shard_size: int = defaults.SHARD_SIZE,
+          master: str = defaults.MASTER, glob: str | None = None, table: bool | None = None,
+          binary_col: str | None = None, path_col: str | None = None, manifest: str | None = None, prefix: str = "",
+          keep_columns=(), resume: bool = False, overwrite: bool = False, shard_size: int = defaults.SHARD_SIZE,
           quiet: bool = False, progress_stream=None, conf: dict | None = None, spark=None) -> EmbedSummary:
     """Embed every input into `output` (a local folder or a URI). Mistakes raise ValueError before Spark starts.
 
@@ -81,87 +87,158 @@ def embed(inputs: list[str], output: str, *, model: str = defaults.MODEL, weight
     whole)."""
     settings = FeatureSettings(model, weights, device, batch_size, precision, max_pixels, draft, engine)
     return embed_job(inputs, output, settings, RunOptions(master, conf or {}, spark, quiet), glob=glob, table=table,
-                     binary_col=binary_col, path_col=path_col, resume=resume, overwrite=overwrite,
-                     shard_size=shard_size, progress_stream=progress_stream)
+                     binary_col=binary_col, path_col=path_col, manifest=manifest, prefix=prefix,
+                     keep_columns=keep_columns, resume=resume, overwrite=overwrite, shard_size=shard_size,
+                     progress_stream=progress_stream)
 
 
 def embed_job(inputs: list[str], output: str, settings: FeatureSettings, run: RunOptions, *, glob: str | None = None,
-              table: bool | None = None, binary_col: str = "content", path_col: str = "path", resume: bool = False,
+              table: bool | None = None, binary_col: str | None = None, path_col: str | None = None,
+              manifest: str | None = None, prefix: str = "", keep_columns=(), resume: bool = False,
               overwrite: bool = False, shard_size: int = defaults.SHARD_SIZE, progress_stream=None) -> EmbedSummary:
     """embed(), with the feature settings and where to run as one object each (what the command line passes)."""
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, not {shard_size}")
     vectorizer = ImageVectorizer.of(settings)
-    source = open_source(inputs, glob=glob, binary_col=binary_col, path_col=path_col, table=table)
-    check_inputs_exist(inputs)
+    source = open_source(list(inputs), glob=glob, binary_col=binary_col, path_col=path_col, table=table,
+                         manifest=manifest, prefix=prefix, keep_columns=tuple(keep_columns))
+    check_inputs_exist([*inputs, *([manifest] if manifest else [])])
+    source = source.checked() if hasattr(source, "checked") else source
     dataset = FeatureDataset(output)
     check_reachable(dataset.where, "output")
-    check_apart(dataset, inputs)
-    made = made_by(vectorizer)
+    check_apart(dataset, [*inputs, *([manifest] if manifest else [])])
+    made = made_by(vectorizer, source.columns.names)
     with held_for_writing(dataset, made, resume=resume, overwrite=overwrite):
         started = time.monotonic()
-        done = dataset.done_paths()  # the path column only; a damaged part is an error now
-        items = source.list()
-        summary = EmbedSummary(dataset.location, total=len(items), listing_seconds=time.monotonic() - started)
-        todo = [item for item in items if item.path not in done]
-        summary.skipped = len(items) - len(todo)
-        if todo and settings.precision == "int8":
-            vectorizer.quantize_with(_sample_bytes(source, items))
-        if todo:
-            from imgvec.spark.session import session
+        earlier = dataset.part_names()  # names of files, not of images: what a resumed run has done is joined
+        from imgvec.spark.session import session, task_slots
 
-            with session(run) as spark:
-                planning = time.monotonic()
-                planned = shards(todo, _shard_size(spark, len(todo), shard_size))
-                summary.shards = len(planned)
-                summary.planning_seconds = time.monotonic() - planning
-                _run(spark, vectorizer, source, dataset, planned, summary, run.quiet, progress_stream)
+        with session(run) as spark:
+            slots = task_slots(spark) or 1
+            pieces = source.pieces(lambda images: min(shard_size, -(-images // slots)))
+            planned = source.planned_images(pieces)
+            summary = EmbedSummary(dataset.location, tasks=len(pieces), listing_seconds=time.monotonic() - started)
+            planning = time.monotonic()
+            tasks = min(len(pieces), 4 * slots)  # a resumed run's tasks: a few per slot balance them
+            if pieces and getattr(source, "naming", None) == "struct":
+                source = _named_uniquely(spark, source, pieces, tasks)
+            summary.planning_seconds = time.monotonic() - planning
+            if pieces and settings.precision == "int8":
+                vectorizer.quantize_with(_sample_bytes(source, pieces))
+            if pieces:
+                _run(spark, vectorizer, source, dataset, pieces, earlier, summary, planned, shard_size, tasks,
+                     run.quiet, progress_stream)
+            recorded = _output_counts(spark, dataset, 4 * slots) if earlier else summary_counts(summary)
         summary.seconds = time.monotonic() - started
-        recorded = {**dataset.counts(), "updated": now()}
+        recorded["updated"] = now()
         if made["dim"] is None:  # a TorchScript model says its dimension only by running
             recorded["dim"] = dataset.dim(recorded)
         dataset.update_metadata(recorded)
     return summary
 
 
-def _sample_bytes(source, items: list) -> list[bytes]:
+def summary_counts(summary: EmbedSummary) -> dict:
+    return {"total": summary.processed, "succeeded": summary.succeeded, "failed": summary.failed,
+            "error_kinds": dict(summary.error_kinds.most_common())}
+
+
+def _named_uniquely(spark, source, pieces: list, tasks: int):
+    """A Hugging Face table names its rows by the image struct's path when every row has one and none repeats;
+    else by file and row number. Checked on the names alone, in a Spark job for a large table."""
+    from imgvec.batch.shard import NamesTask, plan_pieces
+
+    plan = plan_pieces(pieces)
+    if len(pieces) <= SMALL_PLAN:
+        paths = NamesTask(source).here(plan).column("path")
+        rows, given, distinct = len(paths), len(paths) - paths.null_count, len(set(paths.drop_null().to_pylist()))
+    else:
+        from pyspark.sql import functions as F
+
+        from imgvec.spark.tasks import task_frame
+
+        names = task_frame(spark, plan, NamesTask(source), tasks)
+        rows, given, distinct = names.agg(F.count("*"), F.count("path"), F.countDistinct("path")).first()
+    return source if rows == given == distinct else replace(source, naming="row")
+
+
+def _sample_bytes(source, pieces: list) -> list[bytes]:
     """A seeded sample of the job's own images, read here: what sets int8's ranges (a few dozen)."""
-    import random
-
-    sample = random.Random(0).sample(items, min(INT8_SAMPLE, len(items)))
-    in_order = sorted(sample, key=lambda item: (item.source, item.row_group, item.path))  # a row group read once
-    return [data for _, data, error in source.read(in_order) if data and not error]
-
-
-def _shard_size(spark, images: int, largest: int) -> int:
-    """`largest`, or less when there are too few images to give every task slot of the cluster a shard."""
-    from imgvec.spark.session import task_slots
-
-    slots = task_slots(spark)
-    return min(largest, -(-images // slots)) if slots else largest
+    found = []
+    for piece in random.Random(0).sample(pieces, len(pieces)):
+        found += [s.data for s in islice(source.samples(piece), 4 * INT8_SAMPLE) if s.data and not s.error]
+        if len(found) >= 4 * INT8_SAMPLE:
+            break
+    return random.Random(0).sample(found, min(INT8_SAMPLE, len(found)))
 
 
-def _run(spark, vectorizer, source, dataset: FeatureDataset, planned: list, summary: EmbedSummary, quiet: bool,
-         progress_stream) -> None:
-    from imgvec.batch.shard import ShardTask, plan_shards
+def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earlier: list[str], summary: EmbedSummary,
+         planned: int | None, shard_size: int, tasks: int, quiet: bool, progress_stream) -> None:
+    from imgvec.batch.shard import ShardTask, plan_pieces
     from imgvec.features.dataframe import ship_weights
-    from imgvec.spark.tasks import run_tasks
+    from imgvec.spark.tasks import collect, task_frame
 
-    todo = sum(len(s) for s in planned)
-    progress = Progress(summary.total, already=summary.skipped, stream=progress_stream, quiet=quiet)
+    plan = plan_pieces(pieces)
+    total = planned if planned is not None else len(pieces)
+    progress = Progress(total, stream=progress_stream, quiet=quiet, unit="images" if planned is not None else "pieces")
     task = ShardTask(source, vectorizer.config, ship_weights(spark, vectorizer.runtime_ref), dataset.location,
-                     dataset.next_run())
+                     dataset.next_run(), shard_size)
     started = time.monotonic()
+    read = None
     try:
-        counts = run_tasks(spark, plan_shards(planned), task,
-                           lambda share: progress.update(summary.skipped + share * todo))
+        if earlier:
+            job, read = _resumed(spark, plan, source, dataset, earlier, task, tasks)
+        else:
+            job = task_frame(spark, plan, task)
+        counts = collect(spark, job, lambda share: progress.update(share * total))
         summary.job_seconds = time.monotonic() - started
         for row in counts.to_pylist():
             summary.failed += row["failed"]
             summary.succeeded += row["rows"] - row["failed"]
+            summary.skipped += row["skipped"]
+            summary.parts += row["parts"]
             summary.error_kinds.update(json.loads(row["error_kinds"]))
             for stage in ("read", "compute", "write"):
                 summary.task_seconds[stage] += row[f"{stage}_seconds"]
-        progress.update(summary.skipped + summary.processed, force=True)
+        summary.total = summary.processed + summary.skipped
+        progress.update(total, force=True)
     finally:
+        if read is not None:
+            read.unpersist()
         progress.close()
+
+
+def _resumed(spark, plan, source, dataset: FeatureDataset, earlier: list[str], task, tasks: int):
+    """The job of a resumed run: each piece's names left-joined, on Spark, with the paths already in the output,
+    then each piece's task given what it still needs (todo) and how many it holds (total). Also the output's paths
+    as read (kept on the executors' disks until the job is done). A damaged part is an OutputError first."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from imgvec.batch.shard import NamesTask, PathsTask, plan_parts
+    from imgvec.spark.tasks import ddl, task_frame
+
+    names = task_frame(spark, plan, NamesTask(source), tasks)
+    read = task_frame(spark, plan_parts(earlier, tasks), PathsTask(dataset.location)).persist(StorageLevel.DISK_ONLY)
+    damaged = read.where(F.col("damaged").isNotNull()).select("damaged").limit(1).collect()  # all read, or one
+    if damaged:  # said before any piece's task starts
+        read.unpersist()
+        raise OutputError(damaged[0][0])
+    done = read.where(F.col("damaged").isNull()).select("path").dropDuplicates(["path"])
+    left = (names.join(done.withColumn("done", F.lit(True)), "path", "left").repartition(tasks, "id")
+            .groupBy("id").agg(F.count("*").alias("total"),
+                               F.collect_list(F.when(F.col("done").isNull(), F.col("path"))).alias("todo")))
+    return left.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, ddl(task.RESULT)), read
+
+
+def _output_counts(spark, dataset: FeatureDataset, tasks: int) -> dict:
+    """Rows and errors of the whole output, counted by tasks where its parts are."""
+    from imgvec.batch.shard import ErrorsTask, plan_parts
+    from imgvec.spark.tasks import run_tasks
+
+    parts = dataset.part_names()
+    kinds, total = Counter(), 0
+    for row in run_tasks(spark, plan_parts(parts, tasks), ErrorsTask(dataset.location)).to_pylist():
+        total += row["rows"]
+        kinds.update(json.loads(row["error_kinds"]))
+    failed = sum(kinds.values())
+    return {"total": total, "succeeded": total - failed, "failed": failed, "error_kinds": dict(kinds.most_common())}

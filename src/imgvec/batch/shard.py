@@ -1,8 +1,11 @@
-"""One shard of the batch job, on a worker: read its images, compute their features, write its part.
+"""One piece of the inputs, on a worker: read its images, compute their features, write them as parts.
 
-A shard task returns counts only. It writes `part-<run>-<shard>.parquet` straight to OUTPUT, whole
-or not at all (storage.Location.write_with), so a retried or speculative copy of the task writes
-the same name with the same rows, and nothing is doubled.
+A piece (a folder, a row group, a tar, a manifest slice, or files the driver listed) is one task. It writes a
+part of at most --shard-size images at a time, `part-<run>-<piece>-<n>.parquet` straight to OUTPUT, whole or
+not at all (storage.Location.write_with), so a retried or speculative copy of the task writes the same names
+with the same rows, nothing is doubled, and an interruption loses at most the shards in flight. A task returns
+counts only. The other tasks here serve a resumed run: the pieces' names and the output's paths, joined on
+Spark (batch.embed), and the output's error counts.
 """
 
 from __future__ import annotations
@@ -21,28 +24,42 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec.dataset import names
-from imgvec.dataset.output import FeatureDataset
+from imgvec.dataset.output import FeatureDataset, OutputError, read_part
 from imgvec.features.featurize import FeatureConfig, get_featurizer
-from imgvec.inputs.sources import ImageFiles, Item, ParquetTable
+from imgvec.inputs.pieces import Piece, Sample
 from imgvec.models.hardware import use_task_cpus
 from imgvec.models.weights import WeightsRef
 from imgvec.spark.tasks import RowTask
 
-# What each task sends back to the driver: a few numbers per shard, whatever its images, and where its time went:
-# reading (in a thread, overlapping the computing), decoding and running the network, writing the part.
-COUNTS = pa.schema([("shard", pa.int64()), ("rows", pa.int64()), ("failed", pa.int64()),
-                    ("error_kinds", pa.string()), ("read_seconds", pa.float32()), ("compute_seconds", pa.float32()),
-                    ("write_seconds", pa.float32())])
-# What the driver sends each task: its shard number and the items in it.
-PLAN = pa.schema([("id", pa.int64()), ("paths", pa.list_(pa.string())), ("sources", pa.list_(pa.string())),
-                  ("row_groups", pa.list_(pa.int64()))])
+# What each task sends back to the driver: a few numbers per piece, whatever its images, and where its time went:
+# reading (in a thread, overlapping the computing), decoding and running the network, writing the parts.
+COUNTS = pa.schema([("piece", pa.int64()), ("rows", pa.int64()), ("skipped", pa.int64()), ("failed", pa.int64()),
+                    ("error_kinds", pa.string()), ("parts", pa.int64()), ("read_seconds", pa.float32()),
+                    ("compute_seconds", pa.float32()), ("write_seconds", pa.float32())])
+# What the driver sends each task: its piece's number and the piece.
+PLAN = pa.schema([("id", pa.int64()), ("source", pa.string()), ("part", pa.int64()),
+                  ("names", pa.list_(pa.string()))])
+NAMES = pa.schema([("id", pa.int64()), ("path", pa.string())])
+PATHS = pa.schema([("path", pa.string()), ("damaged", pa.string())])
+ERRORS = pa.schema([("rows", pa.int64()), ("error_kinds", pa.string())])
+PARTS = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string()))])
 
 
-def plan_shards(shards: list[list[Item]]) -> pa.Table:
-    """One row per shard (a list of sources.Item): what each task is sent."""
-    return pa.table({"id": list(range(len(shards))), "paths": [[i.path for i in s] for s in shards],
-                     "sources": [[i.source for i in s] for s in shards],
-                     "row_groups": [[i.row_group for i in s] for s in shards]}, schema=PLAN)
+def plan_pieces(pieces: list[Piece]) -> pa.Table:
+    """One row per piece: what each task is sent."""
+    return pa.table({"id": list(range(len(pieces))), "source": [p.source for p in pieces],
+                     "part": [p.part for p in pieces], "names": [list(p.names) or None for p in pieces]}, schema=PLAN)
+
+
+def plan_parts(parts: list[str], tasks: int) -> pa.Table:
+    """The output's part names in `tasks` runs (the resumed run's reading of what is done)."""
+    size = max(1, -(-len(parts) // max(tasks, 1)))
+    chunks = [parts[i:i + size] for i in range(0, len(parts), size)]
+    return pa.table({"id": list(range(len(chunks))), "parts": chunks}, schema=PARTS)
+
+
+def piece_of(row: dict) -> Piece:
+    return Piece(row["source"], row["part"], tuple(row["names"] or ()))
 
 
 @dataclass(frozen=True)
@@ -50,44 +67,108 @@ class ShardTask(RowTask):
     """All a worker needs, small and picklable: no session, no network, no list of inputs."""
 
     RESULT: ClassVar[pa.Schema] = COUNTS
-    source: ImageFiles | ParquetTable
+    source: object  # an inputs source (sources, tables, tars)
     config: FeatureConfig
     weights: WeightsRef  # already shipped with the session
     output: str  # the dataset's URI
-    run_number: int  # part names of this run: part-<run>-<shard>.parquet
+    run_number: int  # part names of this run: part-<run>-<piece>-<n>.parquet
+    shard_size: int  # images per part
 
     def run(self, rows):
         use_task_cpus()
-        for shard in rows:
-            items = [Item(*fields) for fields in zip(shard["paths"], shard["sources"], shard["row_groups"],
-                                                    strict=True)]
-            yield self.write(shard["id"], items)
+        for row in rows:  # a resumed run's rows say what the piece still needs (todo) and holds (total)
+            todo = row.get("todo")
+            yield self.piece(row["id"], piece_of(row), None if todo is None else set(todo), row.get("total"))
 
-    def write(self, number: int, items: list[Item]) -> pa.RecordBatch:
+    def piece(self, number: int, piece: Piece, only: set[str] | None, total: int | None) -> pa.RecordBatch:
         featurizer = get_featurizer(self.config, self.weights)
-        paths, features, errors, sizes, hashes = [], [], [], [], []
-        reading = _Timed(self.source.read(items))
-        computing = 0.0
-        for batch in _prefetched(reading, self.config.batch_size):
+        reading = _Timed(self.source.samples(piece, only) if only is None or only else iter(()))
+        kinds, rows, done, parts, computing, writing = Counter(), [], 0, 0, 0.0, 0.0
+        for batch in _prefetched(reading, min(self.config.batch_size, self.shard_size)):
             started = time.perf_counter()
-            vectors, decode_errors = featurizer.vectors([data for _, data, _ in batch])
+            vectors, decode_errors = featurizer.vectors([sample.data for sample in batch])
             computing += time.perf_counter() - started
-            for (path, data, read_error), row, decode_error in zip(batch, vectors, decode_errors, strict=True):
-                error = read_error or decode_error
-                paths.append(path)
-                errors.append(error)
-                features.append(None if error else row)
-                sizes.append(None if data is None else len(data))
-                hashes.append(None if data is None else hashlib.sha256(data).hexdigest())
-        started = time.perf_counter()
-        table = pa.table({"path": paths, "features": _features_column(features), "error": errors,
-                          "bytes": pa.array(sizes, pa.int64()), "sha256": pa.array(hashes, pa.string())})
-        FeatureDataset(self.output).write_part(table, names.part(self.run_number, number))
-        writing = time.perf_counter() - started
-        kinds = Counter(e.split(":", 1)[0] for e in errors if e)
-        return pa.RecordBatch.from_pylist([{"shard": number, "rows": len(paths), "failed": sum(kinds.values()),
-                                            "error_kinds": json.dumps(kinds), "read_seconds": reading.seconds,
+            for sample, vector, decode_error in zip(batch, vectors, decode_errors, strict=True):
+                error = sample.error or decode_error
+                rows.append((sample, None if error else vector, error))
+                kinds.update([error.split(":", 1)[0]] if error else [])
+            while len(rows) >= self.shard_size:
+                writing += self.write(number, parts, rows[: self.shard_size])
+                done, rows, parts = done + self.shard_size, rows[self.shard_size:], parts + 1
+        if rows:
+            writing += self.write(number, parts, rows)
+            done, parts = done + len(rows), parts + 1
+        skipped = 0 if total is None else total - done
+        return pa.RecordBatch.from_pylist([{"piece": number, "rows": done, "skipped": skipped,
+                                            "failed": sum(kinds.values()), "error_kinds": json.dumps(kinds),
+                                            "parts": parts, "read_seconds": reading.seconds,
                                             "compute_seconds": computing, "write_seconds": writing}], schema=COUNTS)
+
+    def write(self, number: int, shard: int, rows: list) -> float:
+        """One part of these rows; the seconds it took."""
+        started = time.perf_counter()
+        samples = [sample for sample, _, _ in rows]
+        kept = self.source.columns
+        table = pa.table({"path": [s.path for s in samples], "features": _features_column([v for _, v, _ in rows]),
+                          "error": [e for _, _, e in rows],
+                          "bytes": pa.array([None if s.data is None else len(s.data) for s in samples], pa.int64()),
+                          "sha256": pa.array([None if s.data is None else hashlib.sha256(s.data).hexdigest()
+                                              for s in samples], pa.string()),
+                          "input": pa.array([s.input for s in samples], pa.string()),
+                          **{f.name: pa.array([(s.extra or {}).get(f.name) for s in samples], f.type) for f in kept}})
+        FeatureDataset(self.output).write_part(table, names.part(self.run_number, number, shard), kept)
+        return time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class NamesTask(RowTask):
+    """The paths of each piece, as the shard task would write them (a resumed run joins them with the output's)."""
+
+    RESULT: ClassVar[pa.Schema] = NAMES
+    source: object
+
+    def run(self, rows):
+        for row in rows:
+            paths = self.source.names(piece_of(row))
+            yield pa.RecordBatch.from_pydict({"id": [row["id"]] * len(paths), "path": paths}, schema=NAMES)
+
+
+@dataclass(frozen=True)
+class PathsTask(RowTask):
+    """The paths of some of the output's parts: what is done. A damaged part is a row that says so (`damaged`), not
+    a failed task: the driver says it in one line."""
+
+    RESULT: ClassVar[pa.Schema] = PATHS
+    output: str
+
+    def run(self, rows):
+        where = FeatureDataset(self.output).where
+        for row in rows:
+            for name in row["parts"]:
+                try:
+                    paths = read_part(where.child(name), ["path"]).column(0).combine_chunks()
+                except OutputError as exc:
+                    yield pa.RecordBatch.from_pylist([{"path": None, "damaged": str(exc)}], schema=PATHS)
+                    continue
+                yield pa.RecordBatch.from_arrays([paths, pa.nulls(len(paths), pa.string())], schema=PATHS)
+
+
+@dataclass(frozen=True)
+class ErrorsTask(RowTask):
+    """Rows and error kinds of some of the output's parts (the output's counts, read where the parts are)."""
+
+    RESULT: ClassVar[pa.Schema] = ERRORS
+    output: str
+
+    def run(self, rows):
+        where = FeatureDataset(self.output).where
+        for row in rows:
+            total, kinds = 0, Counter()
+            for name in row["parts"]:
+                errors = read_part(where.child(name), ["error"]).column(0)
+                total += len(errors)
+                kinds.update(e.split(":", 1)[0] for e in errors.drop_null().to_pylist())
+            yield pa.RecordBatch.from_pylist([{"rows": total, "error_kinds": json.dumps(kinds)}], schema=ERRORS)
 
 
 class _Timed:
@@ -117,7 +198,7 @@ def _features_column(features: list) -> pa.Array:
                                     mask=pa.array(~valid))
 
 
-def _prefetched(rows: Iterator, size: int) -> Iterator[list]:
+def _prefetched(rows: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
     """Batches of `size` rows; the next batch is read while this one is computed (object stores are slow to answer)."""
     with ThreadPoolExecutor(1, thread_name_prefix="imgvec-read") as reader:
         pending = reader.submit(lambda: list(islice(rows, size)))

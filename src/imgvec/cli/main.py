@@ -91,7 +91,8 @@ def run_embed(args) -> int:
         from imgvec.batch.embed import embed_job
 
         summary = embed_job(args.inputs, args.output, FeatureSettings.of(args), run, glob=args.glob, table=args.table,
-                            binary_col=args.binary_col, path_col=args.path_col, resume=args.resume,
+                            binary_col=args.binary_col, path_col=args.path_col, manifest=args.manifest,
+                            prefix=args.prefix, keep_columns=args.keep_columns, resume=args.resume,
                             overwrite=args.overwrite, shard_size=args.shard_size)
     finally:
         session.drop_early()  # unused: the command failed first, or had nothing to do

@@ -25,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="embed images (files, folders, globs or a Parquet table)",
                                 description="Embed images into a Parquet dataset [path, features, error].")
-    embed.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs, "
-                       "or one Parquet table with a binary column; local paths or URIs (s3://, gs://, hdfs://, "
-                       "abfss://, file://)")
+    embed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (recursive), globs, "
+                       "WebDataset .tar shards (brace ranges too: 'shards/{00000..00999}.tar'), or one Parquet "
+                       "table (a binary column, Hugging Face's image struct, img2dataset's output); local paths or "
+                       "URIs (s3://, gs://, hdfs://, abfss://, file://)")
     embed.add_argument("-o", "--output", required=True, help="output folder (a Parquet dataset): a local path or URI")
     embed.add_argument("--model", default=defaults.MODEL, help=f"model name (see 'imgvec models') or "
                        f"torchscript:PATH (default {defaults.MODEL})")
@@ -51,14 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     kind = embed.add_mutually_exclusive_group()
     kind.add_argument("--table", action="store_true", default=None, help="INPUT is a Parquet table")
     kind.add_argument("--images", dest="table", action="store_false", help="INPUT is image files")
-    embed.add_argument("--binary-col", default="content", help="table column with the image bytes")
-    embed.add_argument("--path-col", default="path", help="table column that names each image")
+    embed.add_argument("--binary-col", help="table column with the image bytes (default: Hugging Face's Image "
+                       "column, img2dataset's jpg/png/webp, else 'content')")
+    embed.add_argument("--path-col", help="table column that names each image (default 'path'; img2dataset's "
+                       "'key'; Hugging Face: the image's own path), or the manifest's column of paths")
+    embed.add_argument("--keep-columns", type=_names, default=(), metavar="A,B",
+                       help="input table columns copied into the output (img2dataset's caption and a tar's "
+                       "caption and json are kept by default)")
+    embed.add_argument("--manifest", metavar="FILE", help="embed the images a list names instead of INPUTs: a "
+                       "text file (a URI per line), or a CSV (with a header) or Parquet file (--path-col), e.g. an "
+                       "S3 Inventory report")
+    embed.add_argument("--prefix", default="", help="put before each path of --manifest, e.g. s3://bucket/")
     mode = embed.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="process only inputs not yet in OUTPUT")
     mode.add_argument("--overwrite", action="store_true", help="replace OUTPUT")
-    embed.add_argument("--shard-size", type=int, default=defaults.SHARD_SIZE, help="images per Spark task, each "
-                       f"written as one part (default {defaults.SHARD_SIZE}, fewer when that leaves cores idle): "
-                       "an interrupted run loses at most the shards in flight")
+    embed.add_argument("--shard-size", type=int, default=defaults.SHARD_SIZE, help="images per part (default "
+                       f"{defaults.SHARD_SIZE}; files listed together are spread over the cores): an interrupted run "
+                       "loses at most the shards in flight")
     embed.add_argument("--max-error-rate", type=float, help="exit 3 when more than this share of images fail")
 
     index = commands.add_parser("index", help="build a nearest-neighbour index of OUTPUT (FAISS, on Spark)",
@@ -165,6 +175,10 @@ def _spark_options(parser) -> None:
                         f"Connect (default {defaults.MASTER})")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _size(text: str) -> int:

@@ -14,9 +14,9 @@ def embed_summary(summary) -> str:
              f"  succeeded {summary.succeeded}, failed {summary.failed}" + (f" ({kinds})" if kinds else "")]
     if summary.skipped:
         lines.append(f"  {summary.skipped} already in the output (resumed)")
-    if summary.shards:
+    if summary.tasks:
         spent = summary.task_seconds
-        lines.append(f"  time in {count(summary.shards, 'task')}: reading {spent['read']:.1f} s, decoding and the "
+        lines.append(f"  time in {count(summary.tasks, 'task')}: reading {spent['read']:.1f} s, decoding and the "
                      f"network {spent['compute']:.1f} s, writing {spent['write']:.1f} s (summed; reading overlaps)")
     lines.append(f"  output: {summary.output} ({summary.total} images)")
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 OUTPUT/
   _imgvec.json                       what made the features (dataset.output)
   _imgvec.lock                       the run writing it now (dataset.lock)
-  part-<run>-<shard>.parquet         one shard task's rows (batch.shard)
+  part-<run>-<piece>-<n>.parquet     the n-th shard of a task's piece of the inputs (batch.shard)
   .tmp-<random>-<name>               a file being written (storage.Location.write_with)
   _imgvec_index/                     the nearest-neighbour index (answers.index):
     index.json                         its description
@@ -12,7 +12,8 @@ OUTPUT/
     truth-<build>-<n>.npz              their exact neighbours among the vectors of update n (0: the build)
     segment-<build>-<n>.faiss          the vectors of some parts (`shard-…` before imgvec-index/2)
 
-A "shard" is the images of one task of `imgvec embed`; an index is stored in "segments".
+A "piece" is what one task of `imgvec embed` reads (a folder, a row group, a tar...), a "shard" at most
+--shard-size of its images, written as one part; an index is stored in "segments".
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ LOCK = "_imgvec.lock"
 INDEX = "_imgvec_index"
 INDEX_DESCRIPTION = "index.json"
 
-_PART = re.compile(r"part-(?:([0-9]+)-)?([0-9]+)\.parquet")  # part-<run>-<shard>; format /1 had no run
+# part-<run>-<piece>-<n>; part-<run>-<shard> before format /3; format /1 had no run
+_PART = re.compile(r"part-(?:([0-9]+)-)?([0-9]+)(?:-([0-9]+))?\.parquet")
 _TEMPORARY = re.compile(r"\.tmp-.*")
 _INDEX_FILE = re.compile(r"(trained|queries|segment|shard|truth)-([0-9a-f]+)(?:-([0-9]+))?\.(?:faiss|npz)")
 
 
-def part(run: int, shard: int) -> str:
-    return f"part-{run:04d}-{shard:06d}.parquet"
+def part(run: int, piece: int, shard: int) -> str:
+    return f"part-{run:04d}-{piece:06d}-{shard:04d}.parquet"
 
 
 def is_part(name: str) -> bool:

@@ -1,4 +1,5 @@
-"""The feature dataset: Parquet parts [path, features, error, bytes, sha256] and `_imgvec.json`.
+"""The feature dataset: Parquet parts [path, features, error, bytes, sha256, input, kept columns...] and
+`_imgvec.json`.
 
 Every part appears whole (a rename on a local disk), so a reader (Spark, pyarrow, pandas: all
 skip names starting with '_' or '.') sees whole parts or nothing. This module reads and writes
@@ -22,13 +23,15 @@ from imgvec.base.version import VERSION
 from imgvec.dataset import names
 from imgvec.dataset.lock import Lock
 
-FORMAT = "imgvec-features/2"
+FORMAT = "imgvec-features/3"
 # /2 added each input's byte length and sha256 (null where the input could not be read): byte-identical
-# files are found from them. Outputs and parts of /1 are read, their new columns null.
-READABLE = ("imgvec-features/1", FORMAT)
+# files are found from them. /3 added `input` (where a table's row is read again; null when `path` says it)
+# and the input's own columns after it (captions, --keep-columns). Older outputs and parts are read, the
+# columns they lack null.
+READABLE = ("imgvec-features/1", "imgvec-features/2", FORMAT)
 SCHEMA = pa.schema([("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", pa.string()),
-                    ("bytes", pa.int64()), ("sha256", pa.string())])
-SCHEMA_1 = pa.schema(list(SCHEMA)[:3])
+                    ("bytes", pa.int64()), ("sha256", pa.string()), ("input", pa.string())])
+OLDER = (pa.schema(list(SCHEMA)[:5]), pa.schema(list(SCHEMA)[:3]))  # parts of /2 and /1
 
 
 class OutputError(ValueError):
@@ -92,9 +95,6 @@ class FeatureDataset:
         return {"total": table.num_rows, "succeeded": table.num_rows - len(errors), "failed": len(errors),
                 "error_kinds": dict(kinds.most_common())}
 
-    def done_paths(self) -> set[str]:
-        return set(self.read(["path"]).column("path").to_pylist())
-
     # --- writing -----------------------------------------------------------------------
 
     @contextmanager
@@ -110,9 +110,12 @@ class FeatureDataset:
         runs = [names.part_run(n) for n in self.part_names()]
         return max((r for r in runs if r is not None), default=-1) + 1
 
-    def write_part(self, table: pa.Table, name: str) -> str:
-        """Write (or replace) one part whole; returns its URI. Absent `bytes`/`sha256` columns are written null."""
-        table = _with_columns(table, SCHEMA.names).cast(SCHEMA)
+    def write_part(self, table: pa.Table, name: str, kept: pa.Schema | None = None) -> str:
+        """Write (or replace) one part whole: SCHEMA's columns (absent ones null), then the `kept` input columns.
+        Returns its URI."""
+        own, kept = _with_columns(table, SCHEMA.names).cast(SCHEMA), kept or pa.schema([])
+        table = pa.Table.from_arrays([*own.columns, *(table.column(f.name).cast(f.type) for f in kept)],
+                                     schema=pa.schema([*SCHEMA, *kept]))
         part = self.where.child(name)
         # no dictionary for features: it never pays for floats and made writing a 2048-d part ~10x slower
         part.write_with(lambda path, fs: pq.write_table(table, path, filesystem=fs, use_dictionary=["error"]))
@@ -150,7 +153,7 @@ def read_part(part: Location, columns=SCHEMA.names) -> pa.Table:
     try:
         with pq.ParquetFile(part.path, filesystem=part.fs) as parquet:
             schema = parquet.schema_arrow
-            if schema.equals(SCHEMA) or schema.equals(SCHEMA_1):
+            if any(list(schema)[: len(known)] == list(known) for known in (SCHEMA, *OLDER)):
                 return _with_columns(parquet.read(columns=[c for c in columns if c in schema.names]), columns)
             problem = f"schema {_schema_text(schema)}"
     except (pa.ArrowException, OSError) as exc:
@@ -196,9 +199,9 @@ def features_matrix(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.
 
 
 def _with_columns(table: pa.Table, columns) -> pa.Table:
-    """The table's `columns` in that order, those it lacks null."""
+    """The table's `columns` in that order, those of SCHEMA it lacks null."""
     for name in columns:
-        if name not in table.column_names:
+        if name not in table.column_names and name in SCHEMA.names:
             table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
     return table.select(list(columns))
 

@@ -75,6 +75,10 @@ def _check_same_maker(dataset: FeatureDataset, held: dict, made_by: dict) -> Non
                 f"output {dataset.location} holds features from {held.get('model')} ({held.get('weights')}); "
                 f"resuming with {made_by['model']} ({made_by['weights']}) would mix two models: "
                 "use another output or --overwrite")
+    if held.get("columns", []) != made_by.get("columns", []):
+        raise OutputError(f"output {dataset.location} keeps the input columns {held.get('columns', [])}; resuming "
+                          f"with {made_by.get('columns', [])} would mix two layouts: keep the same columns "
+                          "(--keep-columns) or use another output")
 
 
 def _index_names(dataset: FeatureDataset) -> list[str]:

@@ -45,8 +45,14 @@ def run_tasks(spark, plan: pa.Table, task: RowTask, report: Callable[[float], No
               then: Callable | None = None) -> pa.Table:
     """One Spark task per row of `plan`, each running `task`; their rows (after `then`, a further step on the
     DataFrame such as a shuffle) collected on the driver. report(share of tasks done) meanwhile."""
-    frame = one_row_per_partition(spark, plan).mapInArrow(task, ddl(task.RESULT))
+    frame = task_frame(spark, plan, task)
     return collect(spark, then(frame) if then else frame, report)
+
+
+def task_frame(spark, plan: pa.Table, task: RowTask, partitions: int | None = None):
+    """The DataFrame of `task`'s RESULT rows over `plan`, not run yet: one task per row, or per `partitions`
+    consecutive slices of the plan."""
+    return plan_frame(spark, plan, partitions).mapInArrow(task, ddl(task.RESULT))
 
 
 def collect(spark, job, report=None) -> pa.Table:
@@ -59,20 +65,22 @@ def collect(spark, job, report=None) -> pa.Table:
         raise
 
 
-def one_row_per_partition(spark, plan: pa.Table):
-    """The plan as a DataFrame whose every partition holds exactly one of its rows (a task's work).
+def plan_frame(spark, plan: pa.Table, partitions: int | None = None):
+    """The plan (its first column `id`: 0, 1, ...) as a DataFrame whose every partition holds one of its rows (a
+    task's work), or `partitions` runs of consecutive rows.
 
-    Names travel driver -> tasks only, each task carrying just its own row.
+    Names travel driver -> tasks only, each task carrying just its own rows.
     """
     from pyspark.sql import functions as F
 
+    slices = max(1, min(partitions or plan.num_rows, plan.num_rows))
     if is_connect(spark):
         # The plan is a local relation on the Connect server's driver; broadcasting it costs no job, and the
-        # join keeps range's partitioning: one row number per partition.
-        numbers = spark.range(0, plan.num_rows, numPartitions=plan.num_rows)
+        # join keeps range's partitioning: consecutive row numbers in each partition.
+        numbers = spark.range(0, plan.num_rows, numPartitions=slices)
         return numbers.join(F.broadcast(spark.createDataFrame(plan)), "id")
     # Classic Spark: n rows in n slices puts one row in each.
-    rows = spark.sparkContext.parallelize([tuple(r.values()) for r in plan.to_pylist()], plan.num_rows)
+    rows = spark.sparkContext.parallelize([tuple(r.values()) for r in plan.to_pylist()], slices)
     return spark.createDataFrame(rows, ddl(plan.schema))
 
 

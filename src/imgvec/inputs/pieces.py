@@ -1,0 +1,81 @@
+"""What every input source is made of: pieces (what one task enumerates) and samples (one image each, or why not).
+
+A *piece* is a file or folder, a row group or slice of a file, or names the driver listed; a *sample* is what a
+worker reads for one output row. The sources (inputs.sources, tables, tars) plan pieces and read samples.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from imgvec.base.storage import read_file
+from imgvec.base.text import one_line
+
+
+class Sample(NamedTuple):
+    path: str  # what the output row is keyed by
+    data: bytes | None  # None: the error says why
+    error: str | None = None
+    extra: dict | None = None  # the source's extra columns
+    input: str | None = None  # where to read the bytes again when `path` does not say it (a table's row)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one task enumerates: a file or folder (`part` -1: all of it), a row group or slice of a file, or
+    `names` the driver listed."""
+
+    source: str = ""
+    part: int = -1
+    names: tuple[str, ...] = ()
+
+
+def missing_or_unreadable(exc: OSError) -> str:
+    """The error kind and detail of a file that could not be read."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing: the input was listed but is gone"
+    return f"unreadable: {one_line(exc)}"
+
+
+def read_files(paths) -> Iterator[Sample]:
+    """Image files by their URIs: a file that cannot be read now is an error row."""
+    for path in paths:
+        try:
+            yield Sample(path, read_file(path))
+        except OSError as exc:
+            yield Sample(path, None, missing_or_unreadable(exc))
+
+
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
+
+
+def expand_braces(inputs) -> list[str]:
+    """Brace ranges and lists as WebDataset writes shard names: `{00000..00999}` (zero-padded as written) and
+    `{a,b}`. A name glob's own braces (`--glob '*.{jpg,png}'`) are not inputs and are left to the glob."""
+    out = []
+    for text in inputs:
+        found = min((m for m in (_RANGE.search(text), _LIST.search(text)) if m), key=lambda m: m.start(), default=None)
+        if found is None:
+            out.append(text)
+            continue
+        if found.re is _RANGE:
+            first, last = found.group(1), found.group(2)
+            if int(last) < int(first):
+                raise ValueError(f"{text}: the range {found.group(0)} is empty")
+            options = [str(n).zfill(len(first)) for n in range(int(first), int(last) + 1)]
+        else:
+            options = found.group(1).split(",")
+        out += expand_braces([text[: found.start()] + o + text[found.end():] for o in options])
+    return out
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[{")
+
+
+def is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[{")
