@@ -21,7 +21,7 @@ from imgvec.base.settings import FeatureSettings, RunOptions
 from imgvec.base.storage import check_reachable
 from imgvec.base.version import VERSION
 from imgvec.dataset.lock import now
-from imgvec.dataset.output import FORMAT, FeatureDataset, OutputError
+from imgvec.dataset.output import FORMAT, FeatureDataset
 from imgvec.dataset.writing import check_apart, held_for_writing
 from imgvec.features.vectorizer import ImageVectorizer
 from imgvec.inputs.sources import check_inputs_exist, open_source
@@ -115,9 +115,10 @@ def embed_job(inputs: list[str], output: str, settings: FeatureSettings, run: Ru
 
         with session(run) as spark:
             slots = task_slots(spark) or 1
+            listing = time.monotonic()
             pieces = source.pieces(lambda images: min(shard_size, -(-images // slots)))
             planned = source.planned_images(pieces)
-            summary = EmbedSummary(dataset.location, tasks=len(pieces), listing_seconds=time.monotonic() - started)
+            summary = EmbedSummary(dataset.location, tasks=len(pieces), listing_seconds=time.monotonic() - listing)
             planning = time.monotonic()
             tasks = min(len(pieces), 4 * slots)  # a resumed run's tasks: a few per slot balance them
             if pieces and getattr(source, "naming", None) == "struct":
@@ -125,10 +126,12 @@ def embed_job(inputs: list[str], output: str, settings: FeatureSettings, run: Ru
             summary.planning_seconds = time.monotonic() - planning
             if pieces and settings.precision == "int8":
                 vectorizer.quantize_with(_sample_bytes(source, pieces))
+            before = Counter()
             if pieces:
-                _run(spark, vectorizer, source, dataset, pieces, earlier, summary, planned, shard_size, tasks,
-                     run.quiet, progress_stream)
-            recorded = _output_counts(spark, dataset, 4 * slots) if earlier else summary_counts(summary)
+                before = _run(spark, vectorizer, source, dataset, pieces, earlier, summary, planned, shard_size,
+                              tasks, run.quiet, progress_stream)
+        # the output's counts: before this run (a resumed run's join counted them) and this run's
+        recorded = {} if earlier and not pieces else output_counts(before, summary)
         summary.seconds = time.monotonic() - started
         recorded["updated"] = now()
         if made["dim"] is None:  # a TorchScript model says its dimension only by running
@@ -137,15 +140,20 @@ def embed_job(inputs: list[str], output: str, settings: FeatureSettings, run: Ru
     return summary
 
 
-def summary_counts(summary: EmbedSummary) -> dict:
-    return {"total": summary.processed, "succeeded": summary.succeeded, "failed": summary.failed,
-            "error_kinds": dict(summary.error_kinds.most_common())}
+def output_counts(before: Counter, summary: EmbedSummary) -> dict:
+    """The output's rows, with features and failed by kind: `before` (rows by error kind, None: with features) and
+    what the run added."""
+    kinds = Counter({kind: n for kind, n in before.items() if kind is not None}) + summary.error_kinds
+    failed = sum(kinds.values())
+    total = sum(before.values()) + summary.processed
+    return {"total": total, "succeeded": total - failed, "failed": failed, "error_kinds": dict(kinds.most_common())}
 
 
 def _named_uniquely(spark, source, pieces: list, tasks: int):
     """A Hugging Face table names its rows by the image struct's path when every row has one and none repeats;
     else by file and row number. Checked on the names alone, in a Spark job for a large table."""
-    from imgvec.batch.shard import NamesTask, plan_pieces
+    from imgvec.batch.resume import NamesTask
+    from imgvec.batch.shard import plan_pieces
 
     plan = plan_pieces(pieces)
     if len(pieces) <= SMALL_PLAN:
@@ -172,7 +180,9 @@ def _sample_bytes(source, pieces: list) -> list[bytes]:
 
 
 def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earlier: list[str], summary: EmbedSummary,
-         planned: int | None, shard_size: int, tasks: int, quiet: bool, progress_stream) -> None:
+         planned: int | None, shard_size: int, tasks: int, quiet: bool, progress_stream) -> Counter:
+    """Runs the job, filling `summary`; returns the output's rows by error kind before it (None: with features)."""
+    from imgvec.batch.resume import resumed_job
     from imgvec.batch.shard import ShardTask, plan_pieces
     from imgvec.features.dataframe import ship_weights
     from imgvec.spark.tasks import collect, task_frame
@@ -183,10 +193,10 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earli
     task = ShardTask(source, vectorizer.config, ship_weights(spark, vectorizer.runtime_ref), dataset.location,
                      dataset.next_run(), shard_size)
     started = time.monotonic()
-    read = None
+    read, before = None, Counter()
     try:
         if earlier:
-            job, read = _resumed(spark, plan, source, dataset, earlier, task, tasks)
+            job, read, before = resumed_job(spark, plan, source, dataset, earlier, task, tasks)
         else:
             job = task_frame(spark, plan, task)
         counts = collect(spark, job, lambda share: progress.update(share * total))
@@ -205,40 +215,4 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earli
         if read is not None:
             read.unpersist()
         progress.close()
-
-
-def _resumed(spark, plan, source, dataset: FeatureDataset, earlier: list[str], task, tasks: int):
-    """The job of a resumed run: each piece's names left-joined, on Spark, with the paths already in the output,
-    then each piece's task given what it still needs (todo) and how many it holds (total). Also the output's paths
-    as read (kept on the executors' disks until the job is done). A damaged part is an OutputError first."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    from imgvec.batch.shard import NamesTask, PathsTask, plan_parts
-    from imgvec.spark.tasks import ddl, task_frame
-
-    names = task_frame(spark, plan, NamesTask(source), tasks)
-    read = task_frame(spark, plan_parts(earlier, tasks), PathsTask(dataset.location)).persist(StorageLevel.DISK_ONLY)
-    damaged = read.where(F.col("damaged").isNotNull()).select("damaged").limit(1).collect()  # all read, or one
-    if damaged:  # said before any piece's task starts
-        read.unpersist()
-        raise OutputError(damaged[0][0])
-    done = read.where(F.col("damaged").isNull()).select("path").dropDuplicates(["path"])
-    left = (names.join(done.withColumn("done", F.lit(True)), "path", "left").repartition(tasks, "id")
-            .groupBy("id").agg(F.count("*").alias("total"),
-                               F.collect_list(F.when(F.col("done").isNull(), F.col("path"))).alias("todo")))
-    return left.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, ddl(task.RESULT)), read
-
-
-def _output_counts(spark, dataset: FeatureDataset, tasks: int) -> dict:
-    """Rows and errors of the whole output, counted by tasks where its parts are."""
-    from imgvec.batch.shard import ErrorsTask, plan_parts
-    from imgvec.spark.tasks import run_tasks
-
-    parts = dataset.part_names()
-    kinds, total = Counter(), 0
-    for row in run_tasks(spark, plan_parts(parts, tasks), ErrorsTask(dataset.location)).to_pylist():
-        total += row["rows"]
-        kinds.update(json.loads(row["error_kinds"]))
-    failed = sum(kinds.values())
-    return {"total": total, "succeeded": total - failed, "failed": failed, "error_kinds": dict(kinds.most_common())}
+    return before

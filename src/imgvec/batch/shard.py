@@ -4,8 +4,7 @@ A piece (a folder, a row group, a tar, a manifest slice, or files the driver lis
 part of at most --shard-size images at a time, `part-<run>-<piece>-<n>.parquet` straight to OUTPUT, whole or
 not at all (storage.Location.write_with), so a retried or speculative copy of the task writes the same names
 with the same rows, nothing is doubled, and an interruption loses at most the shards in flight. A task returns
-counts only. The other tasks here serve a resumed run: the pieces' names and the output's paths, joined on
-Spark (batch.embed), and the output's error counts.
+counts only.
 """
 
 from __future__ import annotations
@@ -24,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec.dataset import names
-from imgvec.dataset.output import FeatureDataset, OutputError, read_part
+from imgvec.dataset.output import FeatureDataset
 from imgvec.features.featurize import FeatureConfig, get_featurizer
-from imgvec.inputs.pieces import Piece, Sample
+from imgvec.inputs.pieces import Piece, Sample, piece_of
 from imgvec.models.hardware import use_task_cpus
 from imgvec.models.weights import WeightsRef
 from imgvec.spark.tasks import RowTask
@@ -39,27 +38,12 @@ COUNTS = pa.schema([("piece", pa.int64()), ("rows", pa.int64()), ("skipped", pa.
 # What the driver sends each task: its piece's number and the piece.
 PLAN = pa.schema([("id", pa.int64()), ("source", pa.string()), ("part", pa.int64()),
                   ("names", pa.list_(pa.string()))])
-NAMES = pa.schema([("id", pa.int64()), ("path", pa.string())])
-PATHS = pa.schema([("path", pa.string()), ("damaged", pa.string())])
-ERRORS = pa.schema([("rows", pa.int64()), ("error_kinds", pa.string())])
-PARTS = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string()))])
 
 
 def plan_pieces(pieces: list[Piece]) -> pa.Table:
     """One row per piece: what each task is sent."""
     return pa.table({"id": list(range(len(pieces))), "source": [p.source for p in pieces],
                      "part": [p.part for p in pieces], "names": [list(p.names) or None for p in pieces]}, schema=PLAN)
-
-
-def plan_parts(parts: list[str], tasks: int) -> pa.Table:
-    """The output's part names in `tasks` runs (the resumed run's reading of what is done)."""
-    size = max(1, -(-len(parts) // max(tasks, 1)))
-    chunks = [parts[i:i + size] for i in range(0, len(parts), size)]
-    return pa.table({"id": list(range(len(chunks))), "parts": chunks}, schema=PARTS)
-
-
-def piece_of(row: dict) -> Piece:
-    return Piece(row["source"], row["part"], tuple(row["names"] or ()))
 
 
 @dataclass(frozen=True)
@@ -81,11 +65,11 @@ class ShardTask(RowTask):
             yield self.piece(row["id"], piece_of(row), None if todo is None else set(todo), row.get("total"))
 
     def piece(self, number: int, piece: Piece, only: set[str] | None, total: int | None) -> pa.RecordBatch:
-        featurizer = get_featurizer(self.config, self.weights)
         reading = _Timed(self.source.samples(piece, only) if only is None or only else iter(()))
         kinds, rows, done, parts, computing, writing = Counter(), [], 0, 0, 0.0, 0.0
         for batch in _prefetched(reading, min(self.config.batch_size, self.shard_size)):
             started = time.perf_counter()
+            featurizer = get_featurizer(self.config, self.weights)  # built once per process, when there is work
             vectors, decode_errors = featurizer.vectors([sample.data for sample in batch])
             computing += time.perf_counter() - started
             for sample, vector, decode_error in zip(batch, vectors, decode_errors, strict=True):
@@ -118,57 +102,6 @@ class ShardTask(RowTask):
                           **{f.name: pa.array([(s.extra or {}).get(f.name) for s in samples], f.type) for f in kept}})
         FeatureDataset(self.output).write_part(table, names.part(self.run_number, number, shard), kept)
         return time.perf_counter() - started
-
-
-@dataclass(frozen=True)
-class NamesTask(RowTask):
-    """The paths of each piece, as the shard task would write them (a resumed run joins them with the output's)."""
-
-    RESULT: ClassVar[pa.Schema] = NAMES
-    source: object
-
-    def run(self, rows):
-        for row in rows:
-            paths = self.source.names(piece_of(row))
-            yield pa.RecordBatch.from_pydict({"id": [row["id"]] * len(paths), "path": paths}, schema=NAMES)
-
-
-@dataclass(frozen=True)
-class PathsTask(RowTask):
-    """The paths of some of the output's parts: what is done. A damaged part is a row that says so (`damaged`), not
-    a failed task: the driver says it in one line."""
-
-    RESULT: ClassVar[pa.Schema] = PATHS
-    output: str
-
-    def run(self, rows):
-        where = FeatureDataset(self.output).where
-        for row in rows:
-            for name in row["parts"]:
-                try:
-                    paths = read_part(where.child(name), ["path"]).column(0).combine_chunks()
-                except OutputError as exc:
-                    yield pa.RecordBatch.from_pylist([{"path": None, "damaged": str(exc)}], schema=PATHS)
-                    continue
-                yield pa.RecordBatch.from_arrays([paths, pa.nulls(len(paths), pa.string())], schema=PATHS)
-
-
-@dataclass(frozen=True)
-class ErrorsTask(RowTask):
-    """Rows and error kinds of some of the output's parts (the output's counts, read where the parts are)."""
-
-    RESULT: ClassVar[pa.Schema] = ERRORS
-    output: str
-
-    def run(self, rows):
-        where = FeatureDataset(self.output).where
-        for row in rows:
-            total, kinds = 0, Counter()
-            for name in row["parts"]:
-                errors = read_part(where.child(name), ["error"]).column(0)
-                total += len(errors)
-                kinds.update(e.split(":", 1)[0] for e in errors.drop_null().to_pylist())
-            yield pa.RecordBatch.from_pylist([{"rows": total, "error_kinds": json.dumps(kinds)}], schema=ERRORS)
 
 
 class _Timed:

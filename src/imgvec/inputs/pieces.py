@@ -33,6 +33,11 @@ class Piece:
     names: tuple[str, ...] = ()
 
 
+def piece_of(row: dict) -> Piece:
+    """The piece a row of the plan (batch.shard.PLAN) describes."""
+    return Piece(row["source"], row["part"], tuple(row["names"] or ()))
+
+
 def missing_or_unreadable(exc: OSError) -> str:
     """The error kind and detail of a file that could not be read."""
     if isinstance(exc, FileNotFoundError):

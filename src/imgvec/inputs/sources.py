@@ -7,7 +7,7 @@ reads the images of its piece. No Spark here: both sides go through pyarrow's fi
 Every source answers the same four questions:
   pieces(spread)          the driver's plan (spread(n): images per piece of the n files the driver listed)
   samples(piece, only)    on a worker: the piece's images as Samples (only: just these paths)
-  names(piece)            on a worker: the paths samples() would give, without reading the images
+  names(piece)            on a worker: the paths samples() would give, without reading the images (Arrow strings)
   columns                 the extra output columns its samples carry (captions, kept table columns)
 """
 
@@ -57,13 +57,12 @@ class ImageFiles:
         pieces = [Piece(names=tuple(named[i:i + size])) for i in range(0, len(named), size)]
         return pieces + [Piece(uri) for uri in sorted(set(folders))]
 
-    def names(self, piece: Piece) -> list[str]:
-        if piece.names:
-            return list(piece.names)
-        return [name for name, _ in list_files([piece.source], self.glob)]
+    def names(self, piece: Piece) -> pa.Array:
+        names = piece.names or [name for name, _ in list_files([piece.source], self.glob)]
+        return pa.array(names, pa.string())
 
     def samples(self, piece: Piece, only: set[str] | None = None) -> Iterator[Sample]:
-        return read_files(n for n in self.names(piece) if only is None or n in only)
+        return read_files(n for n in self.names(piece).to_pylist() if only is None or n in only)
 
     def planned_images(self, pieces: list[Piece]) -> int | None:
         return None if any(not p.names for p in pieces) else sum(len(p.names) for p in pieces)

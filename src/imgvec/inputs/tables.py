@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imgvec.base.storage import list_files, open_input, open_location
@@ -118,20 +119,20 @@ class ParquetTable:
         return [Piece(uri, group) for uri, metadata in zip(files, footers(files), strict=True)
                 for group in range(metadata.num_row_groups)]
 
-    def names(self, piece: Piece) -> list[str | None]:
+    def names(self, piece: Piece) -> pa.Array:
         with open_input(piece.source) as f, pq.ParquetFile(f) as parquet:
             if self.naming == "row":
                 first = _first_row(parquet.metadata, piece.part)
-                return [row_in_file(piece.source, first + i)
-                        for i in range(parquet.metadata.row_group(piece.part).num_rows)]
+                return pa.array([row_in_file(piece.source, first + i)
+                                 for i in range(parquet.metadata.row_group(piece.part).num_rows)], pa.string())
             column = f"{self.binary_col}.path" if self.naming == "struct" else self.path_col
-            values = parquet.read_row_group(piece.part, columns=[column]).column(0)
+            values = parquet.read_row_group(piece.part, columns=[column]).column(0).combine_chunks()
         if self.naming == "struct":
-            values = values.combine_chunks().field("path")
-        return values.cast(pa.string()).to_pylist()
+            values = values.field("path")
+        return values.cast(pa.string())
 
     def samples(self, piece: Piece, only: set[str] | None = None) -> Iterator[Sample]:
-        names = self.names(piece)
+        names = self.names(piece).to_pylist()
         columns = [self.binary_col, *self.keep_columns, *([self.status_col] if self.status_col else [])]
         with open_input(piece.source) as f, pq.ParquetFile(f) as parquet:
             first = _first_row(parquet.metadata, piece.part)
@@ -246,18 +247,21 @@ class Manifest:
         size = open_location(self.file).info().size
         return [Piece(self.file, n) for n in range(max(1, -(-size // TEXT_SLICE)))]
 
-    def names(self, piece: Piece) -> list[str]:
+    def names(self, piece: Piece) -> pa.Array:
         if self.kind == "parquet":
             with open_input(self.file) as f, pq.ParquetFile(f) as parquet:
                 values = parquet.read_row_group(piece.part, columns=[self.path_col]).column(0)
         elif self.kind == "csv":
             values = self._read_csv().column(self.path_col)
         else:
-            values = pa.array(_text_lines(self.file, piece.part))
-        return [self.prefix + v for v in values.cast(pa.string()).to_pylist() if v]
+            values = pa.array(_text_lines(self.file, piece.part), pa.string())
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        values = values.cast(pa.string()).drop_null()
+        values = values.filter(pc.not_equal(values, ""))
+        return pc.binary_join_element_wise(self.prefix, values, "") if self.prefix else values
 
     def samples(self, piece: Piece, only: set[str] | None = None) -> Iterator[Sample]:
-        return read_files(n for n in self.names(piece) if only is None or n in only)
+        return read_files(n for n in self.names(piece).to_pylist() if only is None or n in only)
 
     def planned_images(self, pieces: list[Piece]) -> int | None:
         return footers([self.file])[0].num_rows if self.kind == "parquet" else None

@@ -71,8 +71,8 @@ class TarShards:
                 tars.add(text if not is_local(text) else "file:" + open_location(text).path)  # may be missing
         return [Piece(uri) for uri in sorted(tars)]
 
-    def names(self, piece: Piece) -> list[str]:
-        return [sample.path for sample in self.samples(piece)]
+    def names(self, piece: Piece) -> pa.Array:
+        return pa.array([sample.path for sample in self.samples(piece)], pa.string())
 
     def samples(self, piece: Piece, only: set[str] | None = None) -> Iterator[Sample]:
         for sample in tar_samples(piece.source):
