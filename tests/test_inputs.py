@@ -12,14 +12,25 @@ import pytest
 from PIL import Image, ImageOps
 
 from corpus import corpus, encode, photo, png_with_declared_size, with_orientation
-from helpers import EXAMPLES, SPARK, imgvec, max_relative_difference
+from helpers import (
+    EXAMPLES,
+    SPARK,
+    example_samples,
+    huggingface_table,
+    img2dataset_table,
+    imgvec,
+    max_relative_difference,
+    webdataset_shards,
+)
 from imgvec import ImageVectorizer, read_images
 from imgvec.base.storage import list_local_files
+from imgvec.batch.embed import named_uniquely
 from imgvec.inputs import tables
 from imgvec.inputs.decode import decode_image
 from imgvec.inputs.pieces import Piece, expand_braces
+from imgvec.inputs.readback import read_back
 from imgvec.inputs.sources import ImageFiles
-from imgvec.inputs.tables import Manifest
+from imgvec.inputs.tables import Manifest, ParquetTable
 from imgvec.inputs.tars import TarShards, looks_like_tars, tar_samples
 
 CORPUS = corpus()
@@ -252,3 +263,50 @@ def test_collection_names_through_the_command(collection, tmp_path):
     assert resumed.returncode == 0 and f"{len(expected)} already in the output" in resumed.stdout
     assert pq.read_table(tmp_path / "o").num_rows == len(expected)
     assert os.path.isfile(str(root / NAMES[14]))  # the NFD name is still there, untouched
+
+
+def test_tables_are_recognised_as_the_ecosystem_writes_them(tmp_path):
+    samples = example_samples()[:3]
+    huggingface_table(tmp_path / "hf.parquet", samples)
+    hf = ParquetTable(str(tmp_path / "hf.parquet")).checked()
+    assert (hf.binary_col, hf.naming) == ("image", "struct")
+    assert named_uniquely(None, hf, hf.pieces(), 1) is hf  # every row has its own path
+    huggingface_table(tmp_path / "same.parquet", [(k, d, "same.jpg") for k, d, _ in samples])
+    same = ParquetTable(str(tmp_path / "same.parquet")).checked()
+    by_row = named_uniquely(None, same, same.pieces(), 1)
+    uri = f"file:{tmp_path}/same.parquet"
+    assert by_row.naming == "row" and by_row.names(by_row.pieces()[0]).to_pylist() == [f"{uri}#{i}" for i in range(3)]
+    read = list(by_row.samples(by_row.pieces()[0]))
+    assert [s.data for s in read] == [d for _, d, _ in samples]
+    assert read_back([s.input for s in read]) == {s.input: d for s, (_, d, _) in zip(read, samples, strict=True)}
+
+    img2dataset_table(tmp_path / "crawl.parquet", samples)
+    crawl = ParquetTable(str(tmp_path / "crawl.parquet"), keep_columns=()).checked()
+    assert (crawl.binary_col, crawl.path_col, crawl.keep_columns) == ("jpg", "key", ("caption",))
+    kept = ParquetTable(str(tmp_path / "crawl.parquet"), keep_columns=("url", "width")).checked()
+    assert kept.columns.names == ["url", "width"]
+    for keep, fragment in [(("nope",), "has no column 'nope'"), (("sha256",), "a column imgvec writes itself")]:
+        with pytest.raises(ValueError, match=fragment):
+            ParquetTable(str(tmp_path / "crawl.parquet"), keep_columns=keep).checked()
+    with pytest.raises(ValueError, match="not binary"):
+        ParquetTable(str(tmp_path / "crawl.parquet"), binary_col="caption").checked()
+
+
+def test_a_csv_manifest_names_its_column_after_a_prefix(tmp_path):
+    (tmp_path / "inventory.csv").write_text("bucket,key,size\nb,photos/a.jpg,1\nb,photos/b c.jpg,2\nb,,3\n")
+    source = Manifest(str(tmp_path / "inventory.csv"), "key", "s3://b/").checked()
+    assert [n for p in source.pieces() for n in source.names(p).to_pylist()] == ["s3://b/photos/a.jpg",
+                                                                               "s3://b/photos/b c.jpg"]
+    with pytest.raises(ValueError, match="--path-col 'path' is not a column"):
+        Manifest(str(tmp_path / "inventory.csv"), "path").checked()
+    with pytest.raises(ValueError, match="name its column of paths with --path-col"):
+        Manifest(str(tmp_path / "inventory.csv")).checked()
+
+
+def test_tar_members_are_read_back_each_tar_streamed_once(tmp_path):
+    samples = example_samples()[:4]
+    tar = webdataset_shards(tmp_path, samples, per_tar=4)[0]
+    places = [f"file:{tar}#{k}.jpg" for k, _, _ in samples] + [f"file:{tar}#nope.jpg", f"file:{tmp_path}/gone.jpg"]
+    read = read_back(places)
+    assert [read[p] for p in places[:4]] == [d for _, d, _ in samples]
+    assert read[places[4]].startswith("missing") and read[places[5]].startswith("missing")

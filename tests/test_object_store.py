@@ -13,7 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from deployments import free_port, hidden_torch_cache, object_store, standalone_cluster
-from helpers import EXAMPLES, SPARK, assert_usage_error, co_member_pairs, imgvec, imgvec_here, max_relative_difference
+from helpers import (
+    EXAMPLES,
+    SPARK,
+    assert_usage_error,
+    co_member_pairs,
+    example_samples,
+    imgvec,
+    imgvec_here,
+    max_relative_difference,
+    webdataset_shards,
+)
 from imgvec import ImageVectorizer
 
 pytestmark = pytest.mark.spark
@@ -106,6 +116,13 @@ def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bu
         clustered = imgvec("dupes", "s3://vectors/cluster", "--threshold", "0.998", "--clusters", "2", "--json",
                            "--out", "s3://vectors/groups.parquet", *cluster, env=env)
         assert clustered.returncode == 0, clustered.stderr
+        # WebDataset tars in the bucket, streamed by the cluster's workers
+        samples = example_samples()
+        for tar in webdataset_shards(tmp_path / "tars", [*samples, ("000000100", samples[0][1], "twin")], per_tar=6):
+            put(bucket_fs, f"cluster-tars/{tar.name}", tar.read_bytes())
+        tars = imgvec("embed", "s3://cluster-tars/{00000..00001}.tar", "-o", "s3://vectors/tars", "--model",
+                      "resnet18", "--shard-size", "4", *cluster, env=env)
+        assert tars.returncode == 0, tars.stderr
     v = ImageVectorizer("resnet18")  # the 'default' (seeded) weights, which only the driver's cache holds
     expected = {p.name: v.extract_features(p.read_bytes()) for p in EXAMPLES.iterdir()}
     assert_equal_to_local(read_output(bucket_fs, "vectors/cluster"), expected, "s3a://cluster-in/")
@@ -118,6 +135,19 @@ def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bu
     assert co_member_pairs(exact) and co_member_pairs(found) == co_member_pairs(exact)
     written = pq.read_table("vectors/groups.parquet", filesystem=bucket_fs)
     assert written.num_rows == sum(len(g["members"]) for g in found["groups"])
+
+    rows = read_output(bucket_fs, "vectors/tars")
+    assert sorted(r["path"] for r in rows) == sorted([f"s3://cluster-tars/{i // 6:05d}.tar#{i:09d}.jpg"
+                                                      for i in range(len(samples))]
+                                                     + ["s3://cluster-tars/00001.tar#000000100.jpg"])
+    for row in rows:  # the same features as the same photos as files
+        name = row["caption"] if row["caption"] != "twin" else samples[0][2]
+        assert row["error"] is None and max_relative_difference(row["features"], expected[name]) <= 1e-4
+    page = tmp_path / "tars.html"  # thumbnails read back from the tars in the bucket
+    twins = imgvec("dupes", "s3://vectors/tars", "--threshold", "0.999", "--html", page, env=env)
+    assert twins.returncode == 0, twins.stderr
+    html = page.read_text()
+    assert html.count("src='data:image/jpeg;base64,") == 2 and "class=missing" not in html
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -122,7 +122,7 @@ def embed_job(inputs: list[str], output: str, settings: FeatureSettings, run: Ru
             planning = time.monotonic()
             tasks = min(len(pieces), 4 * slots)  # a resumed run's tasks: a few per slot balance them
             if pieces and getattr(source, "naming", None) == "struct":
-                source = _named_uniquely(spark, source, pieces, tasks)
+                source = named_uniquely(spark, source, pieces, tasks)
             summary.planning_seconds = time.monotonic() - planning
             if pieces and settings.precision == "int8":
                 vectorizer.quantize_with(_sample_bytes(source, pieces))
@@ -149,7 +149,7 @@ def output_counts(before: Counter, summary: EmbedSummary) -> dict:
     return {"total": total, "succeeded": total - failed, "failed": failed, "error_kinds": dict(kinds.most_common())}
 
 
-def _named_uniquely(spark, source, pieces: list, tasks: int):
+def named_uniquely(spark, source, pieces: list, tasks: int):
     """A Hugging Face table names its rows by the image struct's path when every row has one and none repeats;
     else by file and row number. Checked on the names alone, in a Spark job for a large table."""
     from imgvec.batch.resume import NamesTask

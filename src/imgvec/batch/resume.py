@@ -82,11 +82,12 @@ def resumed_job(spark, plan, source, dataset: FeatureDataset, earlier: list[str]
         read.unpersist()
         raise OutputError(damaged)
     before = Counter({row["kind"]: row["count"] for row in tally})  # kind None: rows with features
-    done = read.where(F.col("damaged").isNull()).select("path").dropDuplicates(["path"]).withColumn("done", F.lit(True))
-    names = task_frame(spark, plan, NamesTask(source), tasks)
+    # both sides in `tasks` partitions by path: a shuffle hash join (sorting 10^7 paths that share their first
+    # bytes was the slowest step), counted per piece before the pieces' rows move (partial aggregation)
+    done = (read.where(F.col("damaged").isNull()).select("path").repartition(tasks, "path").dropDuplicates(["path"])
+            .withColumn("done", F.lit(True)))
+    names = task_frame(spark, plan, NamesTask(source), tasks).repartition(tasks, "path")
     todo = F.collect_list(F.when(F.col("done").isNull(), F.col("path"))).alias("todo")
-    # a hash join, and counted per piece before the pieces' rows move (partial aggregation): sorting and moving
-    # 10^7 paths that share their first bytes were the slowest steps
     left = (names.join(done.hint("shuffle_hash"), "path", "left").groupBy("id").agg(F.count("*").alias("total"), todo)
             .repartition(tasks, "id"))  # one piece's todo in one task; a few pieces per slot
     job = left.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, ddl(task.RESULT))

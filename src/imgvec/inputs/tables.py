@@ -106,10 +106,10 @@ class ParquetTable:
                 raise ValueError(f"the table has no column {path!r} (columns: {', '.join(names)}); "
                                  "name the column that identifies each image with --path-col")
         for name in keep:
-            if name not in names:
-                raise ValueError(f"--keep-columns: the table has no column {name!r} (columns: {', '.join(names)})")
             if name in OWN_COLUMNS:
                 raise ValueError(f"--keep-columns: {name!r} is a column imgvec writes itself; it cannot be kept")
+            if name not in names:
+                raise ValueError(f"--keep-columns: the table has no column {name!r} (columns: {', '.join(names)})")
         kept = pa.schema([schema.field(name) for name in keep])
         return replace(self, binary_col=binary, path_col=path, naming=naming, status_col=status,
                        keep_columns=tuple(keep), kept=kept)
