@@ -76,6 +76,13 @@ def test_the_command_on_spark_connect(connect_url, image_dir, tmp_path_factory, 
     assert sorted(table.column("path").to_pylist()) == sorted(f"file:{p}" for p in inputs)
     assert table.column("error").null_count == len(inputs) - 2
     assert f"succeeded {len(inputs) - 2}, failed 2" in result.stdout
+    lost = sorted(output.glob("part-*.parquet"))[0]  # a part lost: --resume joins on the server, embeds it again
+    missing = pq.read_table(lost).num_rows
+    lost.unlink()
+    resumed = imgvec("embed", image_dir, "-o", output, "--master", connect_url, "--model", "resnet18", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{missing} images in" in resumed.stdout and f"{len(inputs) - missing} already in" in resumed.stdout
+    assert sorted(pq.read_table(output).column("path").to_pylist()) == sorted(f"file:{p}" for p in inputs)
 
 
 def test_index_and_clustered_dupes_on_spark_connect(connect_url, tmp_path):

@@ -193,10 +193,10 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earli
     task = ShardTask(source, vectorizer.config, ship_weights(spark, vectorizer.runtime_ref), dataset.location,
                      dataset.next_run(), shard_size)
     started = time.monotonic()
-    read, before = None, Counter()
+    before = Counter()
     try:
         if earlier:
-            job, read, before = resumed_job(spark, plan, source, dataset, earlier, task, tasks)
+            job, before = resumed_job(spark, plan, source, dataset, earlier, task, tasks)
         else:
             job = task_frame(spark, plan, task)
         counts = collect(spark, job, lambda share: progress.update(share * total))
@@ -212,7 +212,5 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earli
         summary.total = summary.processed + summary.skipped
         progress.update(total, force=True)
     finally:
-        if read is not None:
-            read.unpersist()
         progress.close()
     return before

@@ -7,21 +7,23 @@ the names it still needs. The same read counts the output's rows and error kinds
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from imgvec.dataset.output import FeatureDataset, OutputError, read_part
 from imgvec.inputs.pieces import piece_of
-from imgvec.spark.tasks import RowTask, ddl, task_frame
+from imgvec.spark.tasks import RowTask, ddl, run_tasks, task_frame
 
 NAMES = pa.schema([("id", pa.int64()), ("path", pa.string())])
-PATHS = pa.schema([("path", pa.string()), ("kind", pa.string()), ("damaged", pa.string())])
+PATHS = pa.schema([("path", pa.string())])
+COUNTED = pa.schema([("rows", pa.int64()), ("error_kinds", pa.string()), ("damaged", pa.string())])
 PARTS = pa.schema([("id", pa.int64()), ("parts", pa.list_(pa.string()))])
+BATCH_ROWS = 100_000
 
 
 def plan_parts(parts: list[str], tasks: int) -> pa.Table:
@@ -45,9 +47,32 @@ class NamesTask(RowTask):
 
 
 @dataclass(frozen=True)
+class CountTask(RowTask):
+    """Rows and error kinds of some of the output's parts, and the first damaged one: read before the join, so that a
+    damaged part is one line on the driver, not a failed task."""
+
+    RESULT: ClassVar[pa.Schema] = COUNTED
+    output: str
+
+    def run(self, rows):
+        where = FeatureDataset(self.output).where
+        for row in rows:
+            total, kinds, damaged = 0, Counter(), None
+            for name in row["parts"]:
+                try:
+                    errors = read_part(where.child(name), ["error"]).column(0)
+                except OutputError as exc:
+                    damaged = damaged or str(exc)
+                    continue
+                total += len(errors)
+                kinds.update(e.split(":", 1)[0] for e in errors.drop_null().to_pylist())
+            yield pa.RecordBatch.from_pylist([{"rows": total, "error_kinds": json.dumps(kinds), "damaged": damaged}],
+                                             schema=COUNTED)
+
+
+@dataclass(frozen=True)
 class PathsTask(RowTask):
-    """The paths of some of the output's parts (what is done) and their error kinds (the output's counts). A damaged
-    part is a row that says so (`damaged`), not a failed task: the driver says it in one line."""
+    """The paths of some of the output's parts: what is done (in a few large batches: each is a trip to the JVM)."""
 
     RESULT: ClassVar[pa.Schema] = PATHS
     output: str
@@ -55,40 +80,40 @@ class PathsTask(RowTask):
     def run(self, rows):
         where = FeatureDataset(self.output).where
         for row in rows:
+            tables, held = [], 0
             for name in row["parts"]:
-                try:
-                    table = read_part(where.child(name), ["path", "error"])
-                except OutputError as exc:
-                    yield pa.RecordBatch.from_pylist([{"path": None, "kind": None, "damaged": str(exc)}], schema=PATHS)
-                    continue
-                errors = table.column("error").combine_chunks()
-                kinds = pc.list_element(pc.split_pattern(errors, ":", max_splits=1), 0)  # "kind: detail"
-                yield pa.RecordBatch.from_arrays([table.column("path").combine_chunks(), kinds,
-                                                  pa.nulls(len(errors), pa.string())], schema=PATHS)
+                tables.append(read_part(where.child(name), ["path"]))  # CountTask found none damaged
+                held += tables[-1].num_rows
+                if held >= BATCH_ROWS or name == row["parts"][-1]:
+                    yield pa.RecordBatch.from_arrays([pa.concat_tables(tables).column(0).combine_chunks()],
+                                                     schema=PATHS)
+                    tables, held = [], 0
 
 
 def resumed_job(spark, plan, source, dataset: FeatureDataset, earlier: list[str], task, tasks: int):
-    """The job of a resumed run: each piece's names left-joined, on Spark, with the paths already in the output,
-    then each piece's task given what it still needs (todo) and how many it holds (total); and the output's counts
-    (rows, error kinds) before this run. The output's paths are read once, kept on the executors' disks until the
-    job is done (`read`, for the caller to unpersist). A damaged part is an OutputError first."""
-    from pyspark import StorageLevel
+    """The job of a resumed run: each piece's names anti-joined, on Spark, with the paths already in the output,
+    then each piece's task given what it still needs (todo) and how many it holds (total); and the output's rows
+    by error kind before this run (None: with features), counted by tasks first. A damaged part is an OutputError
+    then, before any piece's task starts."""
     from pyspark.sql import functions as F
 
-    read = task_frame(spark, plan_parts(earlier, tasks), PathsTask(dataset.location)).persist(StorageLevel.DISK_ONLY)
-    tally = read.groupBy("kind", "damaged").count().collect()  # one job reads (and keeps) every part's paths
-    damaged = next((row["damaged"] for row in tally if row["damaged"]), None)
-    if damaged:  # said before any piece's task starts
-        read.unpersist()
+    parts = plan_parts(earlier, tasks)
+    before, damaged = Counter(), None
+    for row in run_tasks(spark, parts, CountTask(dataset.location)).to_pylist():
+        kinds = Counter(json.loads(row["error_kinds"]))
+        before += kinds + Counter({None: row["rows"] - sum(kinds.values())})
+        damaged = damaged or row["damaged"]
+    if damaged:
         raise OutputError(damaged)
-    before = Counter({row["kind"]: row["count"] for row in tally})  # kind None: rows with features
-    # both sides in `tasks` partitions by path: a shuffle hash join (sorting 10^7 paths that share their first
-    # bytes was the slowest step), counted per piece before the pieces' rows move (partial aggregation)
-    done = (read.where(F.col("damaged").isNull()).select("path").repartition(tasks, "path").dropDuplicates(["path"])
-            .withColumn("done", F.lit(True)))
-    names = task_frame(spark, plan, NamesTask(source), tasks).repartition(tasks, "path")
-    todo = F.collect_list(F.when(F.col("done").isNull(), F.col("path"))).alias("todo")
-    left = (names.join(done.hint("shuffle_hash"), "path", "left").groupBy("id").agg(F.count("*").alias("total"), todo)
-            .repartition(tasks, "id"))  # one piece's todo in one task; a few pieces per slot
+    # Each piece's names counted, and those not in the output (an anti-join: duplicates in the output cannot
+    # multiply them) gathered, per piece before the rows move (partial aggregation). Both sides in `tasks`
+    # partitions by path and a shuffle hash join: sorting 10^7 paths that share their first bytes was slow.
+    done = task_frame(spark, parts, PathsTask(dataset.location)).repartition(tasks, "path")
+    names = task_frame(spark, plan, NamesTask(source), tasks)
+    total = names.groupBy("id").agg(F.count("*").alias("total"))
+    todo = (names.repartition(tasks, "path").join(done.hint("shuffle_hash"), "path", "left_anti").groupBy("id")
+            .agg(F.collect_list("path").alias("todo")))
+    left = (total.join(todo, "id", "left")  # a piece with nothing left gets an empty todo, never a null one
+            .withColumn("todo", F.coalesce("todo", F.array().cast("array<string>"))).repartition(tasks, "id"))
     job = left.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, ddl(task.RESULT))
-    return job, read, before
+    return job, before
