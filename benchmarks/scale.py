@@ -127,7 +127,7 @@ def in_process_rate(folder: str, model: str, cores: int, sample: int) -> float:
 
 
 DRIVER = """
-import json, resource, sys, time
+import json, sys, time
 from imgvec.batch.embed import embed
 kind, source, output, model, cores, resume = sys.argv[1:7]
 started = time.monotonic()
@@ -137,14 +137,22 @@ summary = embed([] if kind == "manifest" else [source], output, model="torchscri
 print(json.dumps({"seconds": time.monotonic() - started, "job_seconds": summary.job_seconds,
                   "listing_seconds": summary.listing_seconds, "planning_seconds": summary.planning_seconds,
                   "processed": summary.processed, "skipped": summary.skipped, "tasks": summary.tasks,
-                  "total": summary.total, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "total": summary.total, "peak_rss_mb": peak_rss_mb()}))
+"""
+# ru_maxrss survives exec on Linux: a driver started right after this process built a large manifest reported that
+# process's peak. VmHWM is the driver's own.
+PEAK = """
+def peak_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 """
 
 
 def run_embed(kind: str, source: str, output: str, model: str, cores: int, resume: bool = False) -> dict:
     """embed() in a fresh driver process of its own, whose peak RSS is the driver's."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", DRIVER, kind, source, output, model, str(cores),
+    done = subprocess.run([sys.executable, "-c", PEAK + DRIVER, kind, source, output, model, str(cores),
                            "resume" if resume else "fresh"], capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
@@ -203,7 +211,7 @@ def main() -> None:
             print(f"{kind}: driver peak RSS grows by {mine[-1]['peak_rss_mb'] - mine[0]['peak_rss_mb']:.0f} MB "
                   f"from {mine[0]['rows']} to {mine[-1]['rows']} rows")
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        f"scale-{datetime.date.today().isoformat()}.json")
+                        f"scale-{datetime.date.today().isoformat()}-{'-'.join(args.kinds)}.json")
     with open(path, "w") as f:
         json.dump({"cpu": cpu_name(), "cores": args.cores, "results": results}, f, indent=2)
     print(f"written: {path}")

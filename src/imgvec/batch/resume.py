@@ -1,8 +1,9 @@
 """What a resumed run has left to do, found on Spark: the pieces' names joined with the paths already in the output.
 
-Neither the names nor the done paths reach the driver: tasks enumerate each piece's names (NamesTask) and read
-the parts' `path` and `error` columns (PathsTask); Spark joins them, and each piece's task (batch.shard) is given
-the names it still needs. The same read counts the output's rows and error kinds before the run.
+Neither the names nor the done paths reach the driver: small tasks first count the parts' rows and error kinds and
+find a damaged part (CountTask); then, in one job, tasks enumerate each piece's names (NamesTask) and read the
+parts' `path` column (PathsTask), Spark anti-joins them, and each piece's task (batch.shard) is given the names it
+still needs and how many it holds.
 """
 
 from __future__ import annotations
