@@ -74,7 +74,7 @@ def test_embed_writes_the_dataset_and_a_summary(embedded, photos):
     assert str(output) in result.stdout
     spent = re.search(r"time in (\d+) tasks?: reading ([\d.]+) s, decoding and the network ([\d.]+) s, writing "
                       r"([\d.]+) s", result.stdout)  # where the time went, summed over the tasks
-    assert spent and int(spent[1]) >= 1 and float(spent[3]) > 0 and float(spent[4]) > 0, result.stdout
+    assert spent and int(spent[1]) >= 1 and float(spent[3]) > 0, result.stdout  # writing two small parts: ~0.0 s
     assert "12/12 images" in result.stderr  # progress: plain lines, stderr is not a terminal
 
 
