@@ -216,7 +216,7 @@ def test_a_parquet_table_with_named_columns(tmp_path, example_bytes):
     assert out.column("error").null_count == len(example_bytes)
     wrong = imgvec("embed", tmp_path / "images.parquet", "-o", tmp_path / "o2", "--binary-col", "nope",
                    "--model", "resnet18", "--weights", "random", *SPARK)
-    assert_usage_error(wrong, "the table has no column 'path'")
+    assert_usage_error(wrong, "input column 'nope' is not in the table")
 
 
 class _Terminal(io.StringIO):

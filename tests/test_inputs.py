@@ -148,9 +148,9 @@ def test_files_here_are_planned_by_name_and_folders_below_are_listed_by_their_wo
     pieces = source.pieces(lambda n: -(-n // 2))  # 3 files spread over 2 pieces
     assert [[os.path.basename(n) for n in p.names] for p in pieces] == [["a.jpg", "b.jpg"], ["c.jpg"], [], []]
     assert [p.source for p in pieces[2:]] == [str(tmp_path / "sub1"), str(tmp_path / "sub2")]
-    assert [source.names(p) for p in pieces[2:]] == [[f"file:{tmp_path}/sub1/x.jpg"],
+    assert [source.names(p).to_pylist() for p in pieces[2:]] == [[f"file:{tmp_path}/sub1/x.jpg"],
                                                      [f"file:{tmp_path}/sub2/deeper/y.jpg"]]
-    listed = sorted(n for p in pieces for n in source.names(p))
+    listed = sorted(n for p in pieces for n in source.names(p).to_pylist())
     assert listed == list_local_files([str(tmp_path)])  # the same images as one listing, each once
 
 
@@ -170,7 +170,7 @@ def test_a_text_manifest_is_read_in_slices_each_line_once(tmp_path, monkeypatch)
     source = Manifest(str(manifest)).checked()
     pieces = source.pieces()
     assert len(pieces) == -(-manifest.stat().st_size // 997) > 10
-    assert [n for p in pieces for n in source.names(p)] == lines
+    assert [n for p in pieces for n in source.names(p).to_pylist()] == lines
 
 
 def test_tar_samples_are_grouped_by_key_with_captions_and_errors(tmp_path):

@@ -64,7 +64,7 @@ def test_a_shared_caption_banner_does_not_make_two_photos_one():
 
 
 def test_each_image_is_decoded_once_and_an_unreadable_one_is_a_verdict(tmp_path, monkeypatch):
-    import imgvec.base.storage
+    import imgvec.inputs.readback
 
     paths = []
     for name in ("chelsea", "rocket"):
@@ -74,8 +74,8 @@ def test_each_image_is_decoded_once_and_an_unreadable_one_is_a_verdict(tmp_path,
             path.write_bytes(make_copy(image, kind, 1))
             paths.append(str(path))
     reads = []
-    real_read = imgvec.base.storage.read_file
-    monkeypatch.setattr(imgvec.base.storage, "read_file", lambda uri: reads.append(uri) or real_read(uri))
+    real_read = imgvec.inputs.readback.read_file
+    monkeypatch.setattr(imgvec.inputs.readback, "read_file", lambda uri: reads.append(uri) or real_read(uri))
     checker = verify.PairVerifier()
     pairs = [(a, b) for a, b in itertools.combinations(paths, 2)]
     verdicts = {pair: checker(*pair) for pair in pairs}

@@ -219,22 +219,23 @@ def list_files(inputs: list[str], name_glob: str | None = None) -> list[tuple[st
     return sorted(found)
 
 
-def list_local_files(inputs: list[str], name_glob: str | None = None) -> list[str]:
-    """Local files under inputs, sorted, as 'file:/abs/path' (see list_files)."""
+def list_local_files(inputs: list[str], name_glob: str | None = None, inside: frozenset = frozenset()) -> list[str]:
+    """Local files under inputs, sorted, as 'file:/abs/path' (see list_files). `inside`: real paths of folders the
+    inputs lie in (a worker listing one folder of a larger input): links back to them are not followed."""
     found = []
     for pattern in inputs:
         pattern = local_path(pattern)
         for top in sorted(pyglob.glob(pattern)) if pyglob.has_magic(pattern) else [pattern]:
             if os.path.isdir(top):
-                found += _walk(top, name_glob)
+                found += _walk(top, name_glob, inside)
             else:
                 found.append(top)
     return sorted({"file:" + os.path.abspath(p) for p in found})
 
 
-def _walk(top: str, name_glob: str | None) -> list[str]:
+def _walk(top: str, name_glob: str | None, inside: frozenset = frozenset()) -> list[str]:
     found = []
-    stack = [(top, frozenset())]
+    stack = [(top, inside)]
     while stack:
         folder, ancestors = stack.pop()
         real = os.path.realpath(folder)

@@ -13,13 +13,23 @@ Every source answers the same four questions:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from imgvec.base.storage import check_reachable, is_hidden, list_files, name_matches, open_location
+from imgvec.base.storage import (
+    check_reachable,
+    is_hidden,
+    is_local,
+    list_files,
+    list_local_files,
+    local_path,
+    name_matches,
+    open_location,
+)
 from imgvec.inputs.pieces import Piece, Sample, expand_braces, is_pattern, read_files
 from imgvec.inputs.tables import Manifest, ParquetTable
 from imgvec.inputs.tars import TarShards, looks_like_tars
@@ -58,8 +68,12 @@ class ImageFiles:
         return pieces + [Piece(uri) for uri in sorted(set(folders))]
 
     def names(self, piece: Piece) -> pa.Array:
-        names = piece.names or [name for name, _ in list_files([piece.source], self.glob)]
-        return pa.array(names, pa.string())
+        if piece.names:
+            return pa.array(piece.names, pa.string())
+        if is_local(piece.source):  # a folder of an input folder: a link back up to that input is not followed
+            parent = os.path.realpath(os.path.dirname(local_path(piece.source)))
+            return pa.array(list_local_files([piece.source], self.glob, frozenset([parent])), pa.string())
+        return pa.array([name for name, _ in list_files([piece.source], self.glob)], pa.string())
 
     def samples(self, piece: Piece, only: set[str] | None = None) -> Iterator[Sample]:
         return read_files(n for n in self.names(piece).to_pylist() if only is None or n in only)
