@@ -48,6 +48,14 @@ class EmbedSummary:
     task_seconds: Counter = field(default_factory=Counter)
 
     @property
+    def shards(self) -> int:
+        """The old name of `tasks` (one task per shard before tasks took pieces)."""
+        import warnings
+
+        warnings.warn("EmbedSummary.shards is now EmbedSummary.tasks", DeprecationWarning, stacklevel=2)
+        return self.tasks
+
+    @property
     def processed(self) -> int:
         return self.succeeded + self.failed
 
