@@ -71,10 +71,10 @@ def test_timm_and_open_clip_models_on_the_cluster(cluster_session, image_dir):
     and the workers never reach a hub."""
     import os
 
+    import open_clip
+    import timm
     import torch
 
-    timm = pytest.importorskip("timm")
-    open_clip = pytest.importorskip("open_clip")
     spark = cluster_session
     folder = os.path.join(os.environ["TORCH_HOME"], "library-weights")
     os.makedirs(folder, exist_ok=True)

@@ -9,8 +9,10 @@ import re
 import subprocess
 
 import numpy as np
+import open_clip  # the test extra installs it and timm: a missing one fails here, loudly
 import pyarrow.parquet as pq
 import pytest
+import timm
 import torch
 import torchvision
 from PIL import Image
@@ -327,8 +329,6 @@ def test_a_process_loads_an_engine_once_per_export(photos):
     assert model_loads(vectorizer.config, vectorizer.runtime_ref)["loads"] == 1
 
 
-timm = pytest.importorskip("timm")
-open_clip = pytest.importorskip("open_clip")
 
 PHOTOS = sorted(EXAMPLES.iterdir())
 

@@ -60,8 +60,9 @@ LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float
 TABLE = pa.schema([("path", pa.string()), ("group", pa.int64()), ("kind", pa.string()),
                    ("representative", pa.string()), ("similarity", pa.float32()), ("kept_file", pa.string()),
                    ("kept_similarity", pa.float32())])
-# with --verify: whether each file's witness pair verified by its pixels (null: not checked), and its matching points
-VERIFIED_TABLE = pa.schema([*TABLE, ("verified", pa.bool_()), ("matches", pa.int64())])
+# with --verify: whether each file's witness pair verified by its pixels (null: not checked), its matching points, and
+# why its pixels could not be compared (an image gone or unreadable; null when they were)
+VERIFIED_TABLE = pa.schema([*TABLE, ("verified", pa.bool_()), ("matches", pa.int64()), ("verify_error", pa.string())])
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Duplicates:
     seconds: float = 0.0
     verified: bool = False  # every witness pair was checked by its pixels (--verify)
     unverified: list[str] = field(default_factory=list)  # files kept because no kept file verified them
+    unreadable: list[str] = field(default_factory=list)  # of those, the ones whose pair's image is gone or unreadable
 
     def to_delete(self) -> list[str]:
         """Every file that has a kept file of its group at cosine >= threshold: what --keep lists."""
@@ -100,6 +102,9 @@ def evidence(member: dict) -> str:
     """The pixel verifier's word on a file's witness pair (dupes --verify), as the listing and the page say it."""
     if member.get("verified") is None:
         return ""
+    problem = member.get("verify_error")
+    if problem:  # the pixels could not be compared at all: say why, not "0 matching points"
+        return f"not verified: {problem}" + ("; restore it or embed again without it" if "missing:" in problem else "")
     return (f"verified: {member['matches']} matching points" if member["verified"]
             else f"not verified ({member['matches']} matching points)")
 
@@ -172,9 +177,10 @@ def find_duplicates(output: str, threshold: float | None = None, *, keep: str = 
             finally:
                 progress.close()
 
-    listed, unverified = _file_groups([features, *olds], own if identical is None else identical, groups(*links),
-                                      keep, threshold, check)
-    found = Duplicates(listed, count, threshold, how, source, verified=verify, unverified=unverified)
+    listed, unverified, unreadable = _file_groups([features, *olds], own if identical is None else identical,
+                                                  groups(*links), keep, threshold, check)
+    found = Duplicates(listed, count, threshold, how, source, verified=verify, unverified=unverified,
+                       unreadable=unreadable)
     found.seconds = time.monotonic() - started
     return found
 
@@ -275,10 +281,11 @@ def _against(new: Searchable, olds: list[Searchable], known: np.ndarray, links, 
 
 
 def _file_groups(sources: list[Searchable], identical: list[list[int]], near, keep: str, threshold: float,
-                 check=None) -> tuple[list[Group], list[str]]:
-    """Groups with paths, sizes, kept files and their witnesses, largest first, and the files kept because no kept
-    file verified them. Ids are nodes (as_nodes). `check`: pairs of places (_place) -> {pair: verify.Verdict}, when a
-    witness must be verified by its pixels."""
+                 check=None) -> tuple[list[Group], list[str], list[str]]:
+    """Groups with paths, sizes, kept files and their witnesses, largest first, the files kept because no kept
+    file verified them, and those of them whose pixels could not be compared (an image gone or unreadable). Ids are
+    nodes (as_nodes). `check`: pairs of places (_place) -> {pair: verify.Verdict}, when a witness must be verified by
+    its pixels."""
     nodes = sorted({i for g in identical for i in g} | {i for g in near for i, _ in g})
     about = _rows(sources, nodes)
     result, stands_for = [], {}
@@ -286,7 +293,8 @@ def _file_groups(sources: list[Searchable], identical: list[list[int]], near, ke
         order = keep_order([about[i] for i in members], keep)
         kept = members[order[0]]
         stands_for[members[0]] = kept  # the copy the near search saw -> the one kept
-        unchecked = {"verified": None, "matches": None} if check else {}  # the same bytes: nothing to verify
+        # the same bytes: nothing to verify
+        unchecked = {"verified": None, "matches": None, "verify_error": None} if check else {}
         rows = [{**_member_fields(about[i]), "similarity": 1.0, "kept_file": about[kept]["path"],
                  "kept_similarity": 1.0, **unchecked} for i in members]
         result.append(_group("identical", rows, [about[kept]["path"]],
@@ -302,7 +310,7 @@ def _file_groups(sources: list[Searchable], identical: list[list[int]], near, ke
         forced = np.array([rows[k]["source"] > 0 or ids[k] in witnessing for k in order])
         candidates.append(([rows[k] for k in order], vectors, forced))
     assigned, verdicts = _choose_witnesses(candidates, threshold, check)
-    unverified = []
+    unverified, unreadable = [], []
     for (rows, vectors, _), (leader, similarity, refused) in zip(candidates, assigned, strict=True):
         for positions in around_kept(vectors, leader):
             members_rows = []
@@ -313,17 +321,21 @@ def _file_groups(sources: list[Searchable], identical: list[list[int]], near, ke
                 if check:
                     tried = [verdicts[_place(rows[k]), _place(rows[position])] for k in refused.get(position, ())]
                     verdict = (verdicts[_place(kept), _place(rows[position])] if leader[position] != position
-                               else max(tried, key=lambda v: v.matches) if tried else None)
-                    row.update(verified=verdict and verdict.verified, matches=verdict and verdict.matches)
+                               else max(tried, key=lambda v: (v.error is None, v.matches)) if tried else None)
+                    row.update(verified=verdict and verdict.verified, matches=verdict and verdict.matches,
+                               verify_error=verdict and verdict.error)
                     if tried and leader[position] == position:
                         unverified.append(rows[position]["path"])
+                        if verdict.error:  # no kept file's pixels could be compared with it
+                            unreadable.append(rows[position]["path"])
                 members_rows.append(row)
             kept_paths = [rows[p]["path"] for p in positions if leader[p] == p]
             a, b, weakest = weakest_pair(vectors[positions])
             result.append(_group("near", members_rows, kept_paths, {"a": rows[positions[a]]["path"],
                                                                      "b": rows[positions[b]]["path"],
                                                                      "similarity": round(float(weakest), 6)}))
-    return sorted(result, key=lambda g: (-len(g.members), g.kind, g.representative)), sorted(unverified)
+    return (sorted(result, key=lambda g: (-len(g.members), g.kind, g.representative)), sorted(unverified),
+            sorted(unreadable))
 
 
 def _choose_witnesses(candidates: list, threshold: float, check):

@@ -125,7 +125,8 @@ def dupes_page(found, show: int, out: str | None, run: RunOptions = RunOptions()
                                                                      else ".")]
     if found.verified:
         lines.append(f"{_count(len(found.unverified), 'file')} kept unverified: near a kept file by cosine, but no "
-                     "kept file's pixels match.")
+                     "kept file's pixels match" + (f" ({len(found.unreadable)} of them because an image is gone or "
+                                                   "unreadable)." if found.unreadable else "."))
     if more:
         lines.append(f"This page shows the {len(shown)} largest groups; {more} more are in "
                      + (f"<code>{_text(out)}</code>." if out else "the output of <code>--out FILE</code>."))
@@ -146,17 +147,19 @@ def dupes_page(found, show: int, out: str | None, run: RunOptions = RunOptions()
 
 def similar_page(how: str, results: list[dict]) -> str:
     """Each query with its matches, best first."""
-    paths = [r["query"] for r in results if not r.get("text")] + [m["path"] for r in results for m in r["matches"]]
-    pictures = thumbnails(paths)
+    queries = [r for r in results if not r.get("text")]
+    pictures = thumbnails([where(r["query"], r.get("input")) for r in queries]
+                          + [where(m["path"], m.get("input")) for r in results for m in r["matches"]])
     sections = []
     for result in results:
         if result.get("text"):  # a text query has no picture: its words stand in the card
             cards = [f"<div class='card query'><div class=missing style='color:#222;font-size:15px'>"
                      f"&ldquo;{_text(result['query'])}&rdquo;</div><span class=badge>TEXT QUERY</span></div>"]
         else:
-            cards = [_card(pictures[result["query"]], "query", "QUERY", result["query"], _size(result["query"]))]
-        cards += [_card(pictures[m["path"]], "match", f"#{m['rank']}, cosine {m['similarity']:.3f}", m["path"],
-                        _size(m["path"])) for m in result["matches"]]
+            cards = [_card(pictures[where(result["query"], result.get("input"))], "query", "QUERY", result["query"],
+                           result["bytes"] if "bytes" in result else _size(result["query"]))]
+        cards += [_card(pictures[where(m["path"], m.get("input"))], "match", f"#{m['rank']}, cosine "
+                        f"{m['similarity']:.3f}", m["path"], m["bytes"]) for m in result["matches"]]
         sections.append(f"<section><h2>{_text(_name(result['query']))}</h2><div class=cards>{''.join(cards)}</div>"
                         "</section>")
     return _page("imgvec similar", [f"{_count(len(results), 'query', 'queries')}; search: {_text(how)}."], sections)
@@ -188,6 +191,7 @@ def _page(title: str, lines: list[str], sections: list[str]) -> str:
 
 
 def _size(path: str) -> int | None:
+    """The size of a query image that is not in the output (a file given by its path)."""
     from imgvec.base.storage import open_location
 
     try:

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec.base import defaults
+from imgvec.base.memory import available_memory
 from imgvec.base.progress import Progress
 from imgvec.base.settings import RunOptions
 from imgvec.base.storage import Location
@@ -382,7 +383,7 @@ class NeighbourIndex:
         free now; else read again for each search, in runs that fit."""
         if self._loaded is None:
             files = [(where, where.info().size or 0) for where in map(self.folder.child, self.description["segments"])]
-            budget = _free_memory() // 2
+            budget = available_memory() // 2
             if sum(size for _, size in files) > budget:
                 return self._merged(files, budget)
             self._loaded = list(self._merged(files, budget))
@@ -456,15 +457,6 @@ def _task_cpus() -> int:
 
     context = TaskContext.get()
     return max(1, context.cpus()) if context else os.cpu_count() or 1
-
-
-def _free_memory() -> int:
-    """Bytes this machine can give without swapping (MemAvailable counts the page cache it can drop)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _write_npz(where: Location, **arrays) -> None:

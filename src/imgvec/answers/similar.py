@@ -47,11 +47,23 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
     results = []
     for n, (query, own, row_similarities, row_ids) in enumerate(zip(asked, own_ids, similarities, ids, strict=True)):
         keep = [(s, i) for s, i in zip(row_similarities, row_ids, strict=True) if i >= 0 and i != own][:k]
-        paths = features.rows([i for _, i in keep]).column("path").to_pylist()
-        results.append({"query": query, "search": how, **({"text": True} if n >= len(queries) else {}), "matches": [
-            {"rank": r + 1, "path": p, "similarity": round(float(s), 6)}
-            for r, ((s, _), p) in enumerate(zip(keep, paths, strict=True))]})
+        rows = features.rows([i for _, i in keep], SHOWN).to_pylist()
+        result = {"query": query, "search": how, **({"text": True} if n >= len(queries) else {}), "matches": [
+            {"rank": r + 1, **_present(row), "similarity": round(float(s), 6)}
+            for r, ((s, _), row) in enumerate(zip(keep, rows, strict=True))]}
+        if own >= 0:  # a query already in the output: its size, and where its image is read again
+            shown = _present(features.rows([own], SHOWN).to_pylist()[0])
+            result.update({k: v for k, v in shown.items() if k != "path"})
+        results.append(result)
     return how, results
+
+
+SHOWN = ("path", "bytes", "input")  # of each match: where it is, its size, where its image is read again
+
+
+def _present(row: dict) -> dict:
+    """A row's path, size and input: the input only where it has one (a table's row)."""
+    return {"path": row["path"], "bytes": row["bytes"], **({"input": row["input"]} if row["input"] else {})}
 
 
 def _query_vectors(features: Searchable, queries: list[str], ranges: dict | None) -> tuple[np.ndarray, list[int]]:

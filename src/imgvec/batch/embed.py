@@ -33,8 +33,9 @@ SMALL_PLAN = 16  # pieces whose names are checked in this process rather than by
 @dataclass
 class EmbedSummary:
     output: str
-    total: int = 0  # inputs, including those an earlier run had done
+    total: int = 0  # inputs, including those an earlier run had done (a repeated entry counts once)
     skipped: int = 0  # already in the output (--resume)
+    repeated: int = 0  # entries of a manifest that named a path again: each path is embedded once
     succeeded: int = 0
     failed: int = 0
     error_kinds: Counter = field(default_factory=Counter)
@@ -190,7 +191,7 @@ def _sample_bytes(source, pieces: list) -> list[bytes]:
 def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earlier: list[str], summary: EmbedSummary,
          planned: int | None, shard_size: int, tasks: int, quiet: bool, progress_stream) -> Counter:
     """Runs the job, filling `summary`; returns the output's rows by error kind before it (None: with features)."""
-    from imgvec.batch.resume import resumed_job
+    from imgvec.batch.resume import counted_before, joined_job
     from imgvec.batch.shard import ShardTask, plan_pieces
     from imgvec.features.dataframe import ship_weights
     from imgvec.spark.tasks import collect, task_frame
@@ -201,10 +202,10 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earli
     task = ShardTask(source, vectorizer.config, ship_weights(spark, vectorizer.runtime_ref), dataset.location,
                      dataset.next_run(), shard_size)
     started = time.monotonic()
-    before = Counter()
     try:
-        if earlier:
-            job, before = resumed_job(spark, plan, source, dataset, earlier, task, tasks)
+        before = counted_before(spark, dataset, earlier, tasks) if earlier else Counter()
+        if earlier or getattr(source, "may_repeat", False):
+            job = joined_job(spark, plan, source, dataset, earlier, task, tasks)
         else:
             job = task_frame(spark, plan, task)
         counts = collect(spark, job, lambda share: progress.update(share * total))
@@ -213,6 +214,7 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earli
             summary.failed += row["failed"]
             summary.succeeded += row["rows"] - row["failed"]
             summary.skipped += row["skipped"]
+            summary.repeated += row["repeated"]
             summary.parts += row["parts"]
             summary.error_kinds.update(json.loads(row["error_kinds"]))
             for stage in ("read", "compute", "write"):

@@ -1,9 +1,11 @@
-"""What a resumed run has left to do, found on Spark: the pieces' names joined with the paths already in the output.
+"""What a resumed run has left to do, found on Spark: the pieces' names joined with the paths already in the output;
+and a manifest's names made unique, so that a path it lists twice is embedded once.
 
 Neither the names nor the done paths reach the driver: small tasks first count the parts' rows and error kinds and
 find a damaged part (CountTask); then, in one job, tasks enumerate each piece's names (NamesTask) and read the
-parts' `path` column (PathsTask), Spark anti-joins them, and each piece's task (batch.shard) is given the names it
-still needs and how many it holds.
+parts' `path` column (PathsTask), Spark anti-joins them (and keeps a repeated name in the first piece that lists
+it), and each piece's task (batch.shard) is given the names it still needs, how many it holds and how many of its
+entries repeated a name.
 """
 
 from __future__ import annotations
@@ -91,30 +93,41 @@ class PathsTask(RowTask):
                     tables, held = [], 0
 
 
-def resumed_job(spark, plan, source, dataset: FeatureDataset, earlier: list[str], task, tasks: int):
-    """The job of a resumed run: each piece's names anti-joined, on Spark, with the paths already in the output,
-    then each piece's task given what it still needs (todo) and how many it holds (total); and the output's rows
-    by error kind before this run (None: with features), counted by tasks first. A damaged part is an OutputError
-    then, before any piece's task starts."""
-    from pyspark.sql import functions as F
-
-    parts = plan_parts(earlier, tasks)
+def counted_before(spark, dataset: FeatureDataset, earlier: list[str], tasks: int) -> Counter:
+    """The output's rows by error kind before this run (None: with features), counted by tasks; a damaged part is an
+    OutputError then, before any piece's task starts."""
     before, damaged = Counter(), None
-    for row in run_tasks(spark, parts, CountTask(dataset.location)).to_pylist():
+    for row in run_tasks(spark, plan_parts(earlier, tasks), CountTask(dataset.location)).to_pylist():
         kinds = Counter(json.loads(row["error_kinds"]))
         before += kinds + Counter({None: row["rows"] - sum(kinds.values())})
         damaged = damaged or row["damaged"]
     if damaged:
         raise OutputError(damaged)
+    return before
+
+
+def joined_job(spark, plan, source, dataset: FeatureDataset, earlier: list[str], task, tasks: int):
+    """The job of a run that must know the names first: each piece's names anti-joined, on Spark, with the paths
+    already in the output (`earlier`: its parts, when resumed), and made unique (each path to the first piece that
+    names it) where the source may name one twice (a manifest); then each piece's task given what it still needs
+    (todo), how many names it holds (total) and how many of its entries named a path again (repeated)."""
+    from pyspark.sql import functions as F
+
     # Each piece's names counted, and those not in the output (an anti-join: duplicates in the output cannot
     # multiply them) gathered, per piece before the rows move (partial aggregation). Both sides in `tasks`
     # partitions by path and a shuffle hash join: sorting 10^7 paths that share their first bytes was slow.
-    done = task_frame(spark, parts, PathsTask(dataset.location)).repartition(tasks, "path")
     names = task_frame(spark, plan, NamesTask(source), tasks)
+    listed = names.groupBy("id").agg(F.count("*").alias("listed"))
+    if getattr(source, "may_repeat", False):
+        names = names.groupBy("path").agg(F.min("id").alias("id"))
     total = names.groupBy("id").agg(F.count("*").alias("total"))
-    todo = (names.repartition(tasks, "path").join(done.hint("shuffle_hash"), "path", "left_anti").groupBy("id")
-            .agg(F.collect_list("path").alias("todo")))
-    left = (total.join(todo, "id", "left")  # a piece with nothing left gets an empty todo, never a null one
-            .withColumn("todo", F.coalesce("todo", F.array().cast("array<string>"))).repartition(tasks, "id"))
-    job = left.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, ddl(task.RESULT))
-    return job, before
+    if earlier:
+        done = task_frame(spark, plan_parts(earlier, tasks), PathsTask(dataset.location)).repartition(tasks, "path")
+        names = names.repartition(tasks, "path").join(done.hint("shuffle_hash"), "path", "left_anti")
+    todo = names.groupBy("id").agg(F.collect_list("path").alias("todo"))
+    left = (listed.join(total, "id", "left").join(todo, "id", "left")  # a piece with nothing left: an empty todo
+            .withColumn("total", F.coalesce("total", F.lit(0)))
+            .withColumn("repeated", F.col("listed") - F.col("total"))
+            .withColumn("todo", F.coalesce("todo", F.array().cast("array<string>"))).drop("listed")
+            .repartition(tasks, "id"))
+    return left.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, ddl(task.RESULT))

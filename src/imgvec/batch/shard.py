@@ -32,7 +32,8 @@ from imgvec.spark.tasks import RowTask
 
 # What each task sends back to the driver: a few numbers per piece, whatever its images, and where its time went:
 # reading (in a thread, overlapping the computing), decoding and running the network, writing the parts.
-COUNTS = pa.schema([("piece", pa.int64()), ("rows", pa.int64()), ("skipped", pa.int64()), ("failed", pa.int64()),
+COUNTS = pa.schema([("piece", pa.int64()), ("rows", pa.int64()), ("skipped", pa.int64()), ("repeated", pa.int64()),
+                    ("failed", pa.int64()),
                     ("error_kinds", pa.string()), ("parts", pa.int64()), ("read_seconds", pa.float32()),
                     ("compute_seconds", pa.float32()), ("write_seconds", pa.float32())])
 # What the driver sends each task: its piece's number and the piece.
@@ -60,11 +61,13 @@ class ShardTask(RowTask):
 
     def run(self, rows):
         use_task_cpus()
-        for row in rows:  # a resumed run's rows say what the piece still needs (todo) and holds (total)
+        for row in rows:  # a joined job's rows say what the piece still needs (todo), holds (total) and repeats
             todo = row.get("todo")
-            yield self.piece(row["id"], piece_of(row), None if todo is None else set(todo), row.get("total"))
+            yield self.piece(row["id"], piece_of(row), None if todo is None else set(todo), row.get("total"),
+                             row.get("repeated") or 0)
 
-    def piece(self, number: int, piece: Piece, only: set[str] | None, total: int | None) -> pa.RecordBatch:
+    def piece(self, number: int, piece: Piece, only: set[str] | None, total: int | None,
+              repeated: int = 0) -> pa.RecordBatch:
         reading = _Timed(self.source.samples(piece, only) if only is None or only else iter(()))
         kinds, rows, done, parts, computing, writing = Counter(), [], 0, 0, 0.0, 0.0
         for batch in _prefetched(reading, min(self.config.batch_size, self.shard_size)):
@@ -83,7 +86,7 @@ class ShardTask(RowTask):
             writing += self.write(number, parts, rows)
             done, parts = done + len(rows), parts + 1
         skipped = 0 if total is None else total - done
-        return pa.RecordBatch.from_pylist([{"piece": number, "rows": done, "skipped": skipped,
+        return pa.RecordBatch.from_pylist([{"piece": number, "rows": done, "skipped": skipped, "repeated": repeated,
                                             "failed": sum(kinds.values()), "error_kinds": json.dumps(kinds),
                                             "parts": parts, "read_seconds": reading.seconds,
                                             "compute_seconds": computing, "write_seconds": writing}], schema=COUNTS)

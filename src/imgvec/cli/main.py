@@ -2,12 +2,14 @@
 
 Thin: arguments -> the library. Exit 0 when the run completed (bad images are rows with errors),
 2 for a usage or configuration error (one line, no traceback), 3 when --max-error-rate is
-exceeded, 130 when interrupted.
+exceeded, 130 when interrupted, 141 (128 + SIGPIPE, as a shell reports `yes | head -1`) when the reader of
+its output went away (`| head`, a closed pager): then it stops quietly, as coreutils do.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +20,7 @@ from imgvec.base.settings import FeatureSettings
 from imgvec.cli.parser import UsageError, parse_args, run_options
 from imgvec.cli.text import calibration_text, count, embed_summary
 
-EXIT_USAGE, EXIT_ERROR_RATE, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USAGE, EXIT_ERROR_RATE, EXIT_INTERRUPTED, EXIT_READER_GONE = 2, 3, 130, 141
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as error:
         return _fail(str(error))
+    except BrokenPipeError:
+        return _reader_gone()
     except KeyboardInterrupt:
         print("\nimgvec: interrupted; finished shards are kept, run again with --resume to complete",
               file=sys.stderr)
@@ -55,11 +59,23 @@ def entry() -> None:
     code = main()
     try:
         sys.stdout.flush()
+    except BrokenPipeError:  # what was still buffered found no reader
+        code = _reader_gone()
+    with contextlib.suppress(OSError):
         sys.stderr.flush()
-    except OSError:  # a reader that went away (`imgvec similar ... | head`)
-        pass
     atexit._run_exitfuncs()
     os._exit(code)
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away: nothing more is written there, and nothing is said about it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere rather than raising again
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout that is no file (a caller's capture)
+        pass
+    return EXIT_READER_GONE
 
 
 _library_show_warning = warnings.showwarning
@@ -162,12 +178,14 @@ def run_dupes(args) -> int:
                f"{len(found.groups) - len(identical)} of near-duplicates")
     if found.verified:
         summary += (f"; every file to delete verified by its pixels, {count(len(found.unverified), 'file')} kept "
-                    "unverified")
+                    "unverified" + (f" ({len(found.unreadable)} of them because an image is gone or unreadable)"
+                                    if found.unreadable else ""))
     if args.json:
         print(json.dumps({"images": found.images, "threshold": found.threshold, "threshold_source":
                           found.threshold_source, "search": found.how, "groups": [vars(g) for g in found.groups],
                           **({"delete": found.to_delete()} if args.keep else {}),
-                          **({"unverified": found.unverified} if found.verified else {})}, indent=2))
+                          **({"unverified": found.unverified, "unreadable": found.unreadable}
+                             if found.verified else {})}, indent=2))
     elif args.keep:  # the list alone on stdout, to read or to pipe; the summary on stderr
         print(summary + f"; {len(found.to_delete())} files to delete, each with a kept file of its group at "
               f"cosine >= {found.threshold} (kept: the {args.keep} of each)", file=sys.stderr)

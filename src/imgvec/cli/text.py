@@ -14,6 +14,9 @@ def embed_summary(summary) -> str:
              f"  succeeded {summary.succeeded}, failed {summary.failed}" + (f" ({kinds})" if kinds else "")]
     if summary.skipped:
         lines.append(f"  {summary.skipped} already in the output (resumed)")
+    if summary.repeated:
+        lines.append(f"  {count(summary.repeated, 'repeated entry', 'repeated entries')} of the manifest skipped: "
+                     "each path is embedded once")
     if summary.tasks:
         spent = summary.task_seconds
         lines.append(f"  time in {count(summary.tasks, 'task')}: reading {spent['read']:.1f} s, decoding and the "

@@ -101,10 +101,13 @@ def open_source(inputs: list[str], *, glob: str | None = None, binary_col: str |
         if len(inputs) != 1:
             raise ValueError("give one Parquet table at a time")
         return ParquetTable(inputs[0], binary_col, path_col, tuple(keep_columns))
-    if keep_columns and not looks_like_tars(inputs):
-        raise ValueError("--keep-columns copies columns of an input table; image files have none")
-    if looks_like_tars(inputs):
-        return TarShards(tuple(inputs), tuple(keep_columns))
+    tars = looks_like_tars(inputs)
+    if keep_columns:
+        raise ValueError("--keep-columns copies columns of an input table; " + (
+            "a tar's captions (KEY.txt) and JSON (KEY.json) are always kept, as the columns caption and json"
+            if tars else "image files have none"))
+    if tars:
+        return TarShards(tuple(inputs))
     return ImageFiles(tuple(inputs), glob)
 
 

@@ -2,8 +2,8 @@
 
 A table is planned by row group (the driver reads the footers, many at once); a worker reads its row
 group's names, image bytes and kept columns. A manifest (text, CSV or Parquet) lists image URIs; it is
-planned like a table (Parquet by row group, text by 64 MB slices, CSV by file) and its images read
-like files.
+planned like a table (Parquet by row group, text by 64 MB slices, CSV and compressed text by file) and its
+images read like files; a path it names twice is embedded once.
 """
 
 from __future__ import annotations
@@ -205,6 +205,7 @@ def _img2dataset_image(schema: pa.Schema) -> str | None:
 # --- manifests ---------------------------------------------------------------------------------------
 
 TEXT_SLICE = 64 << 20  # bytes of a text manifest one task reads: about a million URIs
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # what pyarrow's compression="detect" reads, by the file's suffix
 
 
 @dataclass(frozen=True)
@@ -217,15 +218,25 @@ class Manifest:
     prefix: str = ""
     columns = pa.schema([])
 
+    may_repeat = True  # a list written by hand or by a script can name a path twice: embedded once (batch.resume)
+
     @property
     def kind(self) -> str:
-        name = self.file.lower().removesuffix(".gz")
+        name = self.file.lower().removesuffix(self.compression)
         return "parquet" if name.endswith(".parquet") else "csv" if name.endswith(".csv") else "text"
+
+    @property
+    def compression(self) -> str:
+        """The suffix of a compressed text or CSV file (read through the decompressor, whole: no byte slices)."""
+        return next((s for s in COMPRESSED if self.file.lower().endswith(s)), "")
 
     def checked(self) -> Manifest:
         location = open_location(self.file)
         if not location.is_file():
             raise ValueError(f"--manifest {self.file} is not a file; give a text, CSV or Parquet list of URIs")
+        if self.kind == "parquet" and self.compression:
+            raise ValueError(f"--manifest {self.file}: a Parquet file is compressed inside already; give it "
+                             f"uncompressed (without {self.compression})")
         if self.kind == "text":
             if self.path_col:
                 raise ValueError("--path-col names a column of a CSV or Parquet manifest; a text manifest has "
@@ -242,8 +253,8 @@ class Manifest:
     def pieces(self, spread=None) -> list[Piece]:
         if self.kind == "parquet":
             return [Piece(self.file, g) for g in range(footers([self.file])[0].num_row_groups)]
-        if self.kind == "csv":
-            return [Piece(self.file)]
+        if self.kind == "csv" or self.compression:
+            return [Piece(self.file, 0)]
         size = open_location(self.file).info().size
         return [Piece(self.file, n) for n in range(max(1, -(-size // TEXT_SLICE)))]
 
@@ -253,6 +264,8 @@ class Manifest:
                 values = parquet.read_row_group(piece.part, columns=[self.path_col]).column(0)
         elif self.kind == "csv":
             values = self._read_csv().column(self.path_col)
+        elif self.compression:
+            values = pa.array(_all_lines(self.file), pa.string())
         else:
             values = pa.array(_text_lines(self.file, piece.part), pa.string())
         values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
@@ -261,7 +274,8 @@ class Manifest:
         return pc.binary_join_element_wise(self.prefix, values, "") if self.prefix else values
 
     def samples(self, piece: Piece, only: set[str] | None = None) -> Iterator[Sample]:
-        return read_files(n for n in self.names(piece).to_pylist() if only is None or n in only)
+        names = dict.fromkeys(self.names(piece).to_pylist())  # each once, in the list's order
+        return read_files(n for n in names if only is None or n in only)
 
     def planned_images(self, pieces: list[Piece]) -> int | None:
         return footers([self.file])[0].num_rows if self.kind == "parquet" else None
@@ -281,6 +295,17 @@ class Manifest:
             return pacsv.open_csv(stream).schema.names
 
 
+def _all_lines(uri: str) -> list[str]:
+    """Every line of a compressed text file, read through its decompressor."""
+    location = open_location(uri)
+    with location.fs.open_input_stream(location.path, compression="detect") as stream:
+        return _lines(stream.read())
+
+
+def _lines(data: bytes) -> list[str]:
+    return _lines(data)
+
+
 def _text_lines(uri: str, part: int) -> list[str]:
     """The lines that start in slice `part` of a text file (a line crossing the slice's end is this slice's)."""
     start = part * TEXT_SLICE
@@ -295,4 +320,4 @@ def _text_lines(uri: str, part: int) -> list[str]:
             data += more if end < 0 else more[: end + 1]
     if start:  # the line that started before the slice is the previous slice's
         data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
-    return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+    return _lines(data)

@@ -59,7 +59,6 @@ class TarShards:
     """WebDataset tars: files, folders of them, globs and brace ranges (`s3://b/{00000..00999}.tar`)."""
 
     inputs: tuple[str, ...]
-    keep_columns: tuple[str, ...] = ()  # not used: a tar's captions and JSON are always carried
     columns = COLUMNS
 
     def pieces(self, spread=None) -> list[Piece]:

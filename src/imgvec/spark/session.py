@@ -23,14 +23,17 @@ def get_session(master: str = defaults.MASTER, app_name: str = "imgvec", conf: d
     """A SparkSession for `master`: a Spark master URL, or sc://host:port for Spark Connect.
 
     Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
-    quiet: the JVM this starts logs errors only.
+    quiet: the JVM this starts logs errors only, and prints none of its start-up lines.
     """
     from pyspark.sql import SparkSession
 
     with _starting:
         if master.startswith("sc://"):
             return SparkSession.builder.appName(app_name).remote(master).config(map=conf or {}).getOrCreate()
-        return _classic_session(_classic_options(master, app_name, conf, quiet))
+        options = _classic_options(master, app_name, conf, quiet)
+        if quiet:
+            _launch_quietly(options, holding=False)
+        return _classic_session(options)
 
 
 def _classic_session(options: dict) -> SparkSession:
@@ -58,12 +61,66 @@ def _classic_options(master: str, app_name: str, conf: dict | None, quiet: bool)
     return {**options, **(conf or {})}
 
 
-# --- a command's session, started early ----------------------------------------------------------
+# --- the JVM's start-up lines -----------------------------------------------------------------------
 
-# What every JVM start prints, which says nothing to a command's user (imgvec sets the log level).
+# What every JVM start prints, which says nothing to a command's user (imgvec sets the log level). Held back here,
+# the one place that starts a quiet session's JVM: whatever else the JVM says goes through.
 _START_UP_NOISE = (b"WARNING: Using incubator modules", b"Setting default log level to",
                    b"To adjust logging level use sc.setLogLevel")
 _starting = threading.Lock()  # one session starts (or an unused early one stops) at a time
+
+
+def _launch_quietly(options: dict, holding: bool):
+    """Start this process's JVM (unless it has one) with its stderr relayed less the start-up lines: the gateway and
+    the relay, or (None, None). `holding`: the relay keeps the rest back until released (start_early)."""
+    from subprocess import PIPE
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None:
+        return None, None
+    gateway = launch_gateway(SparkConf(loadDefaults=False).setAll(options.items()), popen_kwargs={"stderr": PIPE})
+    relay = _Relay(gateway.proc.stderr, holding)
+    SparkContext._ensure_initialized(gateway=gateway)
+    return gateway, relay
+
+
+class _Relay:
+    """A JVM's stderr to ours, less the start-up lines; while held, kept back (or dropped, once abandoned)."""
+
+    def __init__(self, stream, holding: bool):
+        self.held: list[bytes] | None = [] if holding else None
+        self.dropping = False
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, args=(stream,), daemon=True, name="imgvec-jvm-stderr").start()
+
+    def _run(self, stream) -> None:
+        for line in iter(stream.readline, b""):
+            if line.startswith(_START_UP_NOISE):
+                continue
+            with self.lock:
+                if self.held is not None:
+                    if not self.dropping:
+                        self.held.append(line)
+                    continue
+            _to_stderr(line)
+
+    def release(self) -> None:
+        with self.lock:
+            for line in self.held or ():
+                _to_stderr(line)
+            self.held = None
+
+    def drop(self) -> None:
+        with self.lock:
+            self.dropping = True
+            if self.held is not None:
+                self.held = []
+
+
+# --- a command's session, started early ----------------------------------------------------------
+
 _early = None  # the command's session, starting in the background: see start_early
 
 
@@ -106,27 +163,18 @@ def _take_early(run: RunOptions):
 class _EarlySession:
     def __init__(self, master: str, conf: dict):
         self.wanted = (master, conf)
-        self.spark = self.error = self.gateway = None
-        self.held: list[bytes] | None = []  # the JVM's stderr until the session is used; None once let through
+        self.spark = self.error = self.gateway = self.relay = None
         self.abandoned = False
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._start, daemon=True, name="imgvec-early-session")
         self.thread.start()
 
     def _start(self) -> None:
-        from subprocess import PIPE
-
-        from pyspark import SparkConf, SparkContext
-        from pyspark.java_gateway import launch_gateway
-
         with _starting:
             try:
                 master, conf = self.wanted
                 options = _classic_options(master, "imgvec", conf, quiet=True)
-                self.gateway = launch_gateway(SparkConf(loadDefaults=False).setAll(options.items()),
-                                              popen_kwargs={"stderr": PIPE})
-                threading.Thread(target=self._relay, args=(self.gateway.proc.stderr,), daemon=True).start()
-                SparkContext._ensure_initialized(gateway=self.gateway)
+                self.gateway, self.relay = _launch_quietly(options, holding=True)
                 self.spark = _classic_session(options)
             except BaseException as error:  # raised where the session is taken
                 self.error = error
@@ -134,22 +182,10 @@ class _EarlySession:
                 if self.abandoned:
                     self._stop()
 
-    def _relay(self, stream) -> None:
-        for line in iter(stream.readline, b""):
-            with self.lock:
-                if self.held is not None:
-                    if not self.abandoned:
-                        self.held.append(line)
-                    continue
-            _to_stderr(line)
-
     def take(self):
         self.thread.join()
-        with self.lock:
-            for line in self.held:
-                if not line.startswith(_START_UP_NOISE):
-                    _to_stderr(line)
-            self.held = None
+        if self.relay is not None:
+            self.relay.release()
         if self.error is not None:
             raise self.error
         return self.spark
@@ -158,7 +194,8 @@ class _EarlySession:
         jvm.forget()  # its JVM ran no job: its class list would make a poor archive
         with self.lock:
             self.abandoned = True
-            self.held = []
+            if self.relay is not None:
+                self.relay.drop()
             if not self.thread.is_alive():
                 self._stop()
 
