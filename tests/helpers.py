@@ -32,6 +32,15 @@ def imgvec(*args, timeout=300, **kwargs):
     return subprocess.run([IMGVEC, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+# What a JVM prints as it starts, which no imgvec command may show its user (spark.session holds it back).
+JVM_START_UP = ("WARNING: Using incubator modules", "Setting default log level to", "To adjust logging level use")
+
+
+def assert_no_jvm_lines(stderr: str) -> None:
+    shown = [line for line in stderr.splitlines() if line.startswith(JVM_START_UP)]
+    assert not shown, f"the JVM's start-up lines reached the user: {shown}"
+
+
 def imgvec_here(capsys, *args):
     """The `imgvec` command's main() in this process: for commands that must stop before Spark starts."""
     from imgvec.cli.main import main

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import EXAMPLES, SPARK, assert_usage_error, clustered_vectors, imgvec, imgvec_here, vectors_output
+from helpers import (
+    EXAMPLES,
+    SPARK,
+    assert_no_jvm_lines,
+    assert_usage_error,
+    clustered_vectors,
+    imgvec,
+    imgvec_here,
+    vectors_output,
+)
 from imgvec import ImageVectorizer
 from imgvec.answers.calibrate import THRESHOLDS, precision_table, recommended, sample_pairs
 from imgvec.base import defaults
@@ -34,7 +43,7 @@ def test_calibrate_measures_each_threshold_and_dupes_uses_what_it_recommends(pho
     assert "the default for efficientnet_lite0" in before.stderr and "imgvec calibrate" in before.stderr
     result = imgvec("calibrate", output, "--json", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
-    assert "Using incubator modules" not in result.stderr and "setLogLevel" not in result.stderr, result.stderr
+    assert_no_jvm_lines(result.stderr)
     found = json.loads(result.stdout)
     assert found["originals"] == found["images"] == 10 and list(found["edits"]) == list(EDITS)
     table = found["table"]

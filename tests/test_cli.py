@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from helpers import (
     EXAMPLES,
     IMGVEC,
     SPARK,
+    assert_no_jvm_lines,
     assert_usage_error,
     clustered_vectors,
     imgvec,
@@ -52,6 +54,7 @@ def embedded(photos, tmp_path_factory):
     output = tmp_path_factory.mktemp("out") / "vectors"
     result = imgvec("embed", photos, "-o", output, "--model", "efficientnet_lite0", *SPARK)
     assert result.returncode == 0, result.stderr
+    assert_no_jvm_lines(result.stderr)
     return output, result
 
 
@@ -111,6 +114,26 @@ def test_dupes_groups_the_really_alike_photos(embedded):
     text = imgvec("dupes", output, "--threshold", "0.85")
     assert text.stdout.startswith("2 groups among 11 images (cosine >= 0.85; exact;")
     assert "0 of byte-identical files, 2 of near-duplicates" in text.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("args", [["dupes", "{out}", "--threshold", "-1", "--keep", "first"],
+                                  ["dupes", "{out}", "--threshold", "0.85", "--json"],
+                                  ["similar", "{out}", "{photos}/motorcycle_left.jpg", "--json"],
+                                  ["models"], ["info", "{out}"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(embedded, photos, args):
+    """As coreutils do: no traceback, nothing more written, and 141 (128 + SIGPIPE) as the shell reports for them."""
+    output, _ = embedded
+    command = [IMGVEC, *(a.format(out=output, photos=photos) for a in args)]
+    shell = subprocess.run(["bash", "-c", "set -o pipefail; " + " ".join(map(shlex.quote, command)) + " | head -1"],
+                           capture_output=True, text=True, timeout=120)
+    assert len(shell.stdout.splitlines()) == 1 and shell.returncode in (0, 141), shell
+    assert "Traceback" not in shell.stderr and "Error" not in shell.stderr, shell.stderr
+    # the pipe closed before the first line: the write always finds no reader
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr and "Exception ignored" not in stderr, stderr
 
 
 def test_info_and_models(embedded):

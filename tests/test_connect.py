@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 
 from deployments import connect_server, hidden_torch_cache, needs_hiding
 from helpers import (
+    assert_no_jvm_lines,
     assert_same_features,
     clustered_vectors,
     files_in,
@@ -90,6 +91,7 @@ def test_index_and_clustered_dupes_on_spark_connect(connect_url, tmp_path):
     vectors_output(output, clustered_vectors(3_000, 16, seed=2))
     built = imgvec("index", output, "--index-type", "ivf-flat", "-q", "--master", connect_url)
     assert built.returncode == 0, built.stderr
+    assert_no_jvm_lines(built.stderr)
     assert json.loads((output / "_imgvec_index" / "index.json").read_text())["recall_at_10"] >= 0.95
     similar = json.loads(imgvec("similar", output, "img/00000003.jpg", "--json").stdout)[0]
     assert similar["search"].startswith("ivf-flat index") and len(similar["matches"]) == 10
@@ -97,6 +99,7 @@ def test_index_and_clustered_dupes_on_spark_connect(connect_url, tmp_path):
     clustered = imgvec("dupes", output, "--threshold", "0.9", "--clusters", "3", "--json", "-q",
                        "--master", connect_url)
     assert clustered.returncode == 0, clustered.stderr
+    assert_no_jvm_lines(clustered.stderr)
     found = json.loads(clustered.stdout)
     assert found["search"].startswith("clustered: 3 k-means clusters") and exact["search"] == "exact"
     truth, files = grouped_files(exact), grouped_files(found)

@@ -24,6 +24,7 @@ from helpers import (
     assert_usage_error,
     imgvec,
     imgvec_here,
+    vectors_output,
 )
 from imgvec import ImageVectorizer
 from imgvec.batch.embed import made_by
@@ -96,6 +97,29 @@ def test_overwrite_deletes_exactly_what_imgvec_wrote(tmp_path):
         assert sorted(os.listdir(tmp_path / "o")) == ["_imgvec.json", "_imgvec.lock"]
         assert dataset.read().num_rows == 0
     assert os.listdir(tmp_path / "o") == ["_imgvec.json"]  # the lock goes with the run
+
+
+def test_overwrite_deletes_many_parts_at_once_and_only_them(tmp_path, monkeypatch):
+    """An output of 300 parts and a temporary a killed run left: deleted by several requests at once, every one of
+    them a file imgvec named; the lock and the new metadata are all that is left."""
+    import threading
+
+    from imgvec.base.storage import Location
+
+    dataset = vectors_output(tmp_path / "o", np.eye(300, 4, dtype=np.float32), part_rows=1)
+    (tmp_path / "o" / ".tmp-part-0001-000000-0.parquet").write_bytes(b"half written")
+    assert len(os.listdir(tmp_path / "o")) == 302
+    threads, delete = set(), Location.delete
+
+    def counted(where):  # the real delete, noting which thread asked for it
+        threads.add(threading.current_thread().name)
+        delete(where)
+
+    small = {"model": "resnet18", "weights": "random", "weights_sha256": None, "dim": 4, "format": "x"}
+    monkeypatch.setattr(Location, "delete", counted)
+    with held_for_writing(dataset, small, resume=False, overwrite=True):
+        assert sorted(os.listdir(tmp_path / "o")) == ["_imgvec.json", "_imgvec.lock"]
+    assert len({t for t in threads if t.startswith("imgvec-delete")}) > 1  # the lock: by the run itself, at its end
 
 
 @pytest.mark.parametrize("where", ["{photos}", "{photos}/vectors", "{photos}/../", "{glob_root}"])

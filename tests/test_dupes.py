@@ -19,6 +19,7 @@ from PIL import Image, ImageEnhance
 from helpers import (
     EXAMPLES,
     SPARK,
+    assert_no_jvm_lines,
     assert_usage_error,
     clustered_vectors,
     grouped_files,
@@ -99,6 +100,7 @@ def test_clustered_dupes_on_spark_find_what_exact_finds_on_real_photos(planted):
     assert exact["search"] == "exact"
     result = imgvec("dupes", output, "--threshold", THRESHOLD, "--clusters", "4", "--json", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
+    assert_no_jvm_lines(result.stderr)
     clustered = json.loads(result.stdout)
     assert clustered["search"].startswith("clustered: 4 k-means clusters")
     truth, found = grouped_files(exact), grouped_files(clustered)

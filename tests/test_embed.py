@@ -307,6 +307,17 @@ def test_webdataset_tars_embed_one_row_per_sample_as_their_files_do(tmp_path):
         sorted([f"file:{tars[0]}#000000000.jpg", f"file:{tars[2]}#000000101.jpg"])]
     html = page.read_text()
     assert html.count("src='data:image/jpeg;base64,") == 2 and "class=missing" not in html  # thumbnails decoded
+    assert_similar_page_reads_back(output, f"file:{tars[0]}#000000000.jpg", tmp_path / "similar.html")
+
+
+def assert_similar_page_reads_back(output, query: str, page) -> None:
+    """similar --html shows the query and its matches from where the output says their images are (a tar's member,
+    a table's row): every thumbnail decoded."""
+    found = imgvec("similar", output, query, "-k", "3", "--html", page, "--json")
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)[0]["matches"]) == 3
+    html = page.read_text()
+    assert html.count("src='data:image/jpeg;base64,") == 4 and "class=missing" not in html, html[-2000:]
 
 
 @pytest.mark.spark
@@ -326,6 +337,7 @@ def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
     assert sorted(r["path"] for r in hf) == sorted(c for _, _, c in samples)  # named by the struct's own paths
     assert all(r["input"].startswith(f"file:{tmp_path}/hf.parquet#row=") for r in hf)
     assert_like_the_files(hf, lambda row: row["path"])
+    assert_similar_page_reads_back(outputs["hf"], samples[0][2], tmp_path / "similar.html")
     crawled = pq.read_table(outputs["img2dataset"]).to_pylist()
     assert sorted(r["path"] for r in crawled) == [f"{i:09d}" for i in range(len(samples) + 1)]  # named by key
     assert [r["error"] for r in crawled if r["error"]] == ["missing: not downloaded (failed_to_download)"]
@@ -334,3 +346,33 @@ def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
     assert [r["error"].split(":")[0] for r in listed if r["error"]] == ["missing"]
     assert_like_the_files(listed, lambda row: row["path"].rsplit("/", 1)[1])
     assert sum(r["error"] is None for r in listed) == len(samples) == sum(r["error"] is None for r in hf)
+
+
+@pytest.mark.spark
+def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path):
+    """A gzipped text or CSV manifest is read through its decompressor; a path listed twice is embedded once, whether
+    the repeats fall in one piece or in several (a Parquet manifest's row groups), and the summary says how many."""
+    import gzip
+
+    import pyarrow as pa
+
+    paths = [f"file:{p}" for p in sorted(EXAMPLES.iterdir())[:5]]
+    listed = [*paths, paths[0], paths[3], paths[0]]  # 5 paths, 3 entries repeating them
+    (tmp_path / "list.txt.gz").write_bytes(gzip.compress("".join(f"{p}\n" for p in listed).encode()))
+    (tmp_path / "list.csv.gz").write_bytes(gzip.compress(("uri,n\n" + "".join(f"{p},{i}\n" for i, p in enumerate(
+        listed))).encode()))
+    pq.write_table(pa.table({"uri": listed}), tmp_path / "list.parquet", row_group_size=3)  # repeats across groups
+    for manifest, more in (("list.txt.gz", []), ("list.csv.gz", ["--path-col", "uri"]),
+                           ("list.parquet", ["--path-col", "uri"])):
+        output = tmp_path / manifest.replace(".", "-")
+        result = imgvec("embed", "--manifest", tmp_path / manifest, *more, "-o", output, *RANDOM, "-q", *SPARK)
+        assert result.returncode == 0, result.stderr
+        assert "5 images in" in result.stdout and "3 repeated entries of the manifest skipped" in result.stdout, (
+            manifest, result.stdout)
+        rows = pq.read_table(output).to_pylist()
+        assert sorted(r["path"] for r in rows) == sorted(paths) and all(r["error"] is None for r in rows), manifest
+    resumed = imgvec("embed", "--manifest", tmp_path / "list.parquet", "--path-col", "uri", "-o", output, *RANDOM,
+                     "--resume", "-q", *SPARK)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "0 images in" in resumed.stdout and "5 already in the output" in resumed.stdout, resumed.stdout
+    assert pq.read_table(output).num_rows == 5

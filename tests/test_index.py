@@ -11,6 +11,7 @@ import pytest
 
 from helpers import (
     SPARK,
+    assert_no_jvm_lines,
     assert_usage_error,
     clustered_vectors,
     imgvec,
@@ -28,6 +29,7 @@ def test_index_on_spark_then_similar_uses_it_with_recall_against_exact(generated
     output, vectors = generated
     built = imgvec("index", output, "-q", *SPARK)
     assert built.returncode == 0, built.stderr
+    assert_no_jvm_lines(built.stderr)
     assert built.stdout.startswith("imgvec index: ivf-flat index of 30000 vectors")  # auto: 30,000 > EXACT_MAX
     description = json.loads((output / "_imgvec_index" / "index.json").read_text())
     assert description["recall_at_10"] >= 0.95 and description["queries"] == 1000
@@ -77,7 +79,7 @@ def test_an_index_larger_than_memory_is_segmented_and_searched_in_runs(tmp_path,
     queries = normalise(vectors[:20])
     held = NeighbourIndex.open(FeatureDataset(str(output)))
     in_memory = held.search(queries, 5)
-    monkeypatch.setattr(imgvec.answers.index, "_free_memory", lambda: 0)  # as on a machine too small to hold them all
+    monkeypatch.setattr(imgvec.answers.index, "available_memory", lambda: 0)  # a machine too small to hold them all
     streamed = NeighbourIndex.open(FeatureDataset(str(output)))
     one_by_one = streamed.search(queries, 5)
     assert held._loaded is not None and streamed._loaded is None

@@ -15,10 +15,12 @@ from corpus import corpus, encode, photo, png_with_declared_size, with_orientati
 from helpers import (
     EXAMPLES,
     SPARK,
+    assert_usage_error,
     example_samples,
     huggingface_table,
     img2dataset_table,
     imgvec,
+    imgvec_here,
     max_relative_difference,
     webdataset_shards,
 )
@@ -301,6 +303,32 @@ def test_a_csv_manifest_names_its_column_after_a_prefix(tmp_path):
         Manifest(str(tmp_path / "inventory.csv"), "path").checked()
     with pytest.raises(ValueError, match="name its column of paths with --path-col"):
         Manifest(str(tmp_path / "inventory.csv")).checked()
+
+
+def test_a_compressed_manifest_is_one_piece_read_whole_and_each_path_is_read_once(tmp_path):
+    import bz2
+    import gzip
+
+    lines = [f"s3://b/{i}.jpg" for i in (1, 2, 1, 3, 2)]
+    (tmp_path / "list.txt.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    (tmp_path / "list.csv.bz2").write_bytes(bz2.compress(("uri\n" + "\n".join(lines) + "\n").encode()))
+    for source in (Manifest(str(tmp_path / "list.txt.gz")).checked(),
+                   Manifest(str(tmp_path / "list.csv.bz2"), "uri").checked()):
+        assert source.pieces() == [Piece(source.file, 0)]  # no byte slices of a compressed stream
+        assert source.names(source.pieces()[0]).to_pylist() == lines  # every entry: the job counts the repeats
+        samples = list(source.samples(source.pieces()[0]))
+        assert [s.path for s in samples] == ["s3://b/1.jpg", "s3://b/2.jpg", "s3://b/3.jpg"]  # each once, in order
+    (tmp_path / "list.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
+    with pytest.raises(ValueError, match="compressed inside already; give it uncompressed"):
+        Manifest(str(tmp_path / "list.parquet.gz"), "uri").checked()
+
+
+def test_keep_columns_with_tars_is_refused_in_one_line(capsys, tmp_path):
+    webdataset_shards(tmp_path / "shards", example_samples()[:2], per_tar=2)
+    result = imgvec_here(capsys, "embed", tmp_path / "shards", "-o", tmp_path / "out", "--keep-columns", "url",
+                         "--model", "resnet18", "--weights", "random", "--master", "spark://127.0.0.1:9")  # none there
+    assert_usage_error(result, "a tar's captions (KEY.txt) and JSON (KEY.json) are always kept")
+    assert not (tmp_path / "out").exists()
 
 
 def test_tar_members_are_read_back_each_tar_streamed_once(tmp_path):

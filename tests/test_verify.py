@@ -5,12 +5,14 @@ decoded once per task, and pairs verified on Spark's workers get the verdicts th
 import io
 import itertools
 import json
+import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFilter, ImageOps
 
-from helpers import EXAMPLES, SPARK, imgvec, in_browser
+from helpers import EXAMPLES, SPARK, assert_no_jvm_lines, imgvec, imgvec_here, in_browser, vectors_output
 from imgvec.answers import verify
 from imgvec.base.settings import RunOptions
 from imgvec.inputs.edits import EDITS, make_copy
@@ -148,19 +150,22 @@ def test_dupes_verify_lists_no_file_whose_witness_is_another_picture(copies_outp
     result = imgvec("dupes", output, "--threshold", low, "--keep", "first", "--verify", "--json", "--out", out,
                     "--html", page, "--show", "20", *SPARK)
     assert result.returncode == 0, result.stderr
+    assert_no_jvm_lines(result.stderr)
     found = json.loads(result.stdout)
     members = {m["path"]: m for g in found["groups"] for m in g["members"]}
     assert all(picture_of(p) == picture_of(members[p]["kept_file"]) for p in found["delete"])
     copies = [p for p in members if "_copy_" in p]
     assert len([p for p in found["delete"] if "_copy_" in p]) >= 0.75 * len(TEXTURED) * 4
     assert set(found["delete"]) <= set(copies) and found["unverified"]  # the others were kept, and counted
+    assert found["unreadable"] == []  # every image could be read: kept for their pixels
     for path in found["delete"]:
         assert members[path]["verified"] is True and members[path]["matches"] >= 15
     for path in found["unverified"]:
         assert members[path]["kept_file"] == path and members[path]["verified"] is False
     table = pq.read_table(out)
     assert table.column_names == ["path", "group", "kind", "representative", "similarity", "kept_file",
-                                  "kept_similarity", "verified", "matches"]
+                                  "kept_similarity", "verified", "matches", "verify_error"]
+    assert table.column("verify_error").null_count == table.num_rows
     rows = {r["path"]: r for r in table.to_pylist()}
     assert {p for p, r in rows.items() if r["verified"] and r["kept_file"] != p} == set(found["delete"])
     assert all(r["verified"] is None for r in rows.values() if r["kept_file"] == r["path"] and
@@ -180,3 +185,26 @@ def test_dupes_without_verify_keeps_its_columns(copies_output, tmp_path):
     assert pq.read_table(out).column_names == ["path", "group", "kind", "representative", "similarity", "kept_file",
                                                "kept_similarity"]
     assert "verified" not in result.stdout and "unverified" not in json.loads(result.stdout)
+
+
+def test_dupes_verify_says_a_file_is_gone_and_counts_it_apart(tmp_path, capsys):
+    """A copy whose file is gone is kept (safe), and the listing says why: gone, not "0 matching points"."""
+    shutil.copy(EXAMPLES / "chelsea.jpg", tmp_path / "00000000.jpg")
+    Image.open(EXAMPLES / "chelsea.jpg").resize((300, 200)).save(tmp_path / "00000001.jpg", quality=70)
+    shutil.copy(EXAMPLES / "coffee.jpg", tmp_path / "00000002.jpg")
+    vectors = np.array([[1, 0, 0], [0.99, 0.1, 0], [0, 0, 1]], np.float32)
+    vectors_output(tmp_path / "out", vectors, prefix=str(tmp_path))
+    args = ["dupes", tmp_path / "out", "--threshold", "0.9", "--keep", "first", "--verify"]
+    present = json.loads(imgvec_here(capsys, *args, "--json").stdout)
+    assert present["delete"] == [f"{tmp_path}/00000001.jpg"] and present["unreadable"] == []  # its pixels verify it
+    (tmp_path / "00000001.jpg").unlink()
+    gone = f"{tmp_path}/00000001.jpg"
+    found = json.loads(imgvec_here(capsys, *args, "--json").stdout)
+    assert found["delete"] == [] and found["unverified"] == found["unreadable"] == [gone]
+    member = next(m for g in found["groups"] for m in g["members"] if m["path"] == gone)
+    assert member["verified"] is False and "missing: the file is gone" in member["verify_error"]
+    listing = imgvec_here(capsys, *args[:-3], "--verify")  # the groups as text, without --keep
+    assert listing.returncode == 0
+    assert "1 file kept unverified (1 of them because an image is gone or unreadable)" in listing.stdout
+    line = next(line for line in listing.stdout.splitlines() if line.strip().endswith(")") and gone in line)
+    assert "the file is gone; restore it or embed again without it" in line and "matching points" not in line

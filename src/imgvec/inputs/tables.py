@@ -303,7 +303,7 @@ def _all_lines(uri: str) -> list[str]:
 
 
 def _lines(data: bytes) -> list[str]:
-    return _lines(data)
+    return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def _text_lines(uri: str, part: int) -> list[str]:
