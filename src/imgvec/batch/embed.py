@@ -135,14 +135,18 @@ def embed_job(inputs: list[str], output: str, settings: FeatureSettings, run: Ru
             summary.planning_seconds = time.monotonic() - planning
             if pieces and settings.precision == "int8":
                 vectorizer.quantize_with(_sample_bytes(source, pieces))
-            before = Counter()
+            before, number = Counter(), dataset.next_run()
             if pieces:
-                before = _run(spark, vectorizer, source, dataset, pieces, earlier, summary, planned, shard_size,
-                              tasks, run.quiet, progress_stream)
+                before = _run(spark, vectorizer, source, dataset, number, pieces, earlier, summary, planned,
+                              shard_size, tasks, run.quiet, progress_stream)
         # the output's counts: before this run (a resumed run's join counted them) and this run's
         recorded = {} if earlier and not pieces else output_counts(before, summary)
         summary.seconds = time.monotonic() - started
         recorded["updated"] = now()
+        if summary.processed:  # which engine and precision wrote which parts (a resumed run may use others)
+            recorded["runs"] = [*dataset.metadata().get("runs", []), {
+                "run": number, **{k: made[k] for k in ("engine", "engine_version", "precision", "draft")},
+                "images": summary.processed, "finished": recorded["updated"]}]
         if made["dim"] is None:  # a TorchScript model says its dimension only by running
             recorded["dim"] = dataset.dim(recorded)
         dataset.update_metadata(recorded)
@@ -188,8 +192,9 @@ def _sample_bytes(source, pieces: list) -> list[bytes]:
     return random.Random(0).sample(found, min(INT8_SAMPLE, len(found)))
 
 
-def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earlier: list[str], summary: EmbedSummary,
-         planned: int | None, shard_size: int, tasks: int, quiet: bool, progress_stream) -> Counter:
+def _run(spark, vectorizer, source, dataset: FeatureDataset, number: int, pieces: list, earlier: list[str],
+         summary: EmbedSummary, planned: int | None, shard_size: int, tasks: int, quiet: bool,
+         progress_stream) -> Counter:
     """Runs the job, filling `summary`; returns the output's rows by error kind before it (None: with features)."""
     from imgvec.batch.resume import counted_before, joined_job
     from imgvec.batch.shard import ShardTask, plan_pieces
@@ -200,7 +205,7 @@ def _run(spark, vectorizer, source, dataset: FeatureDataset, pieces: list, earli
     total = planned if planned is not None else len(pieces)
     progress = Progress(total, stream=progress_stream, quiet=quiet, unit="images" if planned is not None else "pieces")
     task = ShardTask(source, vectorizer.config, ship_weights(spark, vectorizer.runtime_ref), dataset.location,
-                     dataset.next_run(), shard_size)
+                     number, shard_size)
     started = time.monotonic()
     try:
         before = counted_before(spark, dataset, earlier, tasks) if earlier else Counter()

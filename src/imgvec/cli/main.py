@@ -318,6 +318,9 @@ def run_info(args) -> int:
                 print(f"{key:<15} {info.get(key)}")
         for kind, n in info["error_kinds"].items():
             print(f"  error {kind:<12} {n}")
+        for run in info.get("runs", []):  # what wrote each run's parts: a resumed run may use another engine
+            print(f"  run {run['run']}: {count(run['images'], 'image')} by {run['engine']} {run['engine_version']} "
+                  f"({run['precision']}{', draft' if run['draft'] else ''})")
     return 0
 
 

@@ -52,7 +52,8 @@ class FeatureConfig:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {self.device!r}")
         if self.precision not in defaults.PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(defaults.PRECISIONS)}, not {self.precision!r}")
-        object.__setattr__(self, "engine", resolve_engine(self.engine, self.device, self.precision))
+        object.__setattr__(self, "engine", resolve_engine(self.engine, self.device, self.precision,
+                                                          entry.torchscript))
 
     @property
     def entry(self) -> ModelEntry:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from imgvec.base import defaults
 from imgvec.base.settings import FeatureSettings
 from imgvec.features.featurize import FeatureConfig, Featurizer, get_featurizer
-from imgvec.models.engines import INT8_SAMPLE, export
+from imgvec.models.engines import INT8_SAMPLE, EngineWarning, NotExportable, export
 from imgvec.models.hardware import SpeedWarning, int8_warning, precision_warning
 from imgvec.models.weights import WeightsRef, file_sha256, resolve_weights
 
@@ -31,9 +32,10 @@ class ImageVectorizer:
     precision:  'fp32' (exact, the default), 'bf16' (CPU or GPU), 'fp16' (GPU) or 'int8' (a CPU engine):
                 faster, see README.
     draft:      decode large JPEGs at a reduced scale: faster, not bit-identical, see README.
-    engine:     'torch' (the default), 'onnxruntime' or 'openvino' (the network exported once, run on the
-                CPU: faster, same features), or 'auto' (the fastest installed). int8 is quantised on
-                images: `quantize_with(images)`, done for you by `imgvec embed` and `process_images`.
+    engine:     'auto' (the default: the fastest engine measured on this kind of CPU, torch on a GPU; the same
+                features), 'torch', 'onnxruntime' or 'openvino' (the network exported once, run on the CPU).
+                int8 is quantised on images: `quantize_with(images)`, done for you by `imgvec embed` and
+                `process_images`.
     """
 
     def __init__(
@@ -59,7 +61,14 @@ class ImageVectorizer:
         self._int8_images: list = []  # int8: images whose activations set the ranges
         self._runtime: WeightsRef | None = None  # what workers load: the weights, or an engine's export
         if self.engine != "torch":  # exported now, on the driver: a model ONNX cannot express fails here
-            export(self.config.entry, self.weights_ref, defaults.PRECISION)
+            try:
+                export(self.config.entry, self.weights_ref, defaults.PRECISION)
+            except NotExportable as error:
+                if engine != "auto" or precision == "int8":  # asked for by name, or int8 that only an engine runs
+                    raise
+                warnings.warn(f"{error.model} cannot be exported to ONNX ({error.why}): it runs on torch",
+                              EngineWarning, stacklevel=2)
+                self.config = replace(self.config, engine="torch")
 
     @property
     def model_name(self) -> str:

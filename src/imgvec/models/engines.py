@@ -22,9 +22,25 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 
 from imgvec.base import defaults
-from imgvec.models.hardware import cpu_has_int8
+from imgvec.models.hardware import cpu_flags, cpu_has_int8, resolve_device
 
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
+# What `auto` runs fp32 with on each kind of CPU, by its instruction sets, first match: the fastest engine measured
+# there (benchmarks/throughput.py --only-engines; docs/performance.md, Engines), each exact (cosine >= 0.99999 to
+# torch). A CPU of another kind (not x86, or older) keeps torch: nothing was measured there.
+FASTEST_FP32 = (("avx512f", "openvino"), ("avx2", "onnxruntime"))
+
+
+class EngineWarning(UserWarning):
+    """`auto` could not use the engine it would have picked, and runs torch instead."""
+
+
+class NotExportable(ValueError):
+    """A network ONNX cannot express (an operator it lacks): the CPU engines cannot run it."""
+
+    def __init__(self, model: str, why: str):
+        super().__init__(f"{model} cannot be exported to ONNX: {why}; use --engine torch")
+        self.model, self.why = model, why
 OPSET = 17
 INT8_SAMPLE = 64  # images whose activations set int8's ranges: per-channel weights need few
 def installed(engine: str) -> bool:
@@ -42,14 +58,19 @@ def engine_version(engine: str) -> str:
         return "unknown"
 
 
-def resolve_engine(engine: str, device: str, precision: str) -> str:
-    """What the user asked for -> the engine that will run, checked on the driver (ValueError: one line)."""
+def resolve_engine(engine: str, device: str, precision: str, torchscript: bool = False) -> str:
+    """What the user asked for -> the engine that will run, checked on the driver (ValueError: one line).
+
+    `auto` (the default): torch on a GPU (this machine's, or `device` cuda) and for TorchScript models; on a CPU the
+    fastest engine measured on its kind (FASTEST_FP32) for fp32, OpenVINO for bf16 (ONNX Runtime has no fast bf16),
+    OpenVINO or ONNX Runtime for int8; each only where installed, else torch. Never another precision."""
     if engine not in defaults.ENGINES:
         raise ValueError(f"engine must be one of {', '.join(defaults.ENGINES)}, not {engine!r}")
-    if engine == "auto":  # the fastest installed CPU engine (docs/performance.md, "Engines"), torch on a GPU
-        on_cpu = not (device.startswith("cuda") or precision == "fp16")
-        fitting = ("openvino",) if precision == "bf16" else ("openvino", "onnxruntime")  # no fast bf16 in ORT
-        engine = next((e for e in fitting if on_cpu and installed(e)), "torch")
+    if engine == "auto":
+        on_cpu = precision != "fp16" and resolve_device(device).type == "cpu" and not torchscript
+        fitting = {"fp32": (fastest_fp32(cpu_flags()),), "bf16": ("openvino",)}.get(
+            precision, ("openvino", "onnxruntime"))
+        engine = next((e for e in fitting if on_cpu and e != "torch" and installed(e)), "torch")
         if engine == "torch" and precision == "int8":
             raise ValueError('--precision int8 needs a CPU engine: pip install "imgvec[openvino]"')
     if engine == "torch":
@@ -68,6 +89,11 @@ def resolve_engine(engine: str, device: str, precision: str) -> str:
         raise ValueError("ONNX Runtime has no fast bf16 on the CPU: use --engine openvino for bf16, "
                          "or --precision int8")
     return engine
+
+
+def fastest_fp32(flags: set[str] | None) -> str:
+    """The engine `auto` runs fp32 with on a CPU of these instruction-set flags."""
+    return next((engine for flag, engine in FASTEST_FP32 if flag in (flags or ())), "torch")
 
 
 # --- the export, on the driver --------------------------------------------------------------------------
@@ -115,7 +141,7 @@ def _export_onnx(entry, weights, path: str) -> None:
                               output_names=["features"],
                               dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
     except Exception as exc:
-        raise ValueError(f"{entry.name} cannot be exported to ONNX: {_operator(exc)}; use --engine torch") from None
+        raise NotExportable(entry.name, _operator(exc)) from None
     os.replace(temporary, path)
 
 
