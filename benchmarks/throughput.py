@@ -387,8 +387,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="local[N]")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--gpu-batch-size", type=int, default=128)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf", "imgvec_torch", "gpu",
-                                                                          "engines"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "predict_batch_udf", "imgvec_torch", "large",
+                                                                          "bf16", "gpu", "engines"])
     parser.add_argument("--only-engines", action="store_true", help="only the CPU engines and the start-up rows")
     parser.add_argument("--only-startup", action="store_true", help="only the start-up rows")
     parser.add_argument("--startup-engines", nargs="+", default=["auto"], help="--engine of the start-up rows")
@@ -429,6 +429,11 @@ def main() -> None:
     results["limit"] = limit
     say(f"model-only limit ({args.cores} single-threaded processes, pre-made tensors): {limit:.2f} images/s")
 
+    from imgvec.models.engines import resolve_engine
+
+    results["default_engine"] = resolve_engine("auto", "cpu", "fp32")
+    say(f"imgvec runs with its default engine, auto: {results['default_engine']} on this CPU ({cpu_kind()}); "
+        "imgvec_torch with --engine torch")
     approaches = {
         "seed": lambda n, f, o, lf: run_in_fresh_session(args.cores, seed_broadcast, f, o, weights_file, lf),
         "predict_batch_udf": lambda n, f, o, lf: run_in_fresh_session(args.cores, predict_batch, f, o, weights_file,
@@ -464,26 +469,14 @@ def main() -> None:
         f"{args.images / whole:.2f} images/s ({args.images / whole / limit:.2f}x limit); fixed start-up and "
         f"exit {fixed:.1f} s")
 
-    # Large photos: one warm session (workers started, model built), so only per-image work is compared.
-    warm = run_in_fresh_session(args.cores, imgvec_warm_rates, [
-        ("512x512", matching, False), ("4000x3000", large, False), ("4000x3000 --draft", large, True)],
-        os.path.join(work, "out-large"), weights_file, args.batch_size)
-    for label, rate in warm["rates"].items():
-        results[f"imgvec {label}"] = rate
-        say(f"imgvec on {args.large} {label} photos, warm: {rate:.2f} images/s")
-    cost = 1 - results["imgvec 4000x3000"] / results["imgvec 512x512"]
-    cost_draft = 1 - results["imgvec 4000x3000 --draft"] / results["imgvec 512x512"]
-    results["large_decode_cost"], results["large_decode_cost_draft"] = cost, cost_draft
-    agreement = agreement_on_real_photos(large)
-    results["agreement"] = agreement
-    say(f"decoding cost on 4000x3000 photos: {cost:.0%} of the rate exact, {cost_draft:.0%} with --draft")
-    say(f"agreement with the exact features ({agreement['model']}, real weights): {agreement['text']}")
-
-    bf16 = imgvec_seconds(args.cores, sizes, os.path.join(work, "out-bf16"), weights_file, args.batch_size, False,
-                          "bf16")
-    results["imgvec_bf16_steady_rate"] = steady_rate(bf16)
-    say(f"imgvec --precision bf16, steady state: {results['imgvec_bf16_steady_rate']:.2f} images/s "
-        f"({results['imgvec_bf16_steady_rate'] / limit:.2f}x the fp32 limit)")
+    if "large" not in args.skip:
+        large_photos_part(args, results, weights_file, large, matching, say)
+    if "bf16" not in args.skip:
+        bf16 = imgvec_seconds(args.cores, sizes, os.path.join(work, "out-bf16"), weights_file, args.batch_size,
+                              False, "bf16")
+        results["imgvec_bf16_steady_rate"] = steady_rate(bf16)
+        say(f"imgvec --precision bf16, steady state: {results['imgvec_bf16_steady_rate']:.2f} images/s "
+            f"({results['imgvec_bf16_steady_rate'] / limit:.2f}x the fp32 limit)")
 
     # The machine is shared and its speed drifts: the limit again, and the final ratios use the mean.
     limit_end = model_only_limit(weights_file, args.cores, args.batch_size)
@@ -504,6 +497,23 @@ def main() -> None:
     if "engines" not in args.skip:
         results["engines"] = engines_part(args, weights_file, sizes, work, say)
     _save(results, "", say)
+
+
+def large_photos_part(args, results: dict, weights_file: str, large: str, matching: str, say) -> None:
+    """Large photos: one warm session (workers started, model built), so only per-image work is compared."""
+    warm = run_in_fresh_session(args.cores, imgvec_warm_rates, [
+        ("512x512", matching, False), ("4000x3000", large, False), ("4000x3000 --draft", large, True)],
+        os.path.join(args.workdir, "out-large"), weights_file, args.batch_size)
+    for label, rate in warm["rates"].items():
+        results[f"imgvec {label}"] = rate
+        say(f"imgvec on {args.large} {label} photos, warm: {rate:.2f} images/s")
+    cost = 1 - results["imgvec 4000x3000"] / results["imgvec 512x512"]
+    cost_draft = 1 - results["imgvec 4000x3000 --draft"] / results["imgvec 512x512"]
+    results["large_decode_cost"], results["large_decode_cost_draft"] = cost, cost_draft
+    agreement = agreement_on_real_photos(large)
+    results["agreement"] = agreement
+    say(f"decoding cost on 4000x3000 photos: {cost:.0%} of the rate exact, {cost_draft:.0%} with --draft")
+    say(f"agreement with the exact features ({agreement['model']}, real weights): {agreement['text']}")
 
 
 def _save(results: dict, part: str, say) -> None:

@@ -123,7 +123,8 @@ def test_a_python_worker_killed_while_writing_its_part(tmp_path):
     try:
         watcher.start()
         entry = ModelEntry("flat", 3 * 224 * 224, Preprocess(), build=Flat)
-        summary = embed([inputs], str(output), model=entry, weights="random", shard_size=20, quiet=True, spark=spark)
+        summary = embed([inputs], str(output), model=entry, weights="random", shard_size=20, quiet=True, spark=spark,
+                        engine="torch")  # the workers' torch: an engine's export would trace it on the driver
     finally:
         spark.stop()
     failed = [t for t in imgvec_tasks(tmp_path / "events") if t["reason"] != "Success"]
@@ -167,7 +168,8 @@ def test_a_python_worker_killed_mid_task_is_retried_and_nothing_is_lost_or_doubl
                            build=functools.partial(KillsItsWorkerOnce, flag))
         rows = [(f"{i}-{name}", data) for i in range(3) for name, data in example_bytes.items()]
         df = spark.createDataFrame(rows, "name string, content binary").repartition(6)
-        out = ImageVectorizer(entry, weights="random", batch_size=4).process_images(df)
+        # torch on the workers: an engine's export would run its first forward pass here, on the driver
+        out = ImageVectorizer(entry, weights="random", batch_size=4, engine="torch").process_images(df)
         result = out.select("name", "features", "error").collect()
 
         killed = int(pathlib.Path(flag).read_text())

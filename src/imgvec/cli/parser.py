@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fp32 (exact, default); bf16 (GPU, or a CPU with native bf16), fp16 (GPU) or int8 (a "
                        "CPU engine, calibrated on the job's images): faster, see README, Tuning")
     embed.add_argument("--engine", choices=defaults.ENGINES, default=defaults.ENGINE,
-                       help="what runs the network: torch (default), onnxruntime or openvino (exported once, on the "
-                       "CPU: faster, same features), auto (the fastest installed); see README, Tuning")
+                       help="what runs the network: auto (default: the engine measured fastest on this kind of CPU, "
+                       "torch on a GPU), torch, onnxruntime or openvino (exported once, run on the CPU: same "
+                       "features); see docs/performance.md")
     embed.add_argument("--draft", action="store_true", help="decode large JPEGs at a reduced scale: faster, "
                        "features not bit-identical (see README)")
     _spark_options(embed)

@@ -30,8 +30,8 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
                       typeConverter=TypeConverters.toInt)
     draft = Param(Params._dummy(), "draft", "decode large JPEGs at a reduced scale (faster, not bit-identical)",
                   typeConverter=TypeConverters.toBoolean)
-    engine = Param(Params._dummy(), "engine", "'torch', 'onnxruntime', 'openvino' or 'auto' (CPU engines: faster)",
-                   typeConverter=TypeConverters.toString)
+    engine = Param(Params._dummy(), "engine", "'auto' (the fastest measured on the CPU), 'torch', 'onnxruntime' or "
+                   "'openvino'", typeConverter=TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, inputCol="content", outputCol="features", errorCol="error", model=defaults.MODEL,
