@@ -25,6 +25,8 @@ from imgvec.base import defaults
 from imgvec.models.hardware import cpu_flags, cpu_has_int8, resolve_device
 
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
+OPSET = 17
+INT8_SAMPLE = 64  # images whose activations set int8's ranges: per-channel weights need few
 # What `auto` runs fp32 with on each kind of CPU, by its instruction sets, first match: the fastest engine measured
 # there (benchmarks/throughput.py --only-engines; docs/performance.md, Engines), each exact (cosine >= 0.99999 to
 # torch). A CPU of another kind (not x86, or older) keeps torch: nothing was measured there.
@@ -41,8 +43,8 @@ class NotExportable(ValueError):
     def __init__(self, model: str, why: str):
         super().__init__(f"{model} cannot be exported to ONNX: {why}; use --engine torch")
         self.model, self.why = model, why
-OPSET = 17
-INT8_SAMPLE = 64  # images whose activations set int8's ranges: per-channel weights need few
+
+
 def installed(engine: str) -> bool:
     try:
         import_module(engine)  # each engine's module and distribution have its name
