@@ -327,14 +327,19 @@ def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
     samples = example_samples()
     huggingface_table(tmp_path / "hf.parquet", samples)
     img2dataset_table(tmp_path / "img2dataset.parquet", samples)
-    manifest = tmp_path / "manifest.txt"
-    manifest.write_text("".join(f"file:{EXAMPLES / c}\n" for _, _, c in samples) + f"file:{tmp_path}/gone.jpg\n")
+    import gzip
+
+    manifest = tmp_path / "manifest.txt.gz"  # gzipped, and naming two photos twice: each embedded once
+    listed = [f"file:{EXAMPLES / c}" for _, _, c in samples] + [f"file:{tmp_path}/gone.jpg"]
+    manifest.write_bytes(gzip.compress("".join(f"{p}\n" for p in [*listed, *listed[:2]]).encode()))
     outputs = {}
     for name, args in {"hf": [tmp_path / "hf.parquet"], "img2dataset": [tmp_path / "img2dataset.parquet"],
                        "manifest": ["--manifest", manifest]}.items():
         outputs[name] = tmp_path / name
         result = imgvec("embed", *args, "-o", outputs[name], *RANDOM, "--shard-size", "4", "-q", *SPARK)
         assert result.returncode == 0, result.stderr
+        if name == "manifest":
+            assert "2 repeated entries of the manifest skipped" in result.stdout, result.stdout
     hf = pq.read_table(outputs["hf"]).to_pylist()
     assert sorted(r["path"] for r in hf) == sorted(c for _, _, c in samples)  # named by the struct's own paths
     assert all(r["input"].startswith(f"file:{tmp_path}/hf.parquet#row=") for r in hf)
@@ -344,28 +349,28 @@ def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
     assert sorted(r["path"] for r in crawled) == [f"{i:09d}" for i in range(len(samples) + 1)]  # named by key
     assert [r["error"] for r in crawled if r["error"]] == ["missing: not downloaded (failed_to_download)"]
     assert_like_the_files(crawled, lambda row: row["caption"])  # caption kept by default
-    listed = pq.read_table(outputs["manifest"]).to_pylist()
-    assert [r["error"].split(":")[0] for r in listed if r["error"]] == ["missing"]
-    assert_like_the_files(listed, lambda row: row["path"].rsplit("/", 1)[1])
-    assert sum(r["error"] is None for r in listed) == len(samples) == sum(r["error"] is None for r in hf)
+    rows = pq.read_table(outputs["manifest"]).to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted(listed)
+    assert [r["error"].split(":")[0] for r in rows if r["error"]] == ["missing"]
+    assert_like_the_files(rows, lambda row: row["path"].rsplit("/", 1)[1])
+    assert sum(r["error"] is None for r in rows) == len(samples) == sum(r["error"] is None for r in hf)
 
 
 @pytest.mark.spark
 def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path):
-    """A gzipped text or CSV manifest is read through its decompressor; a path listed twice is embedded once, whether
-    the repeats fall in one piece or in several (a Parquet manifest's row groups), and the summary says how many."""
+    """A gzipped CSV manifest is read through its decompressor (gzipped text: the test above); a path listed twice is
+    embedded once, whether the repeats fall in one piece or in several (a Parquet manifest's row groups), and the
+    summary says how many; a resumed run adds nothing."""
     import gzip
 
     import pyarrow as pa
 
     paths = [f"file:{p}" for p in sorted(EXAMPLES.iterdir())[:5]]
     listed = [*paths, paths[0], paths[3], paths[0]]  # 5 paths, 3 entries repeating them
-    (tmp_path / "list.txt.gz").write_bytes(gzip.compress("".join(f"{p}\n" for p in listed).encode()))
     (tmp_path / "list.csv.gz").write_bytes(gzip.compress(("uri,n\n" + "".join(f"{p},{i}\n" for i, p in enumerate(
         listed))).encode()))
     pq.write_table(pa.table({"uri": listed}), tmp_path / "list.parquet", row_group_size=3)  # repeats across groups
-    for manifest, more in (("list.txt.gz", []), ("list.csv.gz", ["--path-col", "uri"]),
-                           ("list.parquet", ["--path-col", "uri"])):
+    for manifest, more in (("list.csv.gz", ["--path-col", "uri"]), ("list.parquet", ["--path-col", "uri"])):
         output = tmp_path / manifest.replace(".", "-")
         result = imgvec("embed", "--manifest", tmp_path / manifest, *more, "-o", output, *RANDOM, "-q", *SPARK)
         assert result.returncode == 0, result.stderr

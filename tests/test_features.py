@@ -216,7 +216,7 @@ def test_the_model_is_built_once_per_python_worker(spark, example_bytes):
     v = ImageVectorizer("resnet18", weights="random", batch_size=4)
     out = v.process_images(df)
     assert out.filter("error is null").count() == len(images)
-    config, weights = v.config, v.weights_ref
+    config, weights = v.config, v.runtime_ref  # what the workers load: the weights, or an engine's export
 
     def report(batches):
         import pandas as pd

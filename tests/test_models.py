@@ -379,7 +379,8 @@ def test_auto_runs_a_model_onnx_cannot_express_on_torch_and_says_so(photos, monk
 
 @pytest.mark.spark
 @pytest.mark.usefixtures("own_cache")
-def test_an_output_resumed_with_another_engine_stays_consistent_and_says_which_wrote_what(tmp_path, example_bytes):
+def test_an_output_resumed_with_another_engine_stays_consistent_and_says_which_wrote_what(tmp_path, example_bytes,
+                                                                                           capsys):
     """fp32 on any engine is the same features: an output begun by an engine and resumed by torch holds what torch
     alone writes (cosine >= 0.99999), dupes finds the same groups in both, and the metadata says what wrote each run."""
     images = tmp_path / "images"
@@ -401,12 +402,12 @@ def test_an_output_resumed_with_another_engine_stays_consistent_and_says_which_w
     assert sorted(ours) == sorted(theirs) == names
     assert cosines(np.stack([ours[n] for n in names]), np.stack([theirs[n] for n in names])).min() >= 0.99999
     groups = [[sorted(os.path.basename(m["path"]) for m in g["members"]) for g in json.loads(
-        imgvec("dupes", output, "--json").stdout)["groups"]] for output in (mixed, alone)]
+        imgvec_here(capsys, "dupes", output, "--json").stdout)["groups"]] for output in (mixed, alone)]
     assert groups[0] == groups[1] and groups[0]  # the stereo pair, at the model's threshold
     runs = json.loads((mixed / "_imgvec.json").read_text())["runs"]
     assert [(r["run"], r["engine"], r["precision"], r["images"]) for r in runs] == [(0, engine, "fp32", 6),
                                                                                     (1, "torch", "fp32", 4)]
-    info = imgvec("info", mixed).stdout
+    info = imgvec_here(capsys, "info", mixed).stdout
     assert f"  run 0: 6 images by {engine}" in info and "  run 1: 4 images by torch" in info
 
 
