@@ -213,10 +213,11 @@ def test_the_jvm_imgvec_starts_skips_the_optimising_jit_compiler(spark):
 def test_the_model_is_built_once_per_python_worker(spark, example_bytes):
     images = [(f"img{i}", data) for i, data in enumerate(list(example_bytes.values()) * 3)]
     df = spark.createDataFrame(images, "name string, content binary").repartition(8)
-    v = ImageVectorizer("resnet18", weights="random", batch_size=4)
+    # torch's network, whose random weights travel by name (an engine's export once per process: test_models)
+    v = ImageVectorizer("resnet18", weights="random", batch_size=4, engine="torch")
     out = v.process_images(df)
     assert out.filter("error is null").count() == len(images)
-    config, weights = v.config, v.runtime_ref  # what the workers load: the weights, or an engine's export
+    config, weights = v.config, v.weights_ref
 
     def report(batches):
         import pandas as pd
