@@ -47,13 +47,13 @@ def find_similar(output: str, queries: list[str], k: int = defaults.K, *, exact:
     results = []
     for n, (query, own, row_similarities, row_ids) in enumerate(zip(asked, own_ids, similarities, ids, strict=True)):
         keep = [(s, i) for s, i in zip(row_similarities, row_ids, strict=True) if i >= 0 and i != own][:k]
-        rows = features.rows([i for _, i in keep], SHOWN).to_pylist()
+        # the matches' rows, and the query's own when it is in the output (its size, where it is read again): one read
+        rows = features.rows([i for _, i in keep] + ([own] if own >= 0 else []), SHOWN).to_pylist()
         result = {"query": query, "search": how, **({"text": True} if n >= len(queries) else {}), "matches": [
             {"rank": r + 1, **_present(row), "similarity": round(float(s), 6)}
-            for r, ((s, _), row) in enumerate(zip(keep, rows, strict=True))]}
-        if own >= 0:  # a query already in the output: its size, and where its image is read again
-            shown = _present(features.rows([own], SHOWN).to_pylist()[0])
-            result.update({k: v for k, v in shown.items() if k != "path"})
+            for r, ((s, _), row) in enumerate(zip(keep, rows[: len(keep)], strict=True))]}
+        if own >= 0:
+            result.update({k: v for k, v in _present(rows[-1]).items() if k != "path"})
         results.append(result)
     return how, results
 

@@ -117,17 +117,19 @@ def joined_job(spark, plan, source, dataset: FeatureDataset, earlier: list[str],
     # multiply them) gathered, per piece before the rows move (partial aggregation). Both sides in `tasks`
     # partitions by path and a shuffle hash join: sorting 10^7 paths that share their first bytes was slow.
     names = task_frame(spark, plan, NamesTask(source), tasks)
-    listed = names.groupBy("id").agg(F.count("*").alias("listed"))
-    if getattr(source, "may_repeat", False):
-        names = names.groupBy("path").agg(F.min("id").alias("id"))
     total = names.groupBy("id").agg(F.count("*").alias("total"))
+    repeated = F.lit(0)
+    if getattr(source, "may_repeat", False):  # each entry counted, then each path kept in its first piece only
+        listed = total.withColumnRenamed("total", "listed")
+        names = names.groupBy("path").agg(F.min("id").alias("id"))
+        total = listed.join(names.groupBy("id").agg(F.count("*").alias("total")), "id", "left")
+        repeated = F.col("listed") - F.coalesce("total", F.lit(0))
     if earlier:
         done = task_frame(spark, plan_parts(earlier, tasks), PathsTask(dataset.location)).repartition(tasks, "path")
         names = names.repartition(tasks, "path").join(done.hint("shuffle_hash"), "path", "left_anti")
     todo = names.groupBy("id").agg(F.collect_list("path").alias("todo"))
-    left = (listed.join(total, "id", "left").join(todo, "id", "left")  # a piece with nothing left: an empty todo
-            .withColumn("total", F.coalesce("total", F.lit(0)))
-            .withColumn("repeated", F.col("listed") - F.col("total"))
-            .withColumn("todo", F.coalesce("todo", F.array().cast("array<string>"))).drop("listed")
+    left = (total.join(todo, "id", "left")  # a piece with nothing left gets an empty todo, never a null one
+            .select("id", F.coalesce("total", F.lit(0)).alias("total"), repeated.alias("repeated"),
+                    F.coalesce("todo", F.array().cast("array<string>")).alias("todo"))
             .repartition(tasks, "id"))
     return left.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, ddl(task.RESULT))

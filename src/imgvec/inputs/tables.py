@@ -283,22 +283,25 @@ class Manifest:
     def _read_csv(self) -> pa.Table:
         import pyarrow.csv as pacsv
 
-        location = open_location(self.file)
-        with location.fs.open_input_stream(location.path, compression="detect") as stream:
+        with _stream(self.file) as stream:
             return pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(include_columns=[self.path_col]))
 
     def _csv_header(self) -> list[str]:
         import pyarrow.csv as pacsv
 
-        location = open_location(self.file)
-        with location.fs.open_input_stream(location.path, compression="detect") as stream:
+        with _stream(self.file) as stream:
             return pacsv.open_csv(stream).schema.names
+
+
+def _stream(uri: str) -> pa.NativeFile:
+    """A manifest read from its start, through its decompressor when its suffix names one (COMPRESSED)."""
+    location = open_location(uri)
+    return location.fs.open_input_stream(location.path, compression="detect")
 
 
 def _all_lines(uri: str) -> list[str]:
     """Every line of a compressed text file, read through its decompressor."""
-    location = open_location(uri)
-    with location.fs.open_input_stream(location.path, compression="detect") as stream:
+    with _stream(uri) as stream:
         return _lines(stream.read())
 
 
