@@ -51,7 +51,8 @@ def photos(folder, copies: int):
 def imgvec_tasks(event_log_dir) -> list[dict]:
     """Every finished task of imgvec's runs (their job groups), from Spark's event log: job, reason, result size."""
     job_of_stage, tasks = {}, []
-    for log in glob.glob(os.path.join(event_log_dir, "**", "events_*"), recursive=True):  # Spark 4: a folder per app
+    logs = glob.glob(os.path.join(event_log_dir, "**", "*"), recursive=True)  # Spark 4: a folder per app; 3.5: a file
+    for log in (path for path in logs if os.path.isfile(path) and not os.path.basename(path).startswith(".")):
         for line in open(log):
             event = json.loads(line)
             if event["Event"] == "SparkListenerJobStart":
@@ -69,6 +70,7 @@ def event_log(folder) -> dict:
     return {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(folder), "spark.eventLog.compress": "false"}
 
 
+@pytest.mark.spark35
 @pytest.mark.spark
 def test_one_task_per_piece_and_only_counts_reach_the_driver(tmp_path):
     spark = classic_session("local[2]", **event_log(tmp_path / "events"))
@@ -278,6 +280,7 @@ def assert_like_the_files(rows, name_of) -> None:
             assert cosine(row["features"], reference[name_of(row)]) >= 0.9999, row["path"]
 
 
+@pytest.mark.spark35
 @pytest.mark.spark
 def test_webdataset_tars_embed_one_row_per_sample_as_their_files_do(tmp_path):
     samples = example_samples()
@@ -322,6 +325,7 @@ def assert_similar_page_reads_back(output, query: str, page) -> None:
     assert html.count("src='data:image/jpeg;base64,") == 4 and "class=missing" not in html, html[-2000:]
 
 
+@pytest.mark.spark35
 @pytest.mark.spark
 def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
     samples = example_samples()

@@ -497,6 +497,7 @@ def _on_spark(spark, features: Searchable, threshold, clusters, known: np.ndarra
     import faiss
     from pyspark.sql import functions as F
 
+    from imgvec.spark import compat
     from imgvec.spark.session import task_slots
     from imgvec.spark.tasks import ddl, run_tasks
 
@@ -525,8 +526,8 @@ def _on_spark(spark, features: Searchable, threshold, clusters, known: np.ndarra
     margin = 1.0 - threshold  # a pair at the threshold may straddle two clusters whose centroids are this close
     blocks, second = _blocks(sample, centroids, margin, count)
     task = AssignTask(features.location, centroids.tobytes(), tuple(blocks), margin)
-    links = run_tasks(spark, plan(copies), task, report, then=lambda assigned: assigned.groupBy(
-        "cluster", "low", "high").applyInArrow(compare_task(threshold), ddl(LINKS)))
+    links = run_tasks(spark, plan(copies), task, report, then=lambda assigned: compat.apply_in_arrow(
+        assigned.groupBy("cluster", "low", "high"), compare_task(threshold), ddl(LINKS)))
     is_link = links.column("similarity").is_null().to_numpy(zero_copy_only=False)
     a, b = links.column("a").to_numpy(), links.column("b").to_numpy()
     similarity = links.column("similarity").to_numpy(zero_copy_only=False).astype(np.float32)

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from imgvec.dataset.output import FeatureDataset, OutputError, read_part
 from imgvec.inputs.pieces import piece_of
+from imgvec.spark import compat
 from imgvec.spark.tasks import RowTask, ddl, run_tasks, task_frame
 
 NAMES = pa.schema([("id", pa.int64()), ("path", pa.string())])
@@ -132,4 +133,5 @@ def joined_job(spark, plan, source, dataset: FeatureDataset, earlier: list[str],
             .select("id", F.coalesce("total", F.lit(0)).alias("total"), repeated.alias("repeated"),
                     F.coalesce("todo", F.array().cast("array<string>")).alias("todo"))
             .repartition(tasks, "id"))
-    return left.join(F.broadcast(spark.createDataFrame(plan)), "id").mapInArrow(task, ddl(task.RESULT))
+    plan_rows = F.broadcast(compat.frame_of(spark, plan, ddl(plan.schema)))
+    return left.join(plan_rows, "id").mapInArrow(task, ddl(task.RESULT))

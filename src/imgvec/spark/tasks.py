@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
 import pyarrow as pa
 
-from imgvec.spark.session import is_connect
+from imgvec.spark import compat
+from imgvec.spark.session import SparkWarning, is_connect
 
 
 class RowTask:
@@ -58,8 +60,8 @@ def task_frame(spark, plan: pa.Table, task: RowTask, partitions: int | None = No
 def collect(spark, job, report=None) -> pa.Table:
     """The job's rows, with progress reported meanwhile; Ctrl-C cancels the job."""
     try:
-        with progress(spark, report or (lambda share: None)):
-            return job.toArrow()
+        with progress(spark, report):
+            return compat.to_arrow(job)
     except KeyboardInterrupt:
         cancel_all(spark)
         raise
@@ -78,7 +80,7 @@ def plan_frame(spark, plan: pa.Table, partitions: int | None = None):
         # The plan is a local relation on the Connect server's driver; broadcasting it costs no job, and the
         # join keeps range's partitioning: consecutive row numbers in each partition.
         numbers = spark.range(0, plan.num_rows, numPartitions=slices)
-        return numbers.join(F.broadcast(spark.createDataFrame(plan)), "id")
+        return numbers.join(F.broadcast(compat.frame_of(spark, plan, ddl(plan.schema))), "id")
     # Classic Spark: n rows in n slices puts one row in each.
     rows = spark.sparkContext.parallelize([tuple(r.values()) for r in plan.to_pylist()], slices)
     return spark.createDataFrame(rows, ddl(plan.schema))
@@ -107,6 +109,12 @@ def cancel_all(spark) -> None:
 @contextmanager
 def progress(spark, report):
     """Calls report(share of finished tasks) while the block (in this thread) runs its Spark job."""
+    if is_connect(spark) and not compat.reports_progress(spark):
+        if report is not None:
+            _say_once(compat.NO_CONNECT_PROGRESS)
+        yield
+        return
+    report = report or (lambda share: None)
     if is_connect(spark):
         def handler(stages=None, **_):
             report(_fraction((s.num_completed_tasks, s.num_tasks) for s in stages or []))
@@ -129,6 +137,15 @@ def progress(spark, report):
         stop.set()
         poller.join()
         context.setLocalProperty("spark.jobGroup.id", None)
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        warnings.warn(message, SparkWarning, stacklevel=3)
 
 
 def _poll(status, job_tag: str, stop: threading.Event, report) -> None:
