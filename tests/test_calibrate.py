@@ -37,6 +37,7 @@ def photos_output(tmp_path_factory):
     return folder, output
 
 
+@pytest.mark.spark35
 def test_calibrate_measures_each_threshold_and_dupes_uses_what_it_recommends(photos_output):
     folder, output = photos_output
     before = imgvec("dupes", output, "--json")  # not calibrated yet: the model's own default, and it says so

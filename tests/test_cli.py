@@ -192,6 +192,7 @@ def test_overwrite_replaces(embedded, photos, tmp_path):
     assert table.num_rows == 1 and len(table.column("features")[0]) == 512
 
 
+@pytest.mark.spark35
 @pytest.mark.spark
 def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_bytes):
     inputs = tmp_path / "in"

@@ -1,16 +1,26 @@
 """The same features on a standalone cluster (a master and two workers on 127.0.0.1) as in one process.
 
 The workers run where the driver's TORCH_HOME is an empty tmpfs, so the
-pretrained file can only reach them the way imgvec ships it.
+pretrained file can only reach them the way imgvec ships it. Their executors run this virtual environment's Python,
+except where a test names the base Python, which has neither imgvec nor torch: then only --ship-env gets them there.
 """
 
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
 import pytest
 
 from deployments import hidden_torch_cache, needs_hiding, standalone_cluster
 from helpers import (
     assert_same_features,
+    assert_usage_error,
     classic_session,
     files_in,
+    imgvec,
     reference_features,
     visible_on_workers,
 )
@@ -18,16 +28,23 @@ from imgvec import ImageVectorizer, read_images
 
 pytestmark = pytest.mark.spark
 
+
 @pytest.fixture(scope="module")
-def cluster_session(tmp_path_factory, resnet18_default):
+def cluster_master(tmp_path_factory, resnet18_default):
     workdir = str(tmp_path_factory.mktemp("cluster"))
     with standalone_cluster(workdir, workers=2, hidden=hidden_torch_cache()) as master:
-        session = classic_session(master, **{"spark.executor.cores": "1", "spark.executor.memory": "1g",
-                                             "spark.cores.max": "2"})
-        yield session
-        session.stop()
+        yield master
 
 
+@pytest.fixture(scope="module")
+def cluster_session(cluster_master):
+    session = classic_session(cluster_master, **{"spark.executor.cores": "1", "spark.executor.memory": "1g",
+                                                 "spark.cores.max": "2"})
+    yield session
+    session.stop()
+
+
+@pytest.mark.spark35
 @needs_hiding
 def test_standalone_cluster_with_an_empty_torch_cache(cluster_session, image_dir, resnet18_default):
     spark = cluster_session
@@ -87,3 +104,49 @@ def test_timm_and_open_clip_models_on_the_cluster(cluster_session, image_dir):
         v = ImageVectorizer(model, weights=path)
         rows = v.process_images(read_images(spark, str(image_dir))).drop("content").collect()
         assert_same_features(rows, reference_features(v, files_in(image_dir)))
+
+
+def _other_python() -> str | None:
+    """A Python 3 of another minor version than this one, where the machine has one."""
+    found = glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3"))
+    found += [shutil.which(f"python3.{minor}") for minor in range(8, 15)]
+    for python in filter(None, found):
+        ran = subprocess.run([python, "-c", "import sys; print(sys.version_info[1])"], capture_output=True, text=True)
+        if ran.returncode == 0 and ran.stdout.strip() not in ("", str(sys.version_info.minor)):
+            return python
+    return None
+
+
+@pytest.mark.spark35
+def test_executors_without_imgvec_get_this_environment_by_ship_env(cluster_master, image_dir, resnet18_default,
+                                                                   tmp_path_factory):
+    """The executors run the base Python (no imgvec, no torch): without --ship-env the command stops before any
+    image with one line; with it, the features equal the single-process ones. One executor unpacks the archive."""
+    bare, out = sys._base_executable, tmp_path_factory.mktemp("ship-env")
+    assert subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode != 0
+    assert subprocess.run([bare, "-c", "import imgvec"], capture_output=True).returncode != 0
+    cluster = ["--master", cluster_master, "--model", "resnet18", "--conf", "spark.cores.max=1",
+               "--conf", "spark.driver.host=127.0.0.1", "--conf", f"spark.pyspark.python={bare}"]
+
+    refused = imgvec("embed", image_dir, "-o", out / "refused", *cluster)
+    assert_usage_error(refused, "has no imgvec and no torch: run with --ship-env")
+    assert "at org.apache" not in refused.stderr
+    assert not (out / "refused").exists()  # nothing written: the same command can simply run again
+    other = _other_python()
+    if other:  # the executors' Python is another version: both named, in one line
+        mismatch = imgvec("embed", image_dir, "-o", out / "refused", *cluster[:-2],
+                          "--conf", f"spark.pyspark.python={other}")
+        assert_usage_error(mismatch, f"the driver Python 3.{sys.version_info.minor}")
+
+    cache = out / "cache"  # the archive (several GB), removed after the test
+    try:
+        shipped = imgvec("embed", image_dir, "-o", out / "shipped", "--ship-env", *cluster, timeout=900,
+                         env={**os.environ, "IMGVEC_CACHE": str(cache)})
+        assert shipped.returncode == 0, shipped.stderr
+        assert "packing this Python environment for the workers" in shipped.stderr
+        [archive] = glob.glob(str(cache / "environments" / "*.zip"))
+        rows = pq.read_table(out / "shipped").to_pylist()
+        assert_same_features(rows, reference_features(ImageVectorizer("resnet18"), files_in(image_dir)),
+                             cosine=0.9999)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)

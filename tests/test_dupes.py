@@ -118,6 +118,7 @@ def test_clustered_dupes_on_spark_find_what_exact_finds_on_real_photos(planted):
                 assert abs(row.max() - member["similarity"]) < 1e-4
 
 
+@pytest.mark.spark35
 @pytest.mark.spark
 def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):
     output, _ = generated
@@ -232,6 +233,7 @@ def against_pairs(found: dict) -> set:
             if a["path"].startswith("new/") and b["path"].startswith("img/")}
 
 
+@pytest.mark.spark35
 @pytest.mark.parametrize("indexed", [False, True])
 def test_new_images_against_old_ones_never_list_an_old_file(old_and_new, capsys, indexed):
     old, new, old_vectors, new_vectors = old_and_new

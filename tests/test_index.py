@@ -24,6 +24,7 @@ from imgvec.dataset.writing import held_for_writing
 from imgvec.kernels.similarity import normalise
 
 
+@pytest.mark.spark35
 @pytest.mark.spark
 def test_index_on_spark_then_similar_uses_it_with_recall_against_exact(generated):
     output, vectors = generated

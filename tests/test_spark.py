@@ -151,3 +151,65 @@ def test_torch_threads_follow_the_tasks_cpus_not_the_environment(two_cpu_tasks, 
 
     rows = spark.range(0, 1, numPartitions=1).mapInPandas(threads, "threads int, omp string").collect()
     assert (rows[0].threads, rows[0].omp) == (2, "7")  # the worker's environment said 7; the task has 2
+
+
+def _tiny_environment(tmp_path):
+    """A real virtual environment (no pip) with one installed package, an editable install whose source lies
+    outside it, a PySpark and byte code: what --ship-env must ship, and what it must leave out."""
+    prefix = tmp_path / "venv"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
+    [site] = glob.glob(str(prefix / "lib" / "python*" / "site-packages"))
+    for package, text in (("installed_pkg", "WHO = 'installed'"), ("pyspark", "")):
+        os.makedirs(os.path.join(site, package, "__pycache__"))
+        open(os.path.join(site, package, "__init__.py"), "w").write(text)
+        open(os.path.join(site, package, "__pycache__", "x.cpython-311.pyc"), "wb").write(b"\0")
+    source = tmp_path / "project" / "src"
+    os.makedirs(source / "editable_pkg")
+    (source / "editable_pkg" / "__init__.py").write_text("WHO = 'editable'")
+    (tmp_path / "project" / "data.bin").write_bytes(b"\0" * 1000)  # the project's other files stay behind
+    open(os.path.join(site, "__editable__.editable_pkg-0.1.pth"), "w").write(f"{source}\n")
+    return prefix, source
+
+
+def test_ship_env_packs_a_virtual_environment_with_its_editable_installs_once(tmp_path, monkeypatch):
+    import zipfile
+
+    from imgvec.spark import environment
+
+    monkeypatch.setenv("IMGVEC_CACHE", str(tmp_path / "cache"))
+    prefix, source = _tiny_environment(tmp_path)
+    said = []
+    archive = environment.archive(said.append, prefix=str(prefix))
+    assert len(said) == 2 and said[0].startswith("packing this Python environment for the workers, once")
+    with zipfile.ZipFile(archive) as packed:  # unpacked as Spark's unzip does: each file with its mode
+        names = packed.namelist()
+        for member in packed.infolist():
+            os.chmod(packed.extract(member, tmp_path / "unpacked"), member.external_attr >> 16 & 0o777)
+    assert not [n for n in names if "pyspark" in n or "__pycache__" in n or n.endswith((".pth", "data.bin"))]
+    assert os.access(tmp_path / "unpacked" / "bin" / "python", os.X_OK)  # the base Python's executable, not a link
+    # The unpacked environment's Python imports both packages, from the archive alone.
+    os.rename(tmp_path / "project", tmp_path / "project-gone")
+    run = subprocess.run([str(tmp_path / "unpacked" / "bin" / "python"), "-c",
+                          "import installed_pkg, editable_pkg; print(installed_pkg.WHO, editable_pkg.WHO, "
+                          "editable_pkg.__file__)"], capture_output=True, text=True, check=True)
+    assert run.stdout.split()[:2] == ["installed", "editable"]
+    assert run.stdout.split()[2].startswith(str(tmp_path / "unpacked"))
+    os.rename(tmp_path / "project-gone", tmp_path / "project")
+    # Made once: the same environment gives the same archive, unwritten; an edited source gives a new one, and
+    # the earlier archive of this environment is gone.
+    made = os.stat(archive).st_mtime_ns
+    assert environment.archive(said.append, prefix=str(prefix)) == archive and len(said) == 2
+    assert os.stat(archive).st_mtime_ns == made
+    (source / "editable_pkg" / "__init__.py").write_text("WHO = 'edited'")
+    again = environment.archive(said.append, prefix=str(prefix))
+    assert again != archive and os.path.exists(again) and not os.path.exists(archive)
+
+
+def test_ship_env_says_in_one_line_what_it_cannot_pack(tmp_path):
+    from imgvec.spark import environment
+
+    with pytest.raises(ValueError, match="runs in none: make one"):
+        environment.archive(prefix=sys.base_prefix)
+    os.makedirs(tmp_path / "conda" / "conda-meta")
+    with pytest.raises(ValueError, match="is a conda environment: pack it with `conda pack"):
+        environment.archive(prefix=str(tmp_path / "conda"))

@@ -37,9 +37,11 @@ class FeatureSettings:
 @dataclass(frozen=True)
 class RunOptions:
     """Where a command's Spark work runs: a master URL (sc://host:port for Spark Connect) with extra settings,
-    or a session the caller already has; quiet: no progress lines."""
+    or a session the caller already has; quiet: no progress lines; ship_env: this Python environment is packed and
+    sent to the executors (spark.environment)."""
 
     master: str = defaults.MASTER
     conf: dict = field(default_factory=dict, hash=False)
     spark: Any = field(default=None, compare=False, hash=False)
     quiet: bool = False
+    ship_env: bool = False

@@ -175,6 +175,8 @@ def _spark_options(parser) -> None:
     parser.add_argument("--master", default=defaults.MASTER, help="Spark master URL, or sc://host:port for Spark "
                         f"Connect (default {defaults.MASTER})")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
+    parser.add_argument("--ship-env", action="store_true", help="pack this Python environment (torch, imgvec) once "
+                        "and send it to the cluster's executors, for a cluster that lacks them (docs/clusters.md)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -208,5 +210,5 @@ def _conf(args) -> dict:
 
 
 def run_options(args) -> RunOptions:
-    """Where the command's Spark work runs, from --master, --conf and --quiet."""
-    return RunOptions(args.master, dict(_key_value(item) for item in args.conf), quiet=args.quiet)
+    """Where the command's Spark work runs, from --master, --conf, --quiet and --ship-env."""
+    return RunOptions(args.master, _conf(args), quiet=args.quiet, ship_env=args.ship_env)

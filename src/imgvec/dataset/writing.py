@@ -38,17 +38,30 @@ def held_for_writing(dataset: FeatureDataset, made_by: dict, *, resume: bool, ov
         else:
             held = dataset.metadata()
             _check_same_maker(dataset, held, made_by)
+    new, emptied = not dataset.where.is_folder(), False
     dataset.where.make_folder()
-    with dataset.locked():
-        if overwrite and names.INDEX in present:
-            _delete_index(dataset)
-        delete_all([dataset.where.child(n) for n in present  # a temporary: what a killed run was writing
-                    if n != names.INDEX and (overwrite or names.is_temporary(n))])
-        if held is None:
-            dataset.write_metadata({**made_by, "created": now()})
-        elif held["format"] != FORMAT:  # an older output: the parts added now are of this format
-            dataset.write_metadata({**held, "format": FORMAT})
-        yield dataset
+    try:
+        with dataset.locked():
+            if overwrite and names.INDEX in present:
+                _delete_index(dataset)
+            delete_all([dataset.where.child(n) for n in present  # a temporary: what a killed run was writing
+                        if n != names.INDEX and (overwrite or names.is_temporary(n))])
+            if held is None:
+                dataset.write_metadata({**made_by, "created": now()})
+            elif held["format"] != FORMAT:  # an older output: the parts added now are of this format
+                dataset.write_metadata({**held, "format": FORMAT})
+            try:
+                yield dataset
+            except BaseException:
+                if held is None and not [n for n in dataset.names() if n not in (names.METADATA, names.LOCK)]:
+                    # A new output that got nothing (the run stopped before its job: a cluster's executors that
+                    # lack imgvec, say): its metadata goes, so that the same command can simply run again.
+                    dataset.where.child(names.METADATA).delete()
+                    emptied = True
+                raise
+    finally:
+        if emptied and new and not dataset.names():
+            dataset.where.delete_folder()
 
 
 def check_apart(dataset: FeatureDataset, inputs: list[str]) -> None:

@@ -7,30 +7,40 @@ import os
 import shlex
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from imgvec.base import defaults
 from imgvec.base.settings import RunOptions
-from imgvec.spark import jvm
+from imgvec.spark import environment, jvm
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
+class SparkWarning(UserWarning):
+    """Something this Spark cannot do, or need not: said once; the command runs on."""
+
+
 def get_session(master: str = defaults.MASTER, app_name: str = "imgvec", conf: dict | None = None,
-                quiet: bool = False) -> SparkSession:
+                quiet: bool = False, ship_env: bool = False) -> SparkSession:
     """A SparkSession for `master`: a Spark master URL, or sc://host:port for Spark Connect.
 
     Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
     quiet: the JVM this starts logs errors only, and prints none of its start-up lines.
+    ship_env: the executors run this Python environment, packed and sent to them (spark.environment).
     """
     from pyspark.sql import SparkSession
 
     with _starting:
         if master.startswith("sc://"):
-            return SparkSession.builder.appName(app_name).remote(master).config(map=conf or {}).getOrCreate()
-        options = _classic_options(master, app_name, conf, quiet)
+            spark = SparkSession.builder.appName(app_name).remote(master).config(map=conf or {}).getOrCreate()
+            if ship_env:
+                spark.addArtifacts(f"{environment.archive(_say)}#{environment.NAME}", archive=True)
+                spark.conf.set("spark.sql.execution.pyspark.python", environment.PYTHON)
+            return spark
+        options = _classic_options(master, app_name, conf, quiet, ship_env)
         if quiet:
             _launch_quietly(options, holding=False)
         return _classic_session(options)
@@ -44,8 +54,22 @@ def _classic_session(options: dict) -> SparkSession:
     return spark
 
 
-def _classic_options(master: str, app_name: str, conf: dict | None, quiet: bool) -> dict:
-    """The options of a classic session: what spark-submit gets when it launches the driver's JVM."""
+def _classic_options(master: str, app_name: str, conf: dict | None, quiet: bool, ship_env: bool = False) -> dict:
+    """The options of a classic session: what spark-submit gets when it launches the driver's JVM.
+
+    The executors' Python: the shipped environment's, else spark.pyspark.python where it is set, else
+    PYSPARK_PYTHON, else this interpreter (PySpark reads only PYSPARK_PYTHON, once, as its context starts).
+    """
+    conf = dict(conf or {})
+    if ship_env and master.startswith("local"):
+        warnings.warn("--ship-env: local Spark's executors run this Python already; nothing is shipped",
+                      SparkWarning, stacklevel=2)
+    elif ship_env:
+        archive = f"{environment.archive(_say)}#{environment.NAME}"
+        conf["spark.archives"] = ",".join(filter(None, (conf.get("spark.archives"), archive)))
+        conf["spark.pyspark.python"] = environment.PYTHON
+    if "spark.pyspark.python" in conf:
+        os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     options = {"spark.master": master, "spark.app.name": app_name, "spark.python.worker.reuse": "true"}
@@ -58,7 +82,11 @@ def _classic_options(master: str, app_name: str, conf: dict | None, quiet: bool)
         quiet_logs = os.path.join(os.path.dirname(__file__), "log4j2-quiet.properties")
         java_options.append(f"-Dlog4j2.configurationFile={quiet_logs}")
     options["spark.driver.extraJavaOptions"] = " ".join(map(shlex.quote, java_options))
-    return {**options, **(conf or {})}
+    return {**options, **conf}
+
+
+def _say(line: str) -> None:
+    print(f"imgvec: {line}", file=sys.stderr, flush=True)
 
 
 # --- the JVM's start-up lines -----------------------------------------------------------------------
@@ -137,7 +165,7 @@ def start_early(run: RunOptions) -> None:
     if (_early is not None or run.spark is not None or run.master.startswith("sc://") or os.environ.get("SPARK_REMOTE")
             or "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._gateway is not None):
         return
-    _early = _EarlySession(run.master, run.conf)
+    _early = _EarlySession(run.master, run.conf, run.ship_env)
 
 
 def drop_early() -> None:
@@ -154,15 +182,15 @@ def _take_early(run: RunOptions):
     early, _early = _early, None
     if early is None:
         return None
-    if early.wanted != (run.master, run.conf):
+    if early.wanted != (run.master, run.conf, run.ship_env):
         early.abandon()
         return None
     return early.take()
 
 
 class _EarlySession:
-    def __init__(self, master: str, conf: dict):
-        self.wanted = (master, conf)
+    def __init__(self, master: str, conf: dict, ship_env: bool):
+        self.wanted = (master, conf, ship_env)
         self.spark = self.error = self.gateway = self.relay = None
         self.abandoned = False
         self.lock = threading.Lock()
@@ -172,8 +200,8 @@ class _EarlySession:
     def _start(self) -> None:
         with _starting:
             try:
-                master, conf = self.wanted
-                options = _classic_options(master, "imgvec", conf, quiet=True)
+                master, conf, ship_env = self.wanted
+                options = _classic_options(master, "imgvec", conf, quiet=True, ship_env=ship_env)
                 self.gateway, self.relay = _launch_quietly(options, holding=True)
                 self.spark = _classic_session(options)
             except BaseException as error:  # raised where the session is taken
@@ -238,10 +266,14 @@ def session(run: RunOptions):
     from pyspark.sql import SparkSession
 
     before = SparkSession.getActiveSession()
-    spark = _take_early(run) or get_session(run.master, conf=run.conf, quiet=True)
+    spark = _take_early(run) or get_session(run.master, conf=run.conf, quiet=True, ship_env=run.ship_env)
     if not is_connect(spark):
         spark.sparkContext.setLogLevel("ERROR")
     try:
+        if is_connect(spark) or not run.master.startswith("local"):  # executors that may run another Python
+            from imgvec.spark import workers
+
+            workers.check(spark, task_slots(spark))
         yield spark
     finally:
         if spark is not before:
