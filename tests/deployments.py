@@ -142,9 +142,9 @@ def _port_open(port: int) -> bool:
 
 def _alive_workers(ui_port: int) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json", timeout=2) as response:  # 3.5: no '/json/'
             return int(json.load(response).get("aliveworkers", 0))
-    except OSError:
+    except (OSError, ValueError):
         return -1
 
 

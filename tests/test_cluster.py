@@ -1,4 +1,4 @@
-"""The same features on a standalone cluster (a master and two workers on 127.0.0.1) as in one process.
+"""The same features on a standalone cluster (a master and three workers on 127.0.0.1) as in one process.
 
 The workers run where the driver's TORCH_HOME is an empty tmpfs, so the
 pretrained file can only reach them the way imgvec ships it. Their executors run this virtual environment's Python,
@@ -32,7 +32,8 @@ pytestmark = pytest.mark.spark
 @pytest.fixture(scope="module")
 def cluster_master(tmp_path_factory, resnet18_default):
     workdir = str(tmp_path_factory.mktemp("cluster"))
-    with standalone_cluster(workdir, workers=2, hidden=hidden_torch_cache()) as master:
+    # Three one-core workers: the module's session holds two (spark.cores.max), a command's own run the third.
+    with standalone_cluster(workdir, workers=3, hidden=hidden_torch_cache()) as master:
         yield master
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import EXAMPLES, SPARK, assert_usage_error, classic_session, imgvec
+from helpers import EXAMPLES, SPARK, assert_usage_error, classic_session, imgvec, imgvec_here
 from imgvec import ImageVectorizer
 
 # A fresh interpreter that starts a session as the commands do and says what its JVM was started with.
@@ -181,17 +181,17 @@ def test_ship_env_packs_a_virtual_environment_with_its_editable_installs_once(tm
     said = []
     archive = environment.archive(said.append, prefix=str(prefix))
     assert len(said) == 2 and said[0].startswith("packing this Python environment for the workers, once")
-    with zipfile.ZipFile(archive) as packed:  # unpacked as Spark's unzip does: each file with its mode
+    with zipfile.ZipFile(archive) as packed:
         names = packed.namelist()
-        for member in packed.infolist():
-            os.chmod(packed.extract(member, tmp_path / "unpacked"), member.external_attr >> 16 & 0o777)
+        packed.extractall(tmp_path / "unpacked")
     assert not [n for n in names if "pyspark" in n or "__pycache__" in n or n.endswith((".pth", "data.bin"))]
-    assert os.access(tmp_path / "unpacked" / "bin" / "python", os.X_OK)  # the base Python's executable, not a link
-    # The unpacked environment's Python imports both packages, from the archive alone.
+    # The Python the environment was made from, the archive's site-packages first on its path (as the executors
+    # run it), imports both packages from the archive alone.
     os.rename(tmp_path / "project", tmp_path / "project-gone")
-    run = subprocess.run([str(tmp_path / "unpacked" / "bin" / "python"), "-c",
-                          "import installed_pkg, editable_pkg; print(installed_pkg.WHO, editable_pkg.WHO, "
-                          "editable_pkg.__file__)"], capture_output=True, text=True, check=True)
+    run = subprocess.run([sys._base_executable, "-c", "import installed_pkg, editable_pkg; "
+                          "print(installed_pkg.WHO, editable_pkg.WHO, editable_pkg.__file__)"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path / "unpacked",
+                         env={**os.environ, "PYTHONPATH": "site-packages"})
     assert run.stdout.split()[:2] == ["installed", "editable"]
     assert run.stdout.split()[2].startswith(str(tmp_path / "unpacked"))
     os.rename(tmp_path / "project-gone", tmp_path / "project")
@@ -213,3 +213,10 @@ def test_ship_env_says_in_one_line_what_it_cannot_pack(tmp_path):
     os.makedirs(tmp_path / "conda" / "conda-meta")
     with pytest.raises(ValueError, match="is a conda environment: pack it with `conda pack"):
         environment.archive(prefix=str(tmp_path / "conda"))
+
+
+def test_ship_env_on_spark_connect_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    result = imgvec_here(capsys, "embed", EXAMPLES / "coffee.jpg", "-o", tmp_path / "out", "--model", "resnet18",
+                         "--weights", "random", "--master", "sc://127.0.0.1:15002", "--ship-env")
+    assert_usage_error(result, "a Spark Connect server's executors run the server's Python: install imgvec there")
+    assert not (tmp_path / "out").exists()

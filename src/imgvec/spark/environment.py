@@ -1,17 +1,19 @@
-"""--ship-env: this Python environment (torch, imgvec, ...) packed once, for the executors of a cluster that lack it.
+"""--ship-env: this Python environment's packages (torch, imgvec, ...) zipped once, for the executors of a cluster
+that lack them.
 
-The archive goes to the executors as Spark's own mechanism does for any archive (spark.archives, or a Spark Connect
-session's artifacts): each unpacks it into its working folder as NAME and runs PYTHON, so the tasks import what the
-driver imports. It is a zip of stored (uncompressed) files: Spark's unzip restores each file's mode, so bin/python
-stays executable (its untar does not, and refuses links that lead out of the archive); and the CUDA libraries that
-torch's default wheel brings (most of its size) shrink by only a quarter at ~45 MB/s a core, slower to make than a
-cluster's network is to send (docs/clusters.md).
+The archive goes to the executors as Spark's own mechanism does for any archive (spark.archives): each unpacks it
+into its working folder as NAME, and its Python workers run the Python this environment was made from, with the
+archive's site-packages first on their path (spark.executorEnv.PYTHONPATH, after Spark's own PySpark). So nothing in
+the archive needs its file mode or a link kept, which Spark's unpacking does not keep alike on 3.5 and 4.x (4.x
+refuses a tar's link out of the archive; 3.5's unzip drops the executable bit): the workers must have that Python at
+the same path, as venv-pack's archives also need (docs/clusters.md). A .zip of stored files: the CUDA libraries
+of torch's default wheel (most of the size) shrink by only a quarter at ~45 MB/s a core, slower to make than a
+cluster's network is to send.
 
-A virtual environment (venv, virtualenv) is packed here, as venv-pack does, with what venv-pack refuses: editable
-installs (`pip install -e .`, the README's) are shipped as their packages' files. Its `bin/python` is stored as the
-base Python's executable, which finds its standard library where the environment's pyvenv.cfg says: the workers
-must have that Python at the same path. A conda environment is packed with conda-pack, by the user
-(the error says how). PySpark is left out: every executor puts its own Spark's PySpark first on its Python's path.
+What is packed: the virtual environment's site-packages, with what venv-pack refuses: an editable install
+(`pip install -e .`, the README's) is shipped as its packages' files. Left out: PySpark (every executor puts its
+own Spark's first on the path), byte code, and the .pth files (an editable install's are replaced by its files). A
+conda environment carries its own interpreter: the user packs it with conda-pack (the error says how).
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ from collections.abc import Callable, Iterator
 
 from imgvec.base import defaults
 
-NAME = "imgvec_env"  # the folder each executor unpacks the archive into
-PYTHON = f"./{NAME}/bin/python"  # the executors' Python, from their working folder
+NAME = "imgvec_env"  # the folder each executor unpacks the archive into, in its working folder
+PATH = f"{NAME}/site-packages"  # first on the executors' Python path (after PySpark)
+
+
+def executor_python() -> str:
+    """The Python the environment was made from: what the executors run, at the same path."""
+    return os.path.realpath(sys.executable)
 
 
 def archive(say: Callable[[str], None] = lambda line: None, prefix: str = sys.prefix) -> str:
@@ -38,7 +45,7 @@ def archive(say: Callable[[str], None] = lambda line: None, prefix: str = sys.pr
     """
     if os.path.isdir(os.path.join(prefix, "conda-meta")):
         raise ValueError(f"--ship-env packs virtual environments; {prefix} is a conda environment: pack it with "
-                         f"`conda pack -o env.tar.gz` and pass --conf spark.archives=env.tar.gz#env "
+                         f"`conda pack -o env.zip` and pass --conf spark.archives=env.zip#env "
                          f"--conf spark.pyspark.python=./env/bin/python")
     if prefix == getattr(sys, "base_prefix", prefix):
         raise ValueError(f"--ship-env packs a virtual environment, and this Python ({sys.executable}) runs in none: "
@@ -60,7 +67,7 @@ def archive(say: Callable[[str], None] = lambda line: None, prefix: str = sys.pr
     partial = f"{path}.{os.getpid()}.partial"
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as packed:
         for source, name in members:
-            packed.write(source, name)  # with its mode, which Spark's unzip restores (its untar does not)
+            packed.write(source, name)
     os.replace(partial, path)
     for older in glob.glob(os.path.join(folder, f"{tag}-*.zip")):  # the same environment's earlier packs
         if older != path:
@@ -70,62 +77,31 @@ def archive(say: Callable[[str], None] = lambda line: None, prefix: str = sys.pr
 
 
 def _members(prefix: str) -> Iterator[tuple[str, str]]:
-    """(file, name in the archive) for every file the executors need: the environment's own, less what the
-    executors never use, then each editable install's packages under site-packages."""
+    """(file, name in the archive) for every file the executors need: site-packages, less what they never use,
+    then each editable install's packages; a link is stored as the file it leads to."""
     site = _site_packages(prefix)
     editable = []
-    for root, folders, files in os.walk(prefix):
-        relative = os.path.relpath(root, prefix)
-        if root == site:
-            folders[:] = [f for f in folders if not f.startswith(("pyspark", "__pycache__"))]
-        else:
-            folders[:] = [f for f in folders if f != "__pycache__"]
-        for folder in folders:  # a link to a folder outside (lib64 -> lib is inside: that folder is packed)
-            if os.path.islink(os.path.join(root, folder)):
-                yield from _linked(os.path.join(root, folder), os.path.join(relative, folder), prefix)
+    for root, folders, files in os.walk(site):
+        relative = os.path.relpath(root, site)
+        folders[:] = [f for f in folders if f != "__pycache__" and not (root == site and f.startswith("pyspark"))]
         for name in files:
             path = os.path.join(root, name)
-            if relative == "bin" and name.startswith("activate"):
+            if name.endswith(".pyc"):
                 continue
-            if os.path.islink(path):
-                yield from _linked(path, os.path.join(relative, name), prefix)
+            if root == site and name.endswith((".pth", ".egg-link")):
+                editable += _editable_packages(path, prefix)
                 continue
-            if root == site and (name.startswith("__editable__") or name.endswith(".egg-link")):
-                if name.endswith(".pth"):
-                    editable.extend(_editable_packages(path))
-                continue
-            if root == site and name.endswith(".pth"):
-                outside = [p for p in _pth_paths(path) if not os.path.abspath(p).startswith(prefix)]
-                editable.extend(package for line in outside for package in _packages_in(line))
-                if outside:
-                    continue
-            yield path, os.path.normpath(os.path.join(relative, name))
-    site_name = os.path.relpath(site, prefix)
+            yield os.path.realpath(path), os.path.normpath(os.path.join("site-packages", relative, name))
     for package in dict.fromkeys(editable):
         name = os.path.basename(package)
         if os.path.isfile(package):
-            yield package, os.path.join(site_name, name)
+            yield package, os.path.join("site-packages", name)
             continue
         for root, folders, files in os.walk(package):
             folders[:] = [f for f in folders if f != "__pycache__"]
-            for file in files:
-                if not file.endswith(".pyc"):
-                    yield (os.path.join(root, file),
-                           os.path.join(site_name, name, os.path.relpath(os.path.join(root, file), package)))
-
-
-def _linked(path: str, name: str, prefix: str) -> Iterator[tuple[str, str]]:
-    """A link, stored as what it leads to (a zip holds no links): a file (bin/python, to the base Python's
-    executable), or a folder outside the environment; a folder inside it is packed under its own name."""
-    target = os.path.realpath(path)
-    if not os.path.exists(target) or os.path.isdir(target) and target.startswith(os.path.realpath(prefix) + os.sep):
-        return
-    if os.path.isfile(target):
-        yield target, os.path.normpath(name)
-    else:
-        for root, _, files in os.walk(target):
-            inside = os.path.join(name, os.path.relpath(root, target))
-            yield from ((os.path.join(root, file), os.path.normpath(os.path.join(inside, file))) for file in files)
+            inside = os.path.join("site-packages", name, os.path.relpath(root, package))
+            yield from ((os.path.join(root, f), os.path.normpath(os.path.join(inside, f)))
+                        for f in files if not f.endswith(".pyc"))
 
 
 def _site_packages(prefix: str) -> str:
@@ -142,14 +118,19 @@ def _pth_paths(pth: str) -> list[str]:
                 if line.strip() and not line.startswith(("#", "import ", "import\t"))]
 
 
-def _editable_packages(pth: str) -> list[str]:
-    """The packages an editable install's .pth puts on the path: its folders' packages, or those its finder maps."""
-    packages = [p for folder in _pth_paths(pth) for p in _packages_in(folder)]
-    for finder in glob.glob(os.path.join(os.path.dirname(pth), "__editable___*_finder.py")):
-        with open(finder, encoding="utf-8") as source:
-            for node in ast.parse(source.read()).body:
-                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "MAPPING":
-                    packages.extend(ast.literal_eval(node.value).values())
+def _editable_packages(pth: str, prefix: str) -> list[str]:
+    """The packages a .pth file puts on the path from outside the environment (an editable install): those in its
+    folders, or those its setuptools finder maps."""
+    if not pth.endswith(".pth"):
+        return []
+    packages = [p for folder in _pth_paths(pth) if not os.path.abspath(folder).startswith(prefix)
+                for p in _packages_in(folder)]
+    if os.path.basename(pth).startswith("__editable__"):
+        for finder in glob.glob(os.path.join(os.path.dirname(pth), "__editable___*_finder.py")):
+            with open(finder, encoding="utf-8") as source:
+                for node in ast.parse(source.read()).body:
+                    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "MAPPING":
+                        packages.extend(ast.literal_eval(node.value).values())
     return packages
 
 

@@ -29,17 +29,16 @@ def get_session(master: str = defaults.MASTER, app_name: str = "imgvec", conf: d
 
     Local workers must run this interpreter (torch, imgvec) rather than whatever `python` is.
     quiet: the JVM this starts logs errors only, and prints none of its start-up lines.
-    ship_env: the executors run this Python environment, packed and sent to them (spark.environment).
+    ship_env: the executors run this Python environment's packages, packed and sent to them (spark.environment).
     """
     from pyspark.sql import SparkSession
 
     with _starting:
         if master.startswith("sc://"):
-            spark = SparkSession.builder.appName(app_name).remote(master).config(map=conf or {}).getOrCreate()
             if ship_env:
-                spark.addArtifacts(f"{environment.archive(_say)}#{environment.NAME}", archive=True)
-                spark.conf.set("spark.sql.execution.pyspark.python", environment.PYTHON)
-            return spark
+                raise ValueError("--ship-env ships to a cluster imgvec starts a session on (spark://, yarn, k8s://); "
+                                 "a Spark Connect server's executors run the server's Python: install imgvec there")
+            return SparkSession.builder.appName(app_name).remote(master).config(map=conf or {}).getOrCreate()
         options = _classic_options(master, app_name, conf, quiet, ship_env)
         if quiet:
             _launch_quietly(options, holding=False)
@@ -57,8 +56,9 @@ def _classic_session(options: dict) -> SparkSession:
 def _classic_options(master: str, app_name: str, conf: dict | None, quiet: bool, ship_env: bool = False) -> dict:
     """The options of a classic session: what spark-submit gets when it launches the driver's JVM.
 
-    The executors' Python: the shipped environment's, else spark.pyspark.python where it is set, else
-    PYSPARK_PYTHON, else this interpreter (PySpark reads only PYSPARK_PYTHON, once, as its context starts).
+    The executors' Python: with ship_env, the one this environment was made from, the shipped packages first on
+    its path; else spark.pyspark.python where it is set, else PYSPARK_PYTHON, else this interpreter (PySpark reads
+    only PYSPARK_PYTHON, once, as its context starts).
     """
     conf = dict(conf or {})
     if ship_env and master.startswith("local"):
@@ -67,7 +67,9 @@ def _classic_options(master: str, app_name: str, conf: dict | None, quiet: bool,
     elif ship_env:
         archive = f"{environment.archive(_say)}#{environment.NAME}"
         conf["spark.archives"] = ",".join(filter(None, (conf.get("spark.archives"), archive)))
-        conf["spark.pyspark.python"] = environment.PYTHON
+        conf["spark.pyspark.python"] = environment.executor_python()
+        path = conf.get("spark.executorEnv.PYTHONPATH")
+        conf["spark.executorEnv.PYTHONPATH"] = ":".join(filter(None, (environment.PATH, path)))
     if "spark.pyspark.python" in conf:
         os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -273,7 +275,7 @@ def session(run: RunOptions):
         if is_connect(spark) or not run.master.startswith("local"):  # executors that may run another Python
             from imgvec.spark import workers
 
-            workers.check(spark, task_slots(spark))
+            workers.check(spark, task_slots(spark), shipped=run.ship_env)
         yield spark
     finally:
         if spark is not before:

@@ -59,9 +59,10 @@ def here() -> dict:
     return json.loads(_probe()(None))
 
 
-def check(spark, slots: int | None) -> None:
-    """Stop with WorkersDiffer where the executors' Python environment differs from this one's."""
-    answers = _ask(spark, min(max(slots or 2, 2), 256))
+def check(spark, slots: int | None, shipped: bool = False) -> None:
+    """Stop with WorkersDiffer where the executors' Python environment differs from this one's.
+    shipped: the executors got this environment by --ship-env."""
+    answers = _ask(spark, min(max(slots or 2, 2), 256), shipped)
     driver = here()
     for answer in answers:
         worker = json.loads(answer)
@@ -76,7 +77,7 @@ def check(spark, slots: int | None) -> None:
                                     f"the same versions on both")
 
 
-def _ask(spark, tasks: int) -> list[str]:
+def _ask(spark, tasks: int, shipped: bool) -> list[str]:
     """Each distinct answer of the executors (a few tasks spread over them)."""
     from pyspark.sql import functions as F
 
@@ -84,16 +85,20 @@ def _ask(spark, tasks: int) -> list[str]:
     try:
         rows = spark.range(0, tasks, numPartitions=tasks).select(probe("id").alias("found")).distinct().collect()
     except Exception as error:
-        raise WorkersDiffer(_one_line(error)) from None
+        raise WorkersDiffer(_one_line(error, shipped)) from None
     return [row.found for row in rows]
 
 
-def _one_line(error: Exception) -> str:
+def _one_line(error: Exception, shipped: bool = False) -> str:
     """What a failed question says, as one line: the executors' Python would not start, is another version (as
     PySpark says, or as the paths of its traceback show when it could not even import PySpark), or could not run
     what the driver sent."""
     text = str(error)
     missing = re.search(r"Cannot run program \"([^\"]+)\"", text)
+    if missing and shipped:
+        return f"the executors have no {missing.group(1)}, the Python this environment was made from, which " \
+               f"--ship-env needs at the same path there: make the environment from a Python the workers have, " \
+               f"or pack a conda environment (docs/clusters.md)"
     if missing:
         return f"the executors cannot start Python ({missing.group(1)}): {SHIP}, or name the executors' own " \
                f"Python with --conf spark.pyspark.python=PATH"
