@@ -220,3 +220,17 @@ def test_ship_env_on_spark_connect_is_one_line_and_leaves_nothing(tmp_path, caps
                          "--weights", "random", "--master", "sc://127.0.0.1:15002", "--ship-env")
     assert_usage_error(result, "a Spark Connect server's executors run the server's Python: install imgvec there")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_executors_python_is_compared_with_the_drivers_in_one_line():
+    from imgvec.spark import workers
+
+    driver = workers.here()  # this interpreter's own answer, as an executor running it gives
+    assert driver["imgvec"] and driver["torch"] and len(driver["imgvec code"]) == 12
+    assert workers.difference(driver, dict(driver)) is None
+    older = workers.difference(driver, {**driver, "torch": "2.9.1"})
+    assert older.startswith(f"the executors run torch 2.9.1, the driver torch {driver['torch']}: ")
+    assert "--ship-env" in older
+    edited = workers.difference(driver, {**driver, "imgvec code": "0" * 12})
+    assert edited.startswith("the executors run imgvec's code 000000000000, the driver imgvec's code ")
+    assert "no imgvec and no torch" in workers.difference(driver, {**driver, "imgvec": None, "torch": None})

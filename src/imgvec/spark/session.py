@@ -232,6 +232,7 @@ class _EarlySession:
     def _stop(self) -> None:
         """Stop the session and its JVM, so that a later session in this process starts its own."""
         from pyspark import SparkContext
+        from pyspark.sql import SparkSession
 
         try:
             if self.spark is not None:
@@ -243,6 +244,9 @@ class _EarlySession:
         if self.gateway is not None:
             self.gateway.proc.kill()
             SparkContext._gateway = SparkContext._jvm = None
+            # A context (or session) whose JVM is gone, one that never came up too, is no later session's.
+            SparkContext._active_spark_context = None
+            SparkSession._instantiatedSession = SparkSession._activeSession = None
 
 
 def _to_stderr(data: bytes) -> None:

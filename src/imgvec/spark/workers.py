@@ -62,19 +62,23 @@ def here() -> dict:
 def check(spark, slots: int | None, shipped: bool = False) -> None:
     """Stop with WorkersDiffer where the executors' Python environment differs from this one's.
     shipped: the executors got this environment by --ship-env."""
-    answers = _ask(spark, min(max(slots or 2, 2), 256), shipped)
     driver = here()
-    for answer in answers:
-        worker = json.loads(answer)
-        if worker["imgvec"] is None:
-            raise WorkersDiffer(f"the executors' Python (Python {worker['python']}) has no imgvec"
-                                f"{'' if worker['torch'] else ' and no torch'}: {SHIP}, or install imgvec "
-                                f"{driver['imgvec']} there")
-        for key, name in _NAMES.items():
-            if driver[key] and driver[key] != worker[key]:
-                raise WorkersDiffer(f"the executors run {name} {worker[key] or '(none)'}, the driver {name} "
-                                    f"{driver[key]}: tasks would fail or give other features; {SHIP}, or install "
-                                    f"the same versions on both")
+    for answer in _ask(spark, min(max(slots or 2, 2), 256), shipped):
+        said = difference(driver, json.loads(answer))
+        if said:
+            raise WorkersDiffer(said)
+
+
+def difference(driver: dict, worker: dict) -> str | None:
+    """What keeps an executor that answered `worker` from running the driver's tasks as the driver would."""
+    if worker["imgvec"] is None:
+        return (f"the executors' Python (Python {worker['python']}) has no imgvec"
+                f"{'' if worker['torch'] else ' and no torch'}: {SHIP}, or install imgvec {driver['imgvec']} there")
+    for key, name in _NAMES.items():
+        if driver[key] and driver[key] != worker[key]:
+            return (f"the executors run {name} {worker[key] or '(none)'}, the driver {name} {driver[key]}: tasks "
+                    f"would fail or give other features; {SHIP}, or install the same versions on both")
+    return None
 
 
 def _ask(spark, tasks: int, shipped: bool) -> list[str]:
