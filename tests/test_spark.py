@@ -172,6 +172,7 @@ def _tiny_environment(tmp_path):
 
 
 def test_ship_env_packs_a_virtual_environment_with_its_editable_installs_once(tmp_path, monkeypatch):
+    import hashlib
     import zipfile
 
     from imgvec.spark import environment
@@ -179,8 +180,14 @@ def test_ship_env_packs_a_virtual_environment_with_its_editable_installs_once(tm
     monkeypatch.setenv("IMGVEC_CACHE", str(tmp_path / "cache"))
     prefix, source = _tiny_environment(tmp_path)
     said = []
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    tag = hashlib.sha256(str(prefix).encode()).hexdigest()[:12]
+    stale = tmp_path / "cache" / "environments" / f"{tag}-0.zip.{int(dead.stdout)}.partial"  # its command ended
+    os.makedirs(stale.parent)
+    stale.write_bytes(b"\0" * 100)
     archive = environment.archive(said.append, prefix=str(prefix))
     assert len(said) == 2 and said[0].startswith("packing this Python environment for the workers, once")
+    assert not stale.exists()  # what a command that ended while it packed left is removed
     with zipfile.ZipFile(archive) as packed:
         names = packed.namelist()
         packed.extractall(tmp_path / "unpacked")

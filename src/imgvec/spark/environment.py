@@ -61,6 +61,9 @@ def archive(say: Callable[[str], None] = lambda line: None, prefix: str = sys.pr
     if os.path.exists(path):
         return path
     os.makedirs(folder, exist_ok=True)
+    for partial in glob.glob(os.path.join(folder, f"{tag}-*.partial")):  # a command that ended while it packed
+        if not _running(int(partial.split(".")[-2])):
+            os.remove(partial)
     size = sum(os.lstat(source).st_size for source, _ in members)
     say(f"packing this Python environment for the workers, once ({size / 2**30:.1f} GB): {path}")
     start = time.monotonic()
@@ -74,6 +77,16 @@ def archive(say: Callable[[str], None] = lambda line: None, prefix: str = sys.pr
             os.remove(older)
     say(f"packed in {time.monotonic() - start:.0f} s")
     return path
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _members(prefix: str) -> Iterator[tuple[str, str]]:
