@@ -175,6 +175,18 @@ def test_a_text_manifest_is_read_in_slices_each_line_once(tmp_path, monkeypatch)
     assert [n for p in pieces for n in source.names(p).to_pylist()] == lines
 
 
+def test_a_csv_manifest_is_read_in_slices_under_its_header_each_row_once(tmp_path, monkeypatch):
+    """Many pieces, as a text manifest: a task per slice, not one task for every image the CSV lists."""
+    keys = [f"images/{i:07d}{'x' * (i % 13)}, a comma.jpg" for i in range(500)]
+    manifest = tmp_path / "inventory.csv"
+    manifest.write_text("bucket,key,size\n" + "".join(f'b,"{k}",{i}\n' for i, k in enumerate(keys)))
+    monkeypatch.setattr(tables, "TEXT_SLICE", 997)
+    source = Manifest(str(manifest), "key", "s3://b/").checked()
+    pieces = source.pieces()
+    assert len(pieces) == -(-manifest.stat().st_size // 997) > 10
+    assert [n for p in pieces for n in source.names(p).to_pylist()] == [f"s3://b/{k}" for k in keys]
+
+
 def test_tar_samples_are_grouped_by_key_with_captions_and_errors(tmp_path):
     import webdataset as wds
 

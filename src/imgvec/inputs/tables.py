@@ -251,9 +251,11 @@ class Manifest:
         return self
 
     def pieces(self, spread=None) -> list[Piece]:
+        """Parquet: a row group each; uncompressed text and CSV: a slice of TEXT_SLICE bytes each, whole lines (a
+        CSV's values hold no line breaks, as pyarrow reads them by default); compressed: one piece."""
         if self.kind == "parquet":
             return [Piece(self.file, g) for g in range(footers([self.file])[0].num_row_groups)]
-        if self.kind == "csv" or self.compression:
+        if self.compression:
             return [Piece(self.file, 0)]
         size = open_location(self.file).info().size
         return [Piece(self.file, n) for n in range(max(1, -(-size // TEXT_SLICE)))]
@@ -262,12 +264,17 @@ class Manifest:
         if self.kind == "parquet":
             with open_input(self.file) as f, pq.ParquetFile(f) as parquet:
                 values = parquet.read_row_group(piece.part, columns=[self.path_col]).column(0)
-        elif self.kind == "csv":
-            values = self._read_csv().column(self.path_col)
+        elif self.kind == "csv" and self.compression:
+            with _stream(self.file) as stream:
+                values = self._read_csv(stream).column(self.path_col)
+        elif self.kind == "csv":  # the slice's lines, under the header (the first slice starts with it)
+            data = _text_slice(self.file, piece.part)
+            values = self._read_csv(pa.BufferReader(data if piece.part == 0 else _first_line(self.file) + data))
+            values = values.column(self.path_col)
         elif self.compression:
             values = pa.array(_all_lines(self.file), pa.string())
         else:
-            values = pa.array(_text_lines(self.file, piece.part), pa.string())
+            values = pa.array(_lines(_text_slice(self.file, piece.part)), pa.string())
         values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
         values = values.cast(pa.string()).drop_null()
         values = values.filter(pc.not_equal(values, ""))
@@ -280,11 +287,10 @@ class Manifest:
     def planned_images(self, pieces: list[Piece]) -> int | None:
         return footers([self.file])[0].num_rows if self.kind == "parquet" else None
 
-    def _read_csv(self) -> pa.Table:
+    def _read_csv(self, source) -> pa.Table:
         import pyarrow.csv as pacsv
 
-        with _stream(self.file) as stream:
-            return pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(include_columns=[self.path_col]))
+        return pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(include_columns=[self.path_col]))
 
     def _csv_header(self) -> list[str]:
         import pyarrow.csv as pacsv
@@ -309,7 +315,19 @@ def _lines(data: bytes) -> list[str]:
     return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
-def _text_lines(uri: str, part: int) -> list[str]:
+def _first_line(uri: str) -> bytes:
+    """A text file's first line, with its line break (a CSV's header)."""
+    with open_input(uri) as f:
+        data = b""
+        while b"\n" not in data:
+            more = f.read(1 << 16)
+            if not more:
+                return data + b"\n"
+            data += more
+    return data[: data.index(b"\n") + 1]
+
+
+def _text_slice(uri: str, part: int) -> bytes:
     """The lines that start in slice `part` of a text file (a line crossing the slice's end is this slice's)."""
     start = part * TEXT_SLICE
     with open_input(uri) as f:
@@ -323,4 +341,4 @@ def _text_lines(uri: str, part: int) -> list[str]:
             data += more if end < 0 else more[: end + 1]
     if start:  # the line that started before the slice is the previous slice's
         data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
-    return _lines(data)
+    return data
