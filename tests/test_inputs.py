@@ -2,11 +2,13 @@
 reading (real collection names, through read_images and process_images).
 """
 
+import json
 import os
 import time
 import unicodedata
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
@@ -185,6 +187,56 @@ def test_a_csv_manifest_is_read_in_slices_under_its_header_each_row_once(tmp_pat
     pieces = source.pieces()
     assert len(pieces) == -(-manifest.stat().st_size // 997) > 10
     assert [n for p in pieces for n in source.names(p).to_pylist()] == [f"s3://b/{k}" for k in keys]
+
+
+def test_an_s3_inventory_report_is_read_as_s3_writes_it(tmp_path, example_bytes):
+    """manifest.json naming header-less CSV.gz files (URL-encoded keys) or Parquet files (plain keys) under
+    DESTINATION-PREFIX/SOURCE-BUCKET/CONFIG/data/, wherever the report was copied; each object once, a "folder"
+    object left out; --prefix reads the objects from a copy of the bucket."""
+    import gzip
+    import urllib.parse
+
+    from imgvec.inputs.sources import open_source
+
+    config = tmp_path / "inventory" / "photos-bucket" / "daily"
+    (config / "data").mkdir(parents=True)
+    (config / "2026-12-05T00-00Z").mkdir()
+    keys = ["photos/a b.jpg", "photos/a+b.jpg", "photos/café.jpg", "photos/", "photos/deep/x,y.jpg"]
+    schema = "Bucket, Key, Size, LastModifiedDate"
+    rows = [f'"photos-bucket","{urllib.parse.quote_plus(k, safe="/")}","12","2026-12-05T00:00:00.000Z"' for k in keys]
+    for name, part in (("1.csv.gz", rows[:2]), ("2.csv.gz", rows[2:])):
+        (config / "data" / name).write_bytes(gzip.compress(("\n".join(part) + "\n").encode()))
+    report = {"sourceBucket": "photos-bucket", "destinationBucket": "arn:aws:s3:::inventory-bucket",
+              "fileFormat": "CSV", "fileSchema": schema,
+              "files": [{"key": f"inventory/photos-bucket/daily/data/{n}", "size": 1, "MD5checksum": "0"}
+                        for n in ("1.csv.gz", "2.csv.gz")]}
+    manifest = config / "2026-12-05T00-00Z" / "manifest.json"
+    manifest.write_text(json.dumps(report))
+    source = open_source([], manifest=str(manifest)).checked()
+    pieces = source.pieces()
+    assert [p.source for p in pieces] == [f"{config}/data/1.csv.gz", f"{config}/data/2.csv.gz"]
+    wanted = [f"s3://photos-bucket/{k}" for k in keys if not k.endswith("/")]
+    assert [n for p in pieces for n in source.names(p).to_pylist()] == wanted
+    # Parquet: keys as they are, a piece per row group.
+    pq.write_table(pa.table({"bucket": ["photos-bucket"] * 4, "key": [k for k in keys if k != "photos/"]}),
+                   config / "data" / "3.parquet", row_group_size=2)
+    manifest.write_text(json.dumps({**report, "fileFormat": "Parquet", "fileSchema": "message s3.inventory {}",
+                                    "files": [{"key": "inventory/photos-bucket/daily/data/3.parquet"}]}))
+    source = open_source([], manifest=str(manifest)).checked()
+    assert [n for p in source.pieces() for n in source.names(p).to_pylist()] == wanted
+    assert len(source.pieces()) == 2
+    # A copy of the bucket: --prefix, and the images are read from there.
+    copy = tmp_path / "copy"
+    for key, data in zip(wanted, example_bytes.values(), strict=False):
+        (copy / key.removeprefix("s3://photos-bucket/")).parent.mkdir(parents=True, exist_ok=True)
+        (copy / key.removeprefix("s3://photos-bucket/")).write_bytes(data)
+    source = open_source([], manifest=str(manifest), prefix=f"{copy}/").checked()
+    samples = [s for p in source.pieces() for s in source.samples(p)]
+    assert [s.path for s in samples] == [f"{copy}/{k.removeprefix('s3://photos-bucket/')}" for k in wanted]
+    assert all(s.data and not s.error for s in samples)
+    manifest.write_text(json.dumps({**report, "fileFormat": "ORC"}))
+    with pytest.raises(ValueError, match="an S3 Inventory in 'ORC'; imgvec reads CSV and Parquet inventories"):
+        open_source([], manifest=str(manifest)).checked()
 
 
 def test_tar_samples_are_grouped_by_key_with_captions_and_errors(tmp_path):

@@ -31,7 +31,7 @@ from imgvec.base.storage import (
     open_location,
 )
 from imgvec.inputs.pieces import Piece, Sample, expand_braces, is_pattern, read_files
-from imgvec.inputs.tables import Manifest, ParquetTable
+from imgvec.inputs.tables import Inventory, Manifest, ParquetTable
 from imgvec.inputs.tars import TarShards, looks_like_tars
 
 
@@ -90,6 +90,11 @@ def open_source(inputs: list[str], *, glob: str | None = None, binary_col: str |
     if manifest:
         if inputs:
             raise ValueError("give either INPUTs or --manifest, not both")
+        if manifest.rsplit("/", 1)[-1] == "manifest.json":  # an S3 Inventory report
+            if path_col:
+                raise ValueError("--path-col names a column of a CSV or Parquet manifest; an S3 Inventory's "
+                                 "manifest.json says its own columns")
+            return Inventory(manifest, prefix)
         return Manifest(manifest, path_col, prefix)
     if not inputs:
         raise ValueError("no inputs given; pass files, folders or globs, or --manifest FILE")

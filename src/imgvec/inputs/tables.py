@@ -299,6 +299,80 @@ class Manifest:
             return pacsv.open_csv(stream).schema.names
 
 
+@dataclass(frozen=True)
+class Inventory:
+    """An S3 Inventory report, taken as S3 writes it: its manifest.json names the data files (CSV.gz without a
+    header, columns as its fileSchema says, keys URL-encoded; or Parquet, keys plain) under the destination bucket.
+    Each object is s3://BUCKET/KEY, or `prefix` + KEY where the images were copied elsewhere. A CSV.gz is one piece
+    (a compressed stream has no byte slices), a Parquet file a piece per row group."""
+
+    file: str
+    prefix: str = ""
+    columns = pa.schema([])
+    may_repeat = False  # an inventory lists each object once
+
+    def report(self) -> dict:
+        report = json.loads(open_location(self.file).read_bytes())
+        if report.get("fileFormat", "").upper() not in ("CSV", "PARQUET"):
+            raise ValueError(f"--manifest {self.file}: an S3 Inventory in {report.get('fileFormat')!r}; imgvec reads "
+                             f"CSV and Parquet inventories (choose one in the inventory's configuration)")
+        return report
+
+    def checked(self) -> Inventory:
+        location = open_location(self.file)
+        if not location.is_file():
+            raise ValueError(f"--manifest {self.file} is not a file; give an S3 Inventory's manifest.json")
+        self.report()
+        return self
+
+    def data_files(self) -> list[str]:
+        """The report's files, where they are: beside this manifest.json as S3 lays them out (DESTINATION-PREFIX/
+        SOURCE-BUCKET/CONFIG/{DATE/manifest.json, data/FILE}), which holds wherever the report was copied."""
+        report = self.report()
+        here = self.file.rsplit("/", 2)[0]  # .../CONFIG
+        files = []
+        for entry in report["files"]:
+            config, _, rest = entry["key"].rpartition("/data/")
+            if config and here.endswith(config.rsplit("/", 1)[-1]):
+                files.append(f"{here}/data/{rest}")
+            else:
+                files.append(f"s3://{report['destinationBucket'].rsplit(':', 1)[-1]}/{entry['key']}")
+        return files
+
+    def pieces(self, spread=None) -> list[Piece]:
+        files = self.data_files()
+        if self.report()["fileFormat"].upper() == "CSV":
+            return [Piece(f, 0) for f in files]
+        return [Piece(f, g) for f, meta in zip(files, footers(files), strict=True) for g in range(meta.num_row_groups)]
+
+    def names(self, piece: Piece) -> pa.Array:
+        report = self.report()
+        if report["fileFormat"].upper() == "CSV":
+            import urllib.parse
+
+            import pyarrow.csv as pacsv
+
+            columns = [c.strip() for c in report["fileSchema"].split(",")]
+            with _stream(piece.source) as stream:
+                table = pacsv.read_csv(stream, read_options=pacsv.ReadOptions(column_names=columns),
+                                       convert_options=pacsv.ConvertOptions(include_columns=["Bucket", "Key"],
+                                                                            strings_can_be_null=False))
+            buckets, keys = table.column("Bucket").to_pylist(), table.column("Key").to_pylist()
+            keys = [urllib.parse.unquote_plus(k) for k in keys]
+        else:
+            with open_input(piece.source) as f, pq.ParquetFile(f) as parquet:
+                table = parquet.read_row_group(piece.part, columns=["bucket", "key"])
+            buckets, keys = table.column("bucket").to_pylist(), table.column("key").to_pylist()
+        return pa.array([self.prefix + k if self.prefix else f"s3://{b}/{k}" for b, k in zip(buckets, keys, strict=True)
+                         if k and not k.endswith("/")], pa.string())  # a "folder" object names no image
+
+    def samples(self, piece: Piece, only: set[str] | None = None) -> Iterator[Sample]:
+        return read_files(n for n in self.names(piece).to_pylist() if only is None or n in only)
+
+    def planned_images(self, pieces: list[Piece]) -> int | None:
+        return None
+
+
 def _stream(uri: str) -> pa.NativeFile:
     """A manifest read from its start, through its decompressor when its suffix names one (COMPRESSED)."""
     location = open_location(uri)
