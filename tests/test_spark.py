@@ -108,6 +108,11 @@ def test_a_mistake_found_while_the_jvm_starts_prints_one_line_and_stops_it(tmp_p
               "print(rc, spark.sparkContext.parallelize(range(5), 2).map(lambda x: x * 2).sum())\n")
     after = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert after.stdout.split()[-2:] == ["2", "20"], after.stderr
+    # The same against a master that is not there: its context, still waiting to register, is ended at once rather
+    # than holding the next session back for the minutes Spark gives a master to answer.
+    unanswered = script.replace("'--weights',", "'--master', 'spark://127.0.0.1:9', '--weights',")
+    after = subprocess.run([sys.executable, "-c", unanswered], capture_output=True, text=True, timeout=90)
+    assert after.stdout.split()[-2:] == ["2", "20"], after.stderr
 
 
 @pytest.mark.spark

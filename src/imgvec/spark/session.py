@@ -228,25 +228,21 @@ class _EarlySession:
                 self.relay.drop()
             if not self.thread.is_alive():
                 self._stop()
+            elif self.gateway is not None:  # still starting: a context waits minutes for a master that is not there
+                self.gateway.proc.kill()  # (nothing of it to clean up yet); the thread's call then fails at once
 
     def _stop(self) -> None:
-        """Stop the session and its JVM, so that a later session in this process starts its own."""
+        """End the session's JVM (it ran no job) and forget it, so that a later session in this process starts its
+        own. Terminated rather than stopped through Spark: a stop asks the cluster manager, which may not answer for
+        minutes (a master that is not there); the JVM's shutdown hook still removes its temporary folders."""
         from pyspark import SparkContext
         from pyspark.sql import SparkSession
 
-        try:
-            if self.spark is not None:
-                self.spark.stop()
-            if self.gateway is not None:
-                self.gateway.shutdown()
-        except Exception:  # a JVM that did not come up
-            pass
         if self.gateway is not None:
-            self.gateway.proc.kill()
-            SparkContext._gateway = SparkContext._jvm = None
-            # A context (or session) whose JVM is gone, one that never came up too, is no later session's.
-            SparkContext._active_spark_context = None
-            SparkSession._instantiatedSession = SparkSession._activeSession = None
+            self.gateway.proc.terminate()
+        SparkContext._gateway = SparkContext._jvm = None
+        SparkContext._active_spark_context = None  # a context or session of that JVM is no later session's
+        SparkSession._instantiatedSession = SparkSession._activeSession = None
 
 
 def _to_stderr(data: bytes) -> None:
