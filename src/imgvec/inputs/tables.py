@@ -325,10 +325,9 @@ class Inventory:
         self.report()
         return self
 
-    def data_files(self) -> list[str]:
+    def data_files(self, report: dict) -> list[str]:
         """The report's files, where they are: beside this manifest.json as S3 lays them out (DESTINATION-PREFIX/
         SOURCE-BUCKET/CONFIG/{DATE/manifest.json, data/FILE}), which holds wherever the report was copied."""
-        report = self.report()
         here = self.file.rsplit("/", 2)[0]  # .../CONFIG
         files = []
         for entry in report["files"]:
@@ -340,8 +339,9 @@ class Inventory:
         return files
 
     def pieces(self, spread=None) -> list[Piece]:
-        files = self.data_files()
-        if self.report()["fileFormat"].upper() == "CSV":
+        report = self.report()  # read once for the plan
+        files = self.data_files(report)
+        if report["fileFormat"].upper() == "CSV":
             return [Piece(f, 0) for f in files]
         return [Piece(f, g) for f, meta in zip(files, footers(files), strict=True) for g in range(meta.num_row_groups)]
 
