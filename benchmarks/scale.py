@@ -1,7 +1,8 @@
-"""The batch job's driver at scale: `imgvec embed` over 10^5 to 10^7 inputs, where listing, planning and the
-driver's memory are what is measured, not the network.
+"""The driver at scale: `imgvec embed` over 10^5 to 10^7 inputs, where listing, planning and the driver's memory
+are what is measured, not the network; and the answers over 10^5 to 10^7 vectors.
 
     python benchmarks/scale.py [--rows 100000 1000000 10000000] [--kinds table manifest files] [--cores 2]
+    python benchmarks/scale.py --answers index similar dupes [--rows ...] [--cores 2]
 
 Inputs (generated once, kept in a cache folder):
   table     a Parquet table of `rows` rows of 16 random bytes each (not images: every row becomes an error row
@@ -13,7 +14,13 @@ Inputs (generated once, kept in a cache folder):
             rate of the same model on the same files as a baseline.
 For each kind and size, in a fresh driver process (local Spark on --cores, a tiny TorchScript model): listing and
 planning seconds, the whole run's rows/s, the driver Python process's peak RSS, and the seconds of a `--resume`
-that finds nothing to do. A measurement, never a pass/fail test. Results: benchmarks/results/scale-DATE.json.
+that finds nothing to do.
+
+--answers: an imgvec output of `rows` 128-d vectors in clusters, 30% of them near-copies of another row (cosine
+~0.94-0.999; benchmarks/search.py makes it, once), then each command as a user runs it, in a fresh process whose
+peak RSS (VmHWM) is the driver's: `index` (seconds, the type chosen, recall@10 measured at build); `similar` by that
+index (five queries, a process each: p50 seconds and the largest peak); `dupes --threshold 0.9 --keep first --out`
+(seconds, files listed). A measurement, never a pass/fail test. Results: benchmarks/results/scale-DATE-KINDS.json.
 """
 
 from __future__ import annotations
@@ -159,6 +166,77 @@ def run_embed(kind: str, source: str, output: str, model: str, cores: int, resum
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_seconds": time.monotonic() - started}
 
 
+COMMAND = """
+import contextlib, io, json, sys, time
+from imgvec.cli.main import main
+said = io.StringIO()
+started = time.monotonic()
+with contextlib.redirect_stdout(said):
+    code = main(sys.argv[1:])
+print(json.dumps({"code": code, "seconds": time.monotonic() - started, "peak_rss_mb": peak_rss_mb(),
+                  "stdout": said.getvalue()[-100000:]}))
+"""
+
+
+def run_command(*argv: str) -> dict:
+    """An imgvec command in a fresh process: its exit code, seconds (from the command's start), peak RSS, stdout."""
+    done = subprocess.run([sys.executable, "-c", PEAK + COMMAND, *argv], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["code"]:
+        raise RuntimeError(f"imgvec {' '.join(argv)}: exit {result['code']}: {done.stderr[-2000:]}")
+    return result
+
+
+def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
+    from search import make_output
+
+    started = time.monotonic()
+    output = make_output(rows, 128, seed=0, share=0.3)
+    result = {"rows": rows, "make_seconds": round(time.monotonic() - started, 1)}
+    spark = ["--master", f"local[{cores}]", "-q"]
+    if "index" in answers or "similar" in answers:
+        built = run_command("index", output, "--rebuild", *spark)
+        description = json.load(open(os.path.join(output, "_imgvec_index", "index.json")))
+        result["index"] = {"seconds": built["seconds"], "peak_rss_mb": built["peak_rss_mb"],
+                           "type": description["type"], "factory": description["factory"],
+                           "recall_at_10": description["recall_at_10"], "segments": len(description["segments"])}
+    if "similar" in answers:
+        runs = [run_command("similar", output, f"img/{i * (rows // 5):08d}.jpg", "-k", "10", "--json", "-q")
+                for i in range(5)]
+        seconds = sorted(r["seconds"] for r in runs)
+        result["similar"] = {"p50_seconds": seconds[2], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                             "search": json.loads(runs[0]["stdout"])[0]["search"]}
+    if "dupes" in answers:
+        listing = os.path.join(tempfile.mkdtemp(prefix="imgvec-scale-dupes-"), "groups.parquet")
+        found = run_command("dupes", output, "--threshold", "0.9", "--keep", "first", "--out", listing, *spark)
+        result["dupes"] = {"seconds": found["seconds"], "peak_rss_mb": found["peak_rss_mb"],
+                           "listed": len(found["stdout"].splitlines()), "rows_per_second": rows / found["seconds"]}
+        shutil.rmtree(os.path.dirname(listing), ignore_errors=True)
+    return result
+
+
+def answers_main(args) -> None:
+    print(f"{cpu_name()}, {os.cpu_count()} cores; local[{args.cores}]", flush=True)
+    results = []
+    for rows in args.rows:
+        result = measure_answers(rows, args.answers, args.cores)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    for answer in ("index", "similar", "dupes"):
+        mine = [r for r in results if answer in r]
+        if len(mine) > 1:
+            print(f"{answer}: driver peak RSS {mine[0][answer]['peak_rss_mb']:.0f} MB at {mine[0]['rows']} vectors, "
+                  f"{mine[-1][answer]['peak_rss_mb']:.0f} MB at {mine[-1]['rows']} "
+                  f"(+{mine[-1][answer]['peak_rss_mb'] - mine[0][answer]['peak_rss_mb']:.0f} MB)")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        f"scale-{datetime.date.today().isoformat()}-{'-'.join(args.answers)}.json")
+    with open(path, "w") as f:
+        json.dump({"cpu": cpu_name(), "cores": args.cores, "results": results}, f, indent=2)
+    print(f"written: {path}")
+
+
 def cpu_name() -> str:
     for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
         if line.startswith("Model name:"):
@@ -172,7 +250,11 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=("table", "manifest", "files"), default=["table", "manifest"])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--sample", type=int, default=10_000, help="files for the in-process baseline")
+    parser.add_argument("--answers", nargs="+", choices=("index", "similar", "dupes"),
+                        help="measure these answers over generated vectors instead of embed")
     args = parser.parse_args()
+    if args.answers:
+        return answers_main(args)
 
     model = make_model()
     print(f"{cpu_name()}, {os.cpu_count()} cores; local[{args.cores}]", flush=True)

@@ -48,14 +48,15 @@ VERIFY_THRESHOLD = 0.75
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "images")
 
 
-def make_output(count: int, dim: int, seed: int = 0) -> str:
-    """An imgvec output of `count` clustered vectors with planted near-duplicates (made once, then reused)."""
+def make_output(count: int, dim: int, seed: int = 0, share: float = 0.02) -> str:
+    """An imgvec output of `count` clustered vectors, `share` of them planted near-duplicates of another (made
+    once, then reused)."""
     import pyarrow as pa
 
     from imgvec.dataset.output import FORMAT, FeatureDataset
     from imgvec.dataset.writing import held_for_writing
 
-    folder = os.path.join(CACHE, f"vectors-{count}-{dim}-{seed}")
+    folder = os.path.join(CACHE, f"vectors-{count}-{dim}-{seed}" + (f"-{share}" if share != 0.02 else ""))
     if os.path.exists(os.path.join(folder, ".complete")):
         return folder
     rng = np.random.default_rng(seed)
@@ -67,7 +68,7 @@ def make_output(count: int, dim: int, seed: int = 0) -> str:
         for start in range(0, count, PART_ROWS):
             n = min(PART_ROWS, count - start)
             rows = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, dim), np.float32)
-            planted = np.flatnonzero(rng.random(n) < 0.02)
+            planted = np.flatnonzero(rng.random(n) < share)
             source = rows if previous is None else np.concatenate([previous, rows])
             originals = source[rng.integers(0, len(source), len(planted))]  # a row of this part or the one before
             noise = rng.uniform(0.05, 0.4, (len(planted), 1)).astype(np.float32)

@@ -3,10 +3,10 @@
     python benchmarks/ship_env.py [PREFIX ...]      (default: this Python's environment)
 
 For each environment, in a fresh process with an empty cache: its files and bytes, the seconds to pack them
-(spark.environment.archive, a plain .tar), the archive's size, what torch build it holds (CUDA or CPU) and that
-process's peak RSS (VmHWM); then the seconds a second call takes to find the archive made. Also, as a reference for
-the choice of a plain .tar: gzip -1 of the largest CUDA library, MB/s and the share it saves. A measurement, never a
-pass/fail test. Results: benchmarks/results/ship-env-DATE.json.
+(spark.environment.archive, a .zip of stored files), the archive's size, what torch build it holds (CUDA or CPU)
+and that process's peak RSS (VmHWM); then the seconds a second call takes to find the archive made. Also, as a
+reference for the choice of stored files: gzip -1 of the largest CUDA library, MB/s and the share it saves. A
+measurement, never a pass/fail test. Results: benchmarks/results/ship-env-DATE.json.
 """
 
 from __future__ import annotations

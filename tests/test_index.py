@@ -66,9 +66,12 @@ def test_every_index_type_builds_and_measures_its_recall(tmp_path, capsys, kind)
 
 
 @pytest.mark.spark
-def test_an_index_larger_than_memory_is_segmented_and_searched_in_runs(tmp_path, capsys, monkeypatch):
-    import imgvec.answers.index
-    from imgvec.answers.index import NeighbourIndex
+def test_an_index_larger_than_memory_is_segmented_and_searched_one_mapped_segment_at_a_time(tmp_path, capsys):
+    """Segments searched one at a time, memory-mapped, their top k merged: what one index of them all finds, at the
+    setting the build measured on Spark (its recall as the merged index's own)."""
+    import faiss
+
+    from imgvec.answers.index import RECALL_AT, NeighbourIndex, _read_npz, _set_search_setting
 
     output = tmp_path / "vectors"
     vectors = clustered_vectors(3_000, 32, seed=4)
@@ -76,16 +79,24 @@ def test_an_index_larger_than_memory_is_segmented_and_searched_in_runs(tmp_path,
     # 3,000 x (32 floats + an id) = 408,000 bytes, in segments of at most 64 KiB: 7 segments
     assert imgvec_here(capsys, "index", output, "--index-type", "ivf-flat", "--memory", "64K", "-q",
                        *SPARK).returncode == 0
-    assert len(json.loads((output / "_imgvec_index" / "index.json").read_text())["segments"]) == 7
+    folder = output / "_imgvec_index"
+    description = json.loads((folder / "index.json").read_text())
+    assert len(description["segments"]) == 7
+    whole = faiss.read_index(str(folder / description["segments"][0]))
+    for name in description["segments"][1:]:
+        whole.merge_from(faiss.read_index(str(folder / name)), 0)
+    _set_search_setting(whole, "nprobe", description["nprobe"], faiss)
     queries = normalise(vectors[:20])
-    held = NeighbourIndex.open(FeatureDataset(str(output)))
-    in_memory = held.search(queries, 5)
-    monkeypatch.setattr(imgvec.answers.index, "available_memory", lambda: 0)  # a machine too small to hold them all
-    streamed = NeighbourIndex.open(FeatureDataset(str(output)))
-    one_by_one = streamed.search(queries, 5)
-    assert held._loaded is not None and streamed._loaded is None
-    np.testing.assert_array_equal(in_memory[1], one_by_one[1])
-    np.testing.assert_allclose(in_memory[0], one_by_one[0], atol=1e-6)
+    similarities, ids = NeighbourIndex.open(FeatureDataset(str(output))).search(queries, 5)
+    expected_similarities, expected_ids = whole.search(queries, 5)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-6)
+    held = _read_npz(folder / f"queries-{description['build']}.npz")
+    truth = _read_npz(folder / f"truth-{description['build']}-0.npz")["ids"]
+    _, found = whole.search(held["vectors"], RECALL_AT + 1)
+    hits = sum(len(set(f[f != own][:RECALL_AT].tolist()) & set(t[t >= 0].tolist()))
+               for own, f, t in zip(held["ids"], found, truth, strict=True))
+    assert description["recall_at_10"] == round(hits / (truth >= 0).sum(), 4)
 
 
 def test_a_rebuilt_index_replaces_the_old_files_and_overwrite_removes_it(tmp_path, capsys):
@@ -195,17 +206,20 @@ def test_the_index_type_follows_the_size():
     assert index_for("auto", 20_000, 512) == ("flat", "IDMap,Flat")
     assert index_for("auto", 20_001, 512) == ("ivf-flat", "IVF128,Flat")
     assert index_for("auto", 10**6, 512, memory=8 * 2**30) == ("ivf-flat", "IVF1024,Flat")
-    assert index_for("auto", 10**8, 512, memory=8 * 2**30) == ("ivf-pq", "IVF8192,PQ64")
+    assert index_for("auto", 10**8, 512, memory=8 * 2**30) == ("ivf-pq", "IVF2048,PQ64")  # a bounded sample trains
     assert index_for("hnsw", 10, 8)[0] == "hnsw"
     assert index_for("ivf-pq", 1_000, 32)[1] == "IVF25,PQ4x4"  # few to train on
 
 
 def test_inverted_lists_and_codes():
-    assert inverted_lists(10**6) == 1024 and inverted_lists(10**8) == 8192 and inverted_lists(100) == 2
-    assert inverted_lists(10**12) == 65536  # capped
+    assert inverted_lists(10**6, 128) == 1024 and inverted_lists(10**8, 128) == 8192
+    assert inverted_lists(100, 128) == 2
+    # as many as a bounded sample trains: 256 MB of vectors, 50 each, whatever their number
+    assert inverted_lists(10**12, 128) == 8192 and inverted_lists(10**12, 512) == 2048
+    assert inverted_lists(10**12, 2048) == 512 and _training_size("ivf-flat", 10**12, 2048) * 2048 * 4 <= 2**28
     assert _pq_bytes(2048) == 256 and _pq_bytes(512) == 64 and _pq_bytes(1000) == 125 and _pq_bytes(7) == 1
-    assert _training_size("flat", 10**6) == 0 and _training_size("ivf-flat", 10**6) == 50 * 1024
-    assert _training_size("ivf-pq", 30_000) == 256 * 40  # 39 per code of each sub-quantizer at least
+    assert _training_size("flat", 10**6, 128) == 0 and _training_size("ivf-flat", 10**6, 128) == 50 * 1024
+    assert _training_size("ivf-pq", 30_000, 128) == 256 * 40  # 39 per code of each sub-quantizer at least
 
 
 def test_segments_fit_the_memory_given():

@@ -160,11 +160,11 @@ def test_torch_threads_follow_the_tasks_cpus_not_the_environment(two_cpu_tasks, 
 
 def _tiny_environment(tmp_path):
     """A real virtual environment (no pip) with one installed package, an editable install whose source lies
-    outside it, a PySpark and byte code: what --ship-env must ship, and what it must leave out."""
+    outside it, a PySpark, a Triton and byte code: what --ship-env must ship, and what it must leave out."""
     prefix = tmp_path / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
     [site] = glob.glob(str(prefix / "lib" / "python*" / "site-packages"))
-    for package, text in (("installed_pkg", "WHO = 'installed'"), ("pyspark", "")):
+    for package, text in (("installed_pkg", "WHO = 'installed'"), ("pyspark", ""), ("triton", "")):
         os.makedirs(os.path.join(site, package, "__pycache__"))
         open(os.path.join(site, package, "__init__.py"), "w").write(text)
         open(os.path.join(site, package, "__pycache__", "x.cpython-311.pyc"), "wb").write(b"\0")
@@ -196,7 +196,9 @@ def test_ship_env_packs_a_virtual_environment_with_its_editable_installs_once(tm
     with zipfile.ZipFile(archive) as packed:
         names = packed.namelist()
         packed.extractall(tmp_path / "unpacked")
-    assert not [n for n in names if "pyspark" in n or "__pycache__" in n or n.endswith((".pth", "data.bin"))]
+    assert "site-packages/installed_pkg/__init__.py" in names
+    assert not [n for n in names if n.startswith(("site-packages/pyspark", "site-packages/triton"))
+                or "__pycache__" in n or n.endswith((".pth", "data.bin"))]
     # The Python the environment was made from, the archive's site-packages first on its path (as the executors
     # run it), imports both packages from the archive alone.
     os.rename(tmp_path / "project", tmp_path / "project-gone")

@@ -3,9 +3,16 @@
 `OUTPUT/_imgvec_index/` (dataset.names) holds `index.json` (type, search setting, the parts it covers, the
 model that made the features, recall@10 measured at build), the trained empty index, the held-out
 queries, their exact neighbours, and one segment per Spark task. The driver trains on a sample of
-the vectors; each task reads its own parts, adds their vectors to a copy of the trained index,
-writes it as one segment and computes the exact top 10 of the held-out queries among its vectors,
-so the build measures its own recall against exact search without a second pass.
+the vectors whose size does not grow with them (TRAINING_BYTES); each task reads its own parts, adds their
+vectors to a copy of the trained index, writes it as one segment and computes the exact top 10 of the held-out
+queries among its vectors. A second job searches the queries in each segment at every search setting to try; their
+top 10 are merged on Spark, and the driver picks the cheapest setting that reaches RECALL_TARGET: it never holds
+a segment.
+
+A search (similar, dupes --against) opens one segment at a time memory-mapped (a segment on an object store is
+first copied to the local cache) and merges the top k: the process holds one segment's coarse quantizer and the
+pages its probes touch, not the index. All segments share the trained coarse quantizer, so probing the same lists
+in each finds what one merged index would.
 
 After `embed --resume` has added parts, `imgvec index` adds only those, as new segments of the same
 trained index (no retraining), merges their exact neighbours into the held-out queries' and
@@ -15,20 +22,24 @@ similarity. Row ids are (part number << 32 | row), dataset.rows.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from imgvec.base import defaults
-from imgvec.base.memory import available_memory
+from imgvec.base.partial import partial_name, remove_abandoned
 from imgvec.base.progress import Progress
 from imgvec.base.settings import RunOptions
 from imgvec.base.storage import Location
@@ -45,6 +56,10 @@ FORMAT = "imgvec-index/2"  # /2: segments (were "shards" in /1), held-out neighb
 READABLE = ("imgvec-index/1", FORMAT)
 RECALL_AT = 10
 QUERIES = 1_000  # held-out queries for recall@10 at build
+TRAINING_BYTES = 256 * 2**20  # the driver's training sample, whatever the vectors' number: 512K of 128-d
+PER_LIST = 50  # training vectors per inverted list (FAISS asks for at least 39)
+FOUND = pa.schema([("setting", pa.int64()), ("query", pa.int64()), ("ids", pa.list_(pa.int64())),
+                   ("similarities", pa.list_(pa.float32()))])  # the held-out queries' top RECALL_AT + 1
 TASK_RESULT = pa.schema([("segment", pa.int64()), ("count", pa.int64()), ("truth_ids", pa.list_(pa.int64())),
                          ("truth_similarities", pa.list_(pa.float32())), ("parts", pa.list_(pa.string())),
                          ("first_paths", pa.list_(pa.string())), ("last_paths", pa.list_(pa.string()))])
@@ -58,20 +73,22 @@ def index_for(kind: str, count: int, dim: int, memory: int = defaults.INDEX_MEMO
     """(index type, FAISS factory string) for `count` vectors of `dim`: exact when small, IVF beyond."""
     if kind == "auto":
         kind = ("flat" if count <= defaults.EXACT_MAX else "ivf-flat" if count * dim * 4 <= memory else "ivf-pq")
-    lists = inverted_lists(count)
+    lists = inverted_lists(count, dim)
     bits = 8 if count >= 256 * 40 else max(1, int(math.log2(max(2, count // 40))))  # codes PQ can train on a few
     pq = f"PQ{_pq_bytes(dim)}" + ("" if bits == 8 else f"x{bits}")
     return kind, {"flat": "IDMap,Flat", "ivf-flat": f"IVF{lists},Flat", "ivf-pq": f"IVF{lists},{pq}",
                   "hnsw": "IDMap,HNSW32"}[kind]
 
 
-def inverted_lists(count: int) -> int:
+def inverted_lists(count: int, dim: int) -> int:
     """IVF lists: a power of two near sqrt(count), so a query scans ~sqrt(count) vectors per list probed.
 
-    Fewer for a small set (an IVF index chosen by hand): FAISS trains each list on at least 39 vectors.
+    Fewer for a small set (an IVF index chosen by hand): FAISS trains each list on at least 39 vectors; and no
+    more than a bounded training sample trains (TRAINING_BYTES: 8,192 lists of 128-d, 2,048 of 512-d).
     """
     near_root = 2 ** round(math.log2(max(count, 1) ** 0.5))
-    return int(min(65536, max(16, near_root), max(1, count // 40)))
+    trainable = 2 ** int(math.log2(max(1, TRAINING_BYTES // (4 * dim * PER_LIST))))
+    return int(min(65536, trainable, max(16, near_root), max(1, count // 40)))
 
 
 def _pq_bytes(dim: int) -> int:
@@ -169,7 +186,7 @@ def _build(features: Searchable, kind, memory, run: RunOptions) -> dict:
     kind, factory = index_for(kind, count, dim, memory)
     folder = features.dataset.where.child(names.INDEX)
     build = uuid.uuid4().hex[:8]
-    training = _training_size(kind, count)
+    training = _training_size(kind, count, dim)
     sample_ids, sample = features.sample(training + QUERIES)
     queries = QUERIES if len(sample_ids) >= training + QUERIES else max(1, len(sample_ids) // 10)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -200,32 +217,149 @@ def _add(features: Searchable, description: dict, truth: Best, memory, run: RunO
     numbers = list(range(known, len(features.parts)))
     build, kind = description["build"], description["type"]
     folder = features.dataset.where.child(names.INDEX)
+    few = known > 0 and _new_vectors(features, new) <= defaults.EXACT_MAX  # an update of few vectors
+    in_process = run.spark is None and (kind == "flat" or few)
     added = 0
-    if new:
-        expected = max(1, features.count - description["count"])
-        needed = segments_needed(kind, expected, features.dim, memory)
-        progress = Progress(expected, quiet=run.quiet, unit="vectors")
-        try:
-            results = _run_add(features, build, len(description["segments"]), new, numbers, kind, needed, run,
-                               lambda share: progress.update(share * expected))
-        finally:
-            progress.close()
-        queries = description["queries"]
-        for row in results.to_pylist():
-            truth.update(np.array(row["truth_similarities"], np.float32).reshape(queries, RECALL_AT),
-                         np.array(row["truth_ids"], np.int64).reshape(queries, RECALL_AT))
-            description["path_ranges"].update({name: [first, last] for name, first, last in zip(
-                row["parts"], row["first_paths"], row["last_paths"], strict=True) if first is not None})
-        added = int(sum(results.column("count").to_pylist()))
-        description["segments"] += [names.segment(build, s) for s in sorted(results.column("segment").to_pylist())]
+    with _tasks(run, in_process) as tasks:
+        if new:
+            expected = max(1, features.count - description["count"])
+            needed = segments_needed(kind, expected, features.dim, memory)
+            progress = Progress(expected, quiet=run.quiet, unit="vectors")
+            try:
+                results = tasks(lambda slots: parts_plan(new, max(needed, slots), numbers),
+                                AddTask(features.location, build, len(description["segments"])),
+                                lambda share: progress.update(share * expected))
+            finally:
+                progress.close()
+            queries = description["queries"]
+            for row in results.to_pylist():
+                truth.update(np.array(row["truth_similarities"], np.float32).reshape(queries, RECALL_AT),
+                             np.array(row["truth_ids"], np.int64).reshape(queries, RECALL_AT))
+                description["path_ranges"].update({name: [first, last] for name, first, last in zip(
+                    row["parts"], row["first_paths"], row["last_paths"], strict=True) if first is not None})
+            added = int(sum(results.column("count").to_pylist()))
+            description["segments"] += [names.segment(build, s) for s in sorted(results.column("segment").to_pylist())]
+        name, values = _settings(description)
+        segments = description["segments"]
+        found = tasks(lambda slots: pa.table({"id": range(len(segments)), "segment": segments}),
+                      MeasureTask(features.location, build, name, tuple(values)),
+                      then=_merged_on_spark)
     description.update(parts=features.parts, count=description["count"] + added, updated=now())
     description["updates"] += 1
     _write_npz(folder.child(names.truth(build, description["updates"])), ids=truth.ids, similarities=truth.similarities)
-    queries = _read_npz(folder.child(names.queries(build)))
-    description.update(NeighbourIndex(features.dataset, description).tune(queries["vectors"], queries["ids"], truth))
+    query_ids = _read_npz(folder.child(names.queries(build)))["ids"]
+    recalls = _recalls(found, query_ids, truth)
+    value = next((v for v in values if recalls[v] >= defaults.RECALL_TARGET), values[-1])
+    description.update(recall_at_10=round(recalls[value], 4), **({name: value} if name else {}))
     description["added"] = added
     description["advice"] = _advice(description)
     return description
+
+
+@contextmanager
+def _tasks(run: RunOptions, in_process: bool):
+    """tasks(plan_of(task slots) -> plan, task, report, then) -> the task's rows: on Spark, or in this process
+    without starting Spark (a flat index, or an update of few vectors: its cost follows the new vectors, not a
+    session's start), where `then` is left out."""
+    if in_process:
+        yield lambda plan_of, task, report=None, then=None: task.here(plan_of(1))
+        return
+    from imgvec.spark.session import session, task_slots
+    from imgvec.spark.tasks import run_tasks
+
+    with session(run) as spark:
+        slots = task_slots(spark) or 2
+        yield lambda plan_of, task, report=None, then=None: run_tasks(spark, plan_of(slots), task, report, then)
+
+
+def _settings(description: dict) -> tuple[str | None, list]:
+    """The search setting to tune and the values to try, cheapest first: an updated index starts from the setting it
+    had (more vectors in the same lists need no fewer probes)."""
+    kind = description["type"]
+    if kind.startswith("ivf"):
+        name, values = "nprobe", _powers(description["factory"])
+    elif kind == "hnsw":
+        name, values = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        return None, [0]
+    return name, [v for v in values if v >= description.get(name, 0)] or values[-1:]
+
+
+@dataclass(frozen=True)
+class MeasureTask(RowTask):
+    """The held-out queries searched in one segment at each search setting: their top RECALL_AT + 1 (the query
+    itself is among them, and left out when recall is counted)."""
+
+    RESULT: ClassVar[pa.Schema] = FOUND
+    output: str
+    build: str
+    name: str | None  # nprobe, ef_search, or None (a flat index)
+    values: tuple[int, ...]
+
+    def run(self, rows):
+        import faiss
+
+        faiss.omp_set_num_threads(_task_cpus())
+        folder = FeatureDataset(self.output).where.child(names.INDEX)
+        queries = np.ascontiguousarray(_read_npz(folder.child(names.queries(self.build)))["vectors"])
+        for row in rows:
+            segment = _open_segment(folder.child(row["segment"]), copy=False)
+            for value in self.values:
+                if self.name:
+                    _set_search_setting(segment, self.name, value, faiss)
+                similarities, ids = segment.search(queries, RECALL_AT + 1)
+                similarities[ids < 0] = -np.inf
+                yield pa.RecordBatch.from_arrays([
+                    pa.array(np.full(len(ids), value, np.int64)), pa.array(np.arange(len(ids))),
+                    _lists(ids), _lists(similarities.astype(np.float32))], schema=FOUND)
+
+
+def _lists(matrix: np.ndarray) -> pa.ListArray:
+    """[n, k] -> n lists of k."""
+    return pa.ListArray.from_arrays(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32), matrix.ravel())
+
+
+def _merged_on_spark(found):
+    """Each query's top RECALL_AT + 1 over every segment, per setting: the driver gets one row per (setting, query)
+    whatever the number of segments."""
+    from imgvec.spark import compat
+    from imgvec.spark.tasks import ddl
+
+    return compat.apply_in_arrow(found.groupBy("setting", "query"), _top, ddl(FOUND))
+
+
+def _top(table: pa.Table) -> pa.Table:
+    """The rows of one (setting, query) -> one row: the best RECALL_AT + 1 of their lists."""
+    ids = pc.list_flatten(table.column("ids")).to_numpy()
+    similarities = pc.list_flatten(table.column("similarities")).to_numpy()
+    best = np.argsort(-similarities, kind="stable")[: RECALL_AT + 1]
+    first = table.slice(0, 1)
+    return pa.Table.from_arrays([first.column("setting").combine_chunks(), first.column("query").combine_chunks(),
+                                 _lists(ids[best][None]), _lists(similarities[best][None])], schema=FOUND)
+
+
+def _recalls(found: pa.Table, query_ids: np.ndarray, truth: Best) -> dict[int, float]:
+    """recall@10 per setting: of the queries' true 10 nearest (not themselves), the share found. `found` has a row
+    per (setting, query) and segment, or per (setting, query) once merged."""
+    width = RECALL_AT + 1
+    settings = found.column("setting").to_numpy()
+    queries = found.column("query").to_numpy()
+    ids = pc.list_flatten(found.column("ids")).to_numpy().reshape(-1, width)
+    similarities = pc.list_flatten(found.column("similarities")).to_numpy().reshape(-1, width)
+    true = int((truth.ids >= 0).sum())
+    recalls = {}
+    for value in np.unique(settings).tolist():
+        rows = np.flatnonzero(settings == value)
+        rows = rows[np.argsort(queries[rows], kind="stable")]  # each query's rows together, queries in order
+        per_query = len(rows) // len(query_ids)
+        best = Best(len(query_ids), width)
+        best.update(similarities[rows].reshape(len(query_ids), per_query * width),
+                    ids[rows].reshape(len(query_ids), per_query * width))
+        hits = 0
+        for own, found_ids, true_ids in zip(query_ids, best.ids, truth.ids, strict=True):
+            hits += len(set(found_ids[found_ids != own][:RECALL_AT].tolist()) & set(true_ids[true_ids >= 0].tolist()))
+        recalls[value] = hits / max(1, true)
+    return recalls
 
 
 def _advice(description: dict) -> str | None:
@@ -258,28 +392,11 @@ def _updatable(features: Searchable, kind: str) -> dict | None:
     return d
 
 
-def _training_size(kind: str, count: int) -> int:
+def _training_size(kind: str, count: int, dim: int) -> int:
     if not kind.startswith("ivf"):
         return 0
-    size = 50 * inverted_lists(count)  # FAISS asks for at least 39 per list
+    size = PER_LIST * inverted_lists(count, dim)
     return max(size, 256 * 40) if kind == "ivf-pq" else size  # and 39 per code of each PQ sub-quantizer
-
-
-def _run_add(features: Searchable, build, first, parts, numbers, kind: str, needed: int, run: RunOptions,
-             report) -> pa.Table:
-    """One task per new segment: as many as `needed` for each to fit in memory, and at least one per task slot.
-
-    A flat index (a small set), or an update of few vectors, is added in this process, by the same task, without
-    starting Spark: its cost follows the new vectors, not a session's start.
-    """
-    task = AddTask(features.location, build, first)
-    if run.spark is None and (kind == "flat" or (first > 0 and _new_vectors(features, parts) <= defaults.EXACT_MAX)):
-        return task.here(parts_plan(parts, needed, numbers))
-    from imgvec.spark.session import session, task_slots
-    from imgvec.spark.tasks import run_tasks
-
-    with session(run) as spark:
-        return run_tasks(spark, parts_plan(parts, max(needed, task_slots(spark) or 2), numbers), task, report)
 
 
 def _new_vectors(features: Searchable, parts: list[str]) -> int:
@@ -289,13 +406,12 @@ def _new_vectors(features: Searchable, parts: list[str]) -> int:
 
 
 class NeighbourIndex:
-    """A built index, searched with its tuned setting; segments loaded once when they fit in memory."""
+    """A built index, searched one memory-mapped segment at a time with its tuned setting."""
 
     def __init__(self, dataset: FeatureDataset, description: dict):
         self.dataset = dataset
         self.description = description
         self.folder = dataset.where.child(names.INDEX)
-        self._loaded = None
 
     @classmethod
     def open(cls, dataset: FeatureDataset, *, metadata: dict | None = None, parts: list[str] | None = None,
@@ -336,81 +452,21 @@ class NeighbourIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), each [len(queries), k], best first; id -1 where fewer than k exist."""
+        import faiss
+
+        queries = np.ascontiguousarray(normalise(queries))
         best = Best(len(queries), k)
-        for segment in self._segments():
-            similarities, ids = segment.search(np.ascontiguousarray(normalise(queries)), k)
+        copies = _copies_folder(self.folder, self.description["segments"])
+        for name in self.description["segments"]:
+            segment = _open_segment(self.folder.child(name), copy=copies)
+            for setting in ("nprobe", "ef_search"):
+                if setting in self.description:
+                    _set_search_setting(segment, setting, self.description[setting], faiss)
+            similarities, ids = segment.search(queries, k)
             similarities[ids < 0] = -np.inf
             best.update(similarities, ids)
+            del segment  # its mapping goes: the next segment's pages replace this one's
         return best.similarities, best.ids
-
-    def tune(self, queries: np.ndarray, query_ids: np.ndarray, truth: Best) -> dict:
-        """The cheapest search setting that reaches RECALL_TARGET on the held-out queries, and its recall@10.
-
-        An updated index starts from the setting it had: more vectors in the same lists need no fewer probes."""
-        import faiss
-
-        kind = self.description["type"]
-        if kind.startswith("ivf"):
-            name, values = "nprobe", _powers(self.description["factory"])
-        elif kind == "hnsw":
-            name, values = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
-        else:
-            name, values = None, [None]
-        values = [v for v in values if v is None or v >= self.description.get(name, 0)]
-        for value in values:
-            if value is not None:
-                self._set(name, value, faiss)
-            recall = self._recall(queries, query_ids, truth)
-            if recall >= defaults.RECALL_TARGET:
-                break
-        return {"recall_at_10": round(recall, 4), **({name: value} if name else {})}
-
-    def _recall(self, queries, query_ids, truth: Best) -> float:
-        _, ids = self.search(queries, RECALL_AT + 1)
-        hits = 0
-        for own, found, true in zip(query_ids, ids, truth.ids, strict=True):
-            found = [i for i in found if i != own][:RECALL_AT]
-            hits += len(set(found) & set(true[true >= 0].tolist()))
-        return hits / max(1, int((truth.ids >= 0).sum()))
-
-    def _set(self, name: str, value: int, faiss) -> None:
-        self.description[name] = value
-        for segment in self._segments():
-            _set_search_setting(segment, name, value, faiss)
-
-    def _segments(self):
-        """The segments, merged where they are IVF: held in memory when together they fit in half the memory
-        free now; else read again for each search, in runs that fit."""
-        if self._loaded is None:
-            files = [(where, where.info().size or 0) for where in map(self.folder.child, self.description["segments"])]
-            budget = available_memory() // 2
-            if sum(size for _, size in files) > budget:
-                return self._merged(files, budget)
-            self._loaded = list(self._merged(files, budget))
-        return iter(self._loaded)
-
-    def _merged(self, files, budget: int):
-        held, size_held = None, 0
-        for where, size in files:
-            segment = self._load(where)
-            if held is not None and self.description["type"].startswith("ivf") and size_held + size <= budget:
-                held.merge_from(segment, 0)  # one IVF index: a query scans its lists once
-                size_held += size
-                continue
-            if held is not None:
-                yield held
-            held, size_held = segment, size
-        if held is not None:
-            yield held
-
-    def _load(self, where: Location):
-        import faiss
-
-        segment = _read_faiss(where, self.description["dim"])
-        for name in ("nprobe", "ef_search"):
-            if name in self.description:
-                _set_search_setting(segment, name, self.description[name], faiss)
-        return segment
 
 
 def _set_search_setting(index, name: str, value: int, faiss) -> None:
@@ -450,6 +506,45 @@ def _read_faiss(where: Location, dim: int | None = None):
     if dim is not None and index.d != dim:
         raise IndexProblem(f"the index file {where.uri} holds {index.d}-d vectors, not {dim}-d; run imgvec index again")
     return index
+
+
+def _open_segment(where: Location, copy: str | bool = False):
+    """A segment, memory-mapped from its file; one on an object store is first copied into the folder `copy` (a
+    search on the driver: the copy stays for the next), or read into memory (`copy` False: a task's one segment)."""
+    import faiss
+
+    if not where.is_local and not copy:
+        return _read_faiss(where)
+    path = where.path
+    if not where.is_local:
+        path = os.path.join(copy, where.path.rsplit("/", 1)[-1])
+        if not os.path.exists(path):
+            remove_abandoned(path)
+            try:
+                pafs.copy_files(where.path, partial_name(path), source_filesystem=where.fs)
+            except OSError as exc:
+                raise IndexProblem(f"the index file {where.uri} could not be copied to {copy} ({one_line(exc)})") \
+                    from None
+            os.replace(partial_name(path), path)
+    try:
+        # IFC maps every kind imgvec builds (IVF lists, flat and HNSW vectors); with IO_FLAG_MMAP, IVF refuses
+        return faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as exc:
+        raise IndexProblem(f"the index file {where.uri} is damaged or missing ({one_line(exc)}); "
+                          "run imgvec index again, or pass --exact") from None
+
+
+def _copies_folder(folder: Location, segments: list[str]) -> str | bool:
+    """Where a search on this machine keeps its copies of an index on an object store (False: the index is local):
+    a folder of the cache for each index, holding the current build's segments only."""
+    if folder.is_local:
+        return False
+    copies = os.path.join(defaults.cache_dir(), "indexes", hashlib.sha256(folder.uri.encode()).hexdigest()[:16])
+    os.makedirs(copies, exist_ok=True)
+    for name in os.listdir(copies):
+        if name.endswith(".faiss") and name not in segments:  # an earlier build's
+            os.remove(os.path.join(copies, name))
+    return copies
 
 
 def _task_cpus() -> int:
