@@ -113,6 +113,18 @@ def test_a_mistake_found_while_the_jvm_starts_prints_one_line_and_stops_it(tmp_p
     unanswered = script.replace("'--weights',", "'--master', 'spark://127.0.0.1:9', '--weights',")
     after = subprocess.run([sys.executable, "-c", unanswered], capture_output=True, text=True, timeout=90)
     assert after.stdout.split()[-2:] == ["2", "20"], after.stderr
+    # And one dropped before its JVM started, while another session was starting (a command that failed at once).
+    # Whichever then starts first, the next session runs: the dropped one ends the JVM it started rather than wait
+    # for the master, and leaves alone a JVM that is not its own.
+    queued = ("from imgvec.base.settings import RunOptions\nfrom imgvec.spark import session as jobs\n"
+              "jobs._starting.acquire()\njobs.start_early(RunOptions(master='spark://127.0.0.1:9'))\n"
+              "dropped = jobs._early\njobs.drop_early()\njobs._starting.release()\n{first}"
+              "spark = jobs.get_session('local[1]', quiet=True)\n{then}"
+              "print(2, spark.sparkContext.parallelize(range(5), 2).map(lambda x: x * 2).sum())\n")
+    for first, then in (("dropped.thread.join()\n", ""), ("", "dropped.thread.join()\n")):
+        after = subprocess.run([sys.executable, "-c", queued.format(first=first, then=then)], capture_output=True,
+                               text=True, timeout=90)
+        assert after.stdout.split()[-2:] == ["2", "20"], after.stderr
 
 
 @pytest.mark.spark

@@ -204,7 +204,12 @@ class _EarlySession:
             try:
                 master, conf, ship_env = self.wanted
                 options = _classic_options(master, "imgvec", conf, quiet=True, ship_env=ship_env)
-                self.gateway, self.relay = _launch_quietly(options, holding=True)
+                gateway, relay = _launch_quietly(options, holding=True)
+                with self.lock:
+                    self.gateway, self.relay = gateway, relay
+                    if self.abandoned:  # dropped while it waited or its JVM started: no context to wait for
+                        self._stop()
+                        return
                 self.spark = _classic_session(options)
             except BaseException as error:  # raised where the session is taken
                 self.error = error
@@ -224,8 +229,6 @@ class _EarlySession:
         jvm.forget()  # its JVM ran no job: its class list would make a poor archive
         with self.lock:
             self.abandoned = True
-            if self.relay is not None:
-                self.relay.drop()
             if not self.thread.is_alive():
                 self._stop()
             elif self.gateway is not None:  # still starting: a context waits minutes for a master that is not there
@@ -238,8 +241,11 @@ class _EarlySession:
         from pyspark import SparkContext
         from pyspark.sql import SparkSession
 
-        if self.gateway is not None:
-            self.gateway.proc.terminate()
+        if self.relay is not None:
+            self.relay.drop()
+        if self.gateway is None:  # the process had a JVM already, another session's: left alone
+            return
+        self.gateway.proc.terminate()
         SparkContext._gateway = SparkContext._jvm = None
         SparkContext._active_spark_context = None  # a context or session of that JVM is no later session's
         SparkSession._instantiatedSession = SparkSession._activeSession = None
