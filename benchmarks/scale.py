@@ -203,7 +203,7 @@ def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
                            "type": description["type"], "factory": description["factory"],
                            "recall_at_10": description["recall_at_10"], "segments": len(description["segments"])}
     if "similar" in answers:
-        runs = [run_command("similar", output, f"img/{i * (rows // 5):08d}.jpg", "-k", "10", "--json", "-q")
+        runs = [run_command("similar", output, f"img/{i * (rows // 5):08d}.jpg", "-k", "10", "--json")
                 for i in range(5)]
         seconds = sorted(r["seconds"] for r in runs)
         result["similar"] = {"p50_seconds": seconds[2], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),

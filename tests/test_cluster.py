@@ -129,9 +129,10 @@ def _bare_cluster(master):
 
 
 @pytest.mark.spark35
-def test_executors_without_imgvec_stop_the_command_in_one_line(cluster_master, image_dir, tmp_path):
+def test_executors_without_imgvec_stop_the_command_in_one_line(cluster_master, image_dir, tmp_path_factory):
     """The executors run the base Python: the command stops before any image with one line naming --ship-env, and
     writes nothing, so the same command can simply run again; another Python version is one line naming both."""
+    tmp_path = tmp_path_factory.mktemp("refused")  # not image_dir's folder: an output may not lie in its input
     assert subprocess.run([BARE, "-c", "import torch"], capture_output=True).returncode != 0
     assert subprocess.run([BARE, "-c", "import imgvec"], capture_output=True).returncode != 0
     refused = imgvec("embed", image_dir, "-o", tmp_path / "refused", *_bare_cluster(cluster_master))
@@ -150,9 +151,10 @@ def test_executors_without_imgvec_stop_the_command_in_one_line(cluster_master, i
 @pytest.mark.skipif(not pyspark.__version__.startswith("3."),
                     reason="the shipped environment (~5 GB through Spark) runs in the Spark 3.5 tier: once a CI")
 def test_executors_without_imgvec_get_this_environment_by_ship_env(cluster_master, image_dir, resnet18_default,
-                                                                   tmp_path):
+                                                                   tmp_path_factory):
     """With --ship-env the executors of the bare Python write the single-process features: the archive is made,
     sent by Spark, unpacked by the executor, and imports torch and imgvec."""
+    tmp_path = tmp_path_factory.mktemp("ship-env")
     cache = tmp_path / "cache"  # the archive (several GB), removed after the test
     try:
         shipped = imgvec("embed", image_dir, "-o", tmp_path / "shipped", "--ship-env", *_bare_cluster(cluster_master),

@@ -12,8 +12,8 @@ cluster's network is to send.
 
 What is packed: the virtual environment's site-packages, with what venv-pack refuses: an editable install
 (`pip install -e .`, the README's) is shipped as its packages' files. Left out: PySpark (every executor puts its
-own Spark's first on the path), Triton (torch.compile's GPU compiler, which imgvec never calls: 0.9 of the 6 GB of
-torch's default wheel), byte code, and the .pth files (an editable install's are replaced by its files). A
+own Spark's first on the path), Triton (torch.compile's GPU compiler, which imgvec never calls: 0.9 GB of the
+README's 6.1 GB environment), byte code, and the .pth files (an editable install's are replaced by its files). A
 conda environment carries its own interpreter: the user packs it with conda-pack (the error says how).
 """
 
