@@ -156,9 +156,12 @@ def test_executors_without_imgvec_get_this_environment_by_ship_env(cluster_maste
     sent by Spark, unpacked by the executor, and imports torch and imgvec."""
     tmp_path = tmp_path_factory.mktemp("ship-env")
     cache = tmp_path / "cache"  # the archive (several GB), removed after the test
+    # Each copy of the archive is GBs of disk: the driver's and the executor's, each fetched and unpacked. One
+    # executor a worker here: Spark's fetch cache would only copy it once more.
+    fetch = ["--conf", "spark.files.useFetchCache=false"]
     try:
         shipped = imgvec("embed", image_dir, "-o", tmp_path / "shipped", "--ship-env", *_bare_cluster(cluster_master),
-                         timeout=1700, env={**os.environ, "IMGVEC_CACHE": str(cache)})
+                         *fetch, timeout=1700, env={**os.environ, "IMGVEC_CACHE": str(cache)})
         assert shipped.returncode == 0, shipped.stderr
         assert "packing this Python environment for the workers" in shipped.stderr
         [archive] = glob.glob(str(cache / "environments" / "*.zip"))
@@ -167,3 +170,6 @@ def test_executors_without_imgvec_get_this_environment_by_ship_env(cluster_maste
                              cosine=0.9999)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+        for unpacked in glob.glob(str(tmp_path_factory.getbasetemp() / "cluster*" / "worker*" / "app-*" / "*" /
+                                      "imgvec_env")):  # the executor's (a standalone worker keeps an app's folder)
+            shutil.rmtree(unpacked, ignore_errors=True)
