@@ -20,7 +20,8 @@ that finds nothing to do.
 ~0.94-0.999; benchmarks/search.py makes it, once), then each command as a user runs it, in a fresh process whose
 peak RSS (VmHWM) is the driver's: `index` (seconds, the type chosen, recall@10 measured at build); `similar` by that
 index (five queries, a process each: p50 seconds and the largest peak); `dupes --threshold 0.9 --keep first --out`
-(seconds, files listed). A measurement, never a pass/fail test. Results: benchmarks/results/scale-DATE-KINDS.json.
+(seconds, files grouped, files --keep lists). A measurement, never a pass/fail test. Results:
+benchmarks/results/scale-DATE-KINDS.json.
 """
 
 from __future__ import annotations
@@ -211,8 +212,13 @@ def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
     if "dupes" in answers:
         listing = os.path.join(tempfile.mkdtemp(prefix="imgvec-scale-dupes-"), "groups.parquet")
         found = run_command("dupes", output, "--threshold", "0.9", "--keep", "first", "--out", listing, *spark)
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        grouped = pq.read_table(listing, columns=["path", "kept_file"])
         result["dupes"] = {"seconds": found["seconds"], "peak_rss_mb": found["peak_rss_mb"],
-                           "listed": len(found["stdout"].splitlines()), "rows_per_second": rows / found["seconds"]}
+                           "grouped": grouped.num_rows, "rows_per_second": rows / found["seconds"],
+                           "deletable": pc.sum(pc.not_equal(grouped["path"], grouped["kept_file"])).as_py()}
         shutil.rmtree(os.path.dirname(listing), ignore_errors=True)
     return result
 
