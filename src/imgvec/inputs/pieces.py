@@ -78,9 +78,5 @@ def expand_braces(inputs) -> list[str]:
     return out
 
 
-def _is_pattern(text: str) -> bool:
-    return any(c in text for c in "*?[{")
-
-
 def is_pattern(text: str) -> bool:
     return any(c in text for c in "*?[{")
