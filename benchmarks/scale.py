@@ -236,10 +236,15 @@ def answers_main(args) -> None:
             print(f"{answer}: driver peak RSS {mine[0][answer]['peak_rss_mb']:.0f} MB at {mine[0]['rows']} vectors, "
                   f"{mine[-1][answer]['peak_rss_mb']:.0f} MB at {mine[-1]['rows']} "
                   f"(+{mine[-1][answer]['peak_rss_mb'] - mine[0][answer]['peak_rss_mb']:.0f} MB)")
+    write_results(args.answers, args.cores, results)
+
+
+def write_results(names: list[str], cores: int, results: list[dict]) -> None:
+    """benchmarks/results/scale-DATE-NAMES.json, with the CPU it ran on."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        f"scale-{datetime.date.today().isoformat()}-{'-'.join(args.answers)}.json")
+                        f"scale-{datetime.date.today().isoformat()}-{'-'.join(names)}.json")
     with open(path, "w") as f:
-        json.dump({"cpu": cpu_name(), "cores": args.cores, "results": results}, f, indent=2)
+        json.dump({"cpu": cpu_name(), "cores": cores, "results": results}, f, indent=2)
     print(f"written: {path}")
 
 
@@ -298,11 +303,7 @@ def main() -> None:
         if len(mine) > 1:
             print(f"{kind}: driver peak RSS grows by {mine[-1]['peak_rss_mb'] - mine[0]['peak_rss_mb']:.0f} MB "
                   f"from {mine[0]['rows']} to {mine[-1]['rows']} rows")
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        f"scale-{datetime.date.today().isoformat()}-{'-'.join(args.kinds)}.json")
-    with open(path, "w") as f:
-        json.dump({"cpu": cpu_name(), "cores": args.cores, "results": results}, f, indent=2)
-    print(f"written: {path}")
+    write_results(args.kinds, args.cores, results)
 
 
 if __name__ == "__main__":

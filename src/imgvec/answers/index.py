@@ -49,7 +49,7 @@ from imgvec.dataset.lock import now
 from imgvec.dataset.output import FeatureDataset, path_range
 from imgvec.dataset.rows import part_vectors
 from imgvec.dataset.searchable import Searchable, open_searchable, parts_plan
-from imgvec.kernels.similarity import Best, normalise
+from imgvec.kernels.similarity import Best, normalise, top_k
 from imgvec.spark.tasks import RowTask
 
 FORMAT = "imgvec-index/2"  # /2: segments (were "shards" in /1), held-out neighbours kept for updates
@@ -217,8 +217,9 @@ def _add(features: Searchable, description: dict, truth: Best, memory, run: RunO
     numbers = list(range(known, len(features.parts)))
     build, kind = description["build"], description["type"]
     folder = features.dataset.where.child(names.INDEX)
-    few = known > 0 and _new_vectors(features, new) <= defaults.EXACT_MAX  # an update of few vectors
-    in_process = run.spark is None and (kind == "flat" or few)
+    # a flat index, or an update of few vectors (their parts' footers are read only then)
+    in_process = run.spark is None and (kind == "flat" or known > 0
+                                        and _new_vectors(features, new) <= defaults.EXACT_MAX)
     added = 0
     with _tasks(run, in_process) as tasks:
         if new:
@@ -303,7 +304,7 @@ class MeasureTask(RowTask):
         folder = FeatureDataset(self.output).where.child(names.INDEX)
         queries = np.ascontiguousarray(_read_npz(folder.child(names.queries(self.build)))["vectors"])
         for row in rows:
-            segment = _open_segment(folder.child(row["segment"]), copy=False)
+            segment = _open_segment(folder.child(row["segment"]), len(queries[0]))
             for value in self.values:
                 if self.name:
                     _set_search_setting(segment, self.name, value, faiss)
@@ -332,10 +333,10 @@ def _top(table: pa.Table) -> pa.Table:
     """The rows of one (setting, query) -> one row: the best RECALL_AT + 1 of their lists."""
     ids = pc.list_flatten(table.column("ids")).to_numpy()
     similarities = pc.list_flatten(table.column("similarities")).to_numpy()
-    best = np.argsort(-similarities, kind="stable")[: RECALL_AT + 1]
+    similarities, ids = top_k(similarities[None], ids[None], RECALL_AT + 1)
     first = table.slice(0, 1)
     return pa.Table.from_arrays([first.column("setting").combine_chunks(), first.column("query").combine_chunks(),
-                                 _lists(ids[best][None]), _lists(similarities[best][None])], schema=FOUND)
+                                 _lists(ids), _lists(similarities)], schema=FOUND)
 
 
 def _recalls(found: pa.Table, query_ids: np.ndarray, truth: Best) -> dict[int, float]:
@@ -458,7 +459,7 @@ class NeighbourIndex:
         best = Best(len(queries), k)
         copies = _copies_folder(self.folder, self.description["segments"])
         for name in self.description["segments"]:
-            segment = _open_segment(self.folder.child(name), copy=copies)
+            segment = _open_segment(self.folder.child(name), self.description["dim"], copy=copies)
             for setting in ("nprobe", "ef_search"):
                 if setting in self.description:
                     _set_search_setting(segment, setting, self.description[setting], faiss)
@@ -494,12 +495,16 @@ def _write_faiss(index, where: Location) -> None:
     where.write_with(write)
 
 
-def _read_faiss(where: Location, dim: int | None = None):
+def _read_faiss(where: Location, dim: int | None = None, mapped: str | None = None):
+    """The index file at `where`, read into memory, or memory-mapped from the local file `mapped` (its copy)."""
     import faiss
 
     try:
-        with where.fs.open_input_stream(where.path) as stream:
-            index = faiss.read_index(faiss.PyCallbackIOReader(stream.read))
+        if mapped:  # IFC maps every kind imgvec builds (IVF lists, flat, HNSW); with IO_FLAG_MMAP, IVF refuses
+            index = faiss.read_index(mapped, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        else:
+            with where.fs.open_input_stream(where.path) as stream:
+                index = faiss.read_index(faiss.PyCallbackIOReader(stream.read))
     except (RuntimeError, OSError) as exc:
         raise IndexProblem(f"the index file {where.uri} is damaged or missing ({one_line(exc)}); "
                           "run imgvec index again, or pass --exact") from None
@@ -508,13 +513,11 @@ def _read_faiss(where: Location, dim: int | None = None):
     return index
 
 
-def _open_segment(where: Location, copy: str | bool = False):
+def _open_segment(where: Location, dim: int, copy: str | bool = False):
     """A segment, memory-mapped from its file; one on an object store is first copied into the folder `copy` (a
     search on the driver: the copy stays for the next), or read into memory (`copy` False: a task's one segment)."""
-    import faiss
-
     if not where.is_local and not copy:
-        return _read_faiss(where)
+        return _read_faiss(where, dim)
     path = where.path
     if not where.is_local:
         path = os.path.join(copy, where.path.rsplit("/", 1)[-1])
@@ -526,12 +529,7 @@ def _open_segment(where: Location, copy: str | bool = False):
                 raise IndexProblem(f"the index file {where.uri} could not be copied to {copy} ({one_line(exc)})") \
                     from None
             os.replace(partial_name(path), path)
-    try:
-        # IFC maps every kind imgvec builds (IVF lists, flat and HNSW vectors); with IO_FLAG_MMAP, IVF refuses
-        return faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError as exc:
-        raise IndexProblem(f"the index file {where.uri} is damaged or missing ({one_line(exc)}); "
-                          "run imgvec index again, or pass --exact") from None
+    return _read_faiss(where, dim, mapped=path)
 
 
 def _copies_folder(folder: Location, segments: list[str]) -> str | bool:
