@@ -99,6 +99,26 @@ def test_overwrite_deletes_exactly_what_imgvec_wrote(tmp_path):
     assert os.listdir(tmp_path / "o") == ["_imgvec.json"]  # the lock goes with the run
 
 
+def test_overwrite_deletes_what_dupes_stored_and_refuses_a_foreign_file_among_it(capsys, photos, tmp_path):
+    """`imgvec dupes` on Spark stores its result in OUTPUT/_imgvec_dupes/: --overwrite deletes those files (by name),
+    and refuses, deleting nothing, when someone put a file of their own there."""
+    dataset = small_output(tmp_path / "o")
+    dupes = tmp_path / "o" / "_imgvec_dupes"
+    for folder in ("members", "groups", "work-0123abcd/components/round-000"):
+        (dupes / folder).mkdir(parents=True)
+        (dupes / folder / "part-000000.parquet").write_bytes(b"stored")
+    (dupes / "work-0123abcd" / "centroids.npz").write_bytes(b"stored")
+    (dupes / "members" / "mine.txt").write_text("a note")
+    before = tree(tmp_path / "o")
+    result = imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--overwrite", *RANDOM, *NO_SPARK)
+    assert_usage_error(result, "also holds files imgvec did not write (_imgvec_dupes/members/mine.txt)")
+    assert tree(tmp_path / "o") == before
+    (dupes / "members" / "mine.txt").unlink()
+    small = {"model": "resnet18", "weights": "random", "weights_sha256": None, "dim": 2, "format": "x"}
+    with held_for_writing(dataset, small, resume=False, overwrite=True):
+        assert sorted(os.listdir(tmp_path / "o")) == ["_imgvec.json", "_imgvec.lock"]
+
+
 def test_overwrite_deletes_many_parts_at_once_and_only_them(tmp_path, monkeypatch):
     """An output of 300 parts and a temporary a killed run left: deleted by several requests at once, every one of
     them a file imgvec named; the lock and the new metadata are all that is left."""

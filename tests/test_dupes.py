@@ -27,7 +27,7 @@ from helpers import (
     imgvec_here,
     vectors_output,
 )
-from imgvec.answers.dedup import UNIT, _blocks
+from imgvec.answers.dedup_spark import UNIT, _blocks
 from imgvec.kernels.similarity import normalise
 
 THRESHOLD = 0.8
@@ -116,6 +116,29 @@ def test_clustered_dupes_on_spark_find_what_exact_finds_on_real_photos(planted):
             assert member["similarity"] >= THRESHOLD - 1e-6
             if group["kind"] == "near":
                 assert abs(row.max() - member["similarity"]) < 1e-4
+
+
+@pytest.mark.spark
+def test_dupes_as_spark_stages_give_the_driver_answer_exactly(planted, tmp_path):
+    """One k-means cluster compares every pair, as --exact does: the groups found, labelled and ranked by Spark's
+    tasks and stored under the output are the in-process answer exactly (kept files, witnesses and their pixel
+    verdicts, similarities, what --keep lists, --out), read back a file at a time; the stages leave no work files."""
+    _, output = planted
+    args = ["--threshold", THRESHOLD, "--keep", "first", "--verify", "--json"]
+    exact = imgvec("dupes", output, *args, "--out", tmp_path / "exact.parquet")
+    staged = imgvec("dupes", output, *args, "--clusters", "1", "--out", tmp_path / "staged.parquet", "-q", *SPARK)
+    assert exact.returncode == staged.returncode == 0, staged.stderr
+    assert_no_jvm_lines(staged.stderr)
+    exact, staged_found = json.loads(exact.stdout), json.loads(staged.stdout)
+    assert exact.pop("search") == "exact" and staged_found.pop("search").startswith("clustered: 1 k-means cluster")
+    assert [g["kind"] for g in exact["groups"]].count("identical") == 2 and len(exact["delete"]) >= 30
+    assert staged_found == exact
+    assert pq.read_table(tmp_path / "staged.parquet").equals(pq.read_table(tmp_path / "exact.parquet"))
+    stored = output / "_imgvec_dupes"
+    assert sorted(p.name for p in stored.iterdir()) == ["delete", "groups", "members", "unverified"]
+    members = pq.read_table(stored / "members")
+    assert sorted(members.column("path").to_pylist()) == sorted(m["path"] for g in exact["groups"]
+                                                                 for m in g["members"])
 
 
 @pytest.mark.spark35

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from imgvec.spark.tasks import RowTask
 
 THUMBNAIL = 256  # pixels, the longer side
 IN_PROCESS = 200  # up to this many thumbnails no Spark job is worth starting
+PAGE_MEMBERS = 60  # cards of one group on the dupes page: the rest are counted
 THUMBNAILS = pa.schema([("path", pa.string()), ("jpeg", pa.binary()), ("width", pa.int64()),
                         ("height", pa.int64()), ("error", pa.string())])
 PLAN = pa.schema([("id", pa.int64()), ("paths", pa.list_(pa.string()))])
@@ -111,34 +113,40 @@ h2{font-size:15px;margin:0 0 10px} h2 small{font-weight:normal;color:#666}
 
 
 def dupes_page(found, show: int, out: str | None, run: RunOptions = RunOptions()) -> str:
-    """The largest `show` groups of a Duplicates result, each member with its kept file marked."""
+    """The largest `show` groups of a Duplicates result, each with at most PAGE_MEMBERS members (its kept files
+    first) and its kept file marked: a page of bounded size, whatever the result's."""
     from imgvec.answers.dedup import evidence
 
-    shown = found.groups[:show]
-    pictures = thumbnails([where(m["path"], m.get("input")) for g in shown for m in g.members], run)
-    deletable = found.to_delete()
-    more = len(found.groups) - len(shown)
-    lines = [f"{_count(len(found.groups), 'group')} among {found.images} images at cosine &ge; {found.threshold} "
+    shown = list(itertools.islice(found.each_group(), show))
+    members = [g.members if len(g.members) <= PAGE_MEMBERS else  # a large group: its kept files first
+               sorted(g.members, key=lambda m: m["kept_file"] != m["path"])[:PAGE_MEMBERS] for g in shown]
+    pictures = thumbnails([where(m["path"], m.get("input")) for listed in members for m in listed], run)
+    counts = found.counts()
+    more = counts["groups"] - len(shown)
+    lines = [f"{_count(counts['groups'], 'group')} among {found.images} images at cosine &ge; {found.threshold} "
              f"({_text(found.threshold_source or 'given')}); search: {_text(found.how)}.",
-             f"{_count(len(deletable), 'file')} would be deleted by <code>--keep</code>: each has a kept file of its "
-             "group at or above the threshold, shown on its card" + (", whose pixels verify it." if found.verified
-                                                                     else ".")]
+             f"{_count(counts['delete'], 'file')} would be deleted by <code>--keep</code>: each has a kept file of "
+             "its group at or above the threshold, shown on its card" + (", whose pixels verify it."
+                                                                         if found.verified else ".")]
     if found.verified:
-        lines.append(f"{_count(len(found.unverified), 'file')} kept unverified: near a kept file by cosine, but no "
-                     "kept file's pixels match" + (f" ({len(found.unreadable)} of them because an image is gone or "
-                                                   "unreadable)." if found.unreadable else "."))
+        lines.append(f"{_count(counts['unverified'], 'file')} kept unverified: near a kept file by cosine, but no "
+                     "kept file's pixels match" + (f" ({counts['unreadable']} of them because an image is gone or "
+                                                   "unreadable)." if counts["unreadable"] else "."))
     if more:
         lines.append(f"This page shows the {len(shown)} largest groups; {more} more are in "
                      + (f"<code>{_text(out)}</code>." if out else "the output of <code>--out FILE</code>."))
     sections = []
-    for n, group in enumerate(shown, 1):
+    for n, (group, listed) in enumerate(zip(shown, members, strict=True), 1):
         weakest = group.weakest["similarity"] if group.weakest else 1.0
         cards = []
-        for m in group.members:
+        for m in listed:
             kept = m["kept_file"] == m["path"]
             badge = "KEEP" if kept else f"copy, cosine {m['kept_similarity']:.3f} to {_name(m['kept_file'])}"
             cards.append(_card(pictures[where(m["path"], m.get("input"))], "keep" if kept else "copy", badge,
                                m["path"], m.get("bytes"), m.get("output"), evidence(m)))
+        rest = len(group.members) - len(listed)
+        if rest:
+            cards.append(f"<div class='card more'>and {rest} more: <code>--out FILE</code> lists them</div>")
         sections.append(f"<section><h2>Group {n}: {group.kind}, {len(group.members)} images, "
                         f"{len(group.kept)} kept <small>(weakest pair {weakest:.3f})</small></h2>"
                         f"<div class=cards>{''.join(cards)}</div></section>")

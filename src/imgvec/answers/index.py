@@ -56,7 +56,6 @@ FORMAT = "imgvec-index/2"  # /2: segments (were "shards" in /1), held-out neighb
 READABLE = ("imgvec-index/1", FORMAT)
 RECALL_AT = 10
 QUERIES = 1_000  # held-out queries for recall@10 at build
-TRAINING_BYTES = 256 * 2**20  # the driver's training sample, whatever the vectors' number: 512K of 128-d
 PER_LIST = 50  # training vectors per inverted list (FAISS asks for at least 39)
 FOUND = pa.schema([("setting", pa.int64()), ("query", pa.int64()), ("ids", pa.list_(pa.int64())),
                    ("similarities", pa.list_(pa.float32()))])  # the held-out queries' top RECALL_AT + 1
@@ -87,7 +86,7 @@ def inverted_lists(count: int, dim: int) -> int:
     more than a bounded training sample trains (TRAINING_BYTES: 8,192 lists of 128-d, 2,048 of 512-d).
     """
     near_root = 2 ** round(math.log2(max(count, 1) ** 0.5))
-    trainable = 2 ** int(math.log2(max(1, TRAINING_BYTES // (4 * dim * PER_LIST))))
+    trainable = 2 ** int(math.log2(max(1, defaults.TRAINING_BYTES // (4 * dim * PER_LIST))))
     return int(min(65536, trainable, max(16, near_root), max(1, count // 40)))
 
 

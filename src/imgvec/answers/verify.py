@@ -202,14 +202,21 @@ class VerifyTask(RowTask):
     RESULT: ClassVar[pa.Schema] = VERDICTS
 
     def run(self, rows):
-        from imgvec.inputs.readback import read_back
-        from imgvec.inputs.tars import split_member_path
-
         for row in rows:
-            in_tars = [p for p in {*row["a"], *row["b"]} if split_member_path(p)]  # each tar streamed once
-            verifier = PairVerifier(read=read_back(in_tars))
-            verdicts = [verifier(a, b).row(a, b) for a, b in zip(row["a"], row["b"], strict=True)]
-            yield pa.RecordBatch.from_pylist(verdicts, schema=VERDICTS)
+            found = verdicts_here(list(zip(row["a"], row["b"], strict=True)))
+            yield pa.RecordBatch.from_pylist([verdict.row(a, b) for (a, b), verdict in found.items()],
+                                             schema=VERDICTS)
+
+
+def verdicts_here(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Verdict]:
+    """{(a, b): Verdict} for pairs of places, in this process (a task's): each image read and decoded once, each
+    tar streamed once."""
+    from imgvec.inputs.readback import read_back
+    from imgvec.inputs.tars import split_member_path
+
+    in_tars = [p for p in {p for pair in pairs for p in pair} if split_member_path(p)]
+    verifier = PairVerifier(read=read_back(in_tars))
+    return {(a, b): verifier(a, b) for a, b in pairs}
 
 
 def verify_pairs(pairs: list[tuple[str, str]], run: RunOptions = RunOptions(),

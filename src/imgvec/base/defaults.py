@@ -36,6 +36,7 @@ INDEX_TYPE = "auto"  # flat up to EXACT_MAX vectors, then ivf-flat, then ivf-pq 
 INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
 INDEX_MEMORY = 8 * 2**30  # bytes of one index shard: what one ordinary machine holds; larger indexes are sharded
 RECALL_TARGET = 0.95  # recall@10 the index's search settings are tuned for at build time
+TRAINING_BYTES = 256 * 2**20  # a driver's k-means sample (index, dupes), whatever the vectors' number: 512K of 128-d
 CLUSTER_SIZE = 2_000  # images per k-means cluster of `imgvec dupes` at scale (SemDeDup-style)
 KEEP = "first"  # which file of a duplicate group `imgvec dupes --keep` keeps: first (by path) or largest
 KEEPS = ("first", "largest")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -167,33 +168,33 @@ def run_dupes(args) -> int:
     found = find_duplicates(args.output, args.threshold, keep=args.keep or defaults.KEEP, exact=args.exact,
                             clusters=args.clusters, against=args.against, verify=args.verify, run=run_options(args))
     if out is not None:
-        import pyarrow.parquet as pq
-
-        out.write_with(lambda path, fs: pq.write_table(found.table(), path, filesystem=fs))
+        out.write_with(lambda path, fs: _write_tables(found.tables(), path, fs))
     if found.threshold_source != "given":
         print(f"imgvec: threshold {found.threshold}: {found.threshold_source}", file=sys.stderr)
-    identical = [g for g in found.groups if g.kind == "identical"]
-    summary = (f"{count(len(found.groups), 'group')} among {found.images} images (cosine >= {found.threshold}; "
-               f"{found.how}; {found.seconds:.1f} s): {len(identical)} of byte-identical files, "
-               f"{len(found.groups) - len(identical)} of near-duplicates")
+    counts = found.counts()
+    summary = (f"{count(counts['groups'], 'group')} among {found.images} images (cosine >= {found.threshold}; "
+               f"{found.how}; {found.seconds:.1f} s): {counts['identical']} of byte-identical files, "
+               f"{counts['groups'] - counts['identical']} of near-duplicates")
     if found.verified:
-        summary += (f"; every file to delete verified by its pixels, {count(len(found.unverified), 'file')} kept "
-                    "unverified" + (f" ({len(found.unreadable)} of them because an image is gone or unreadable)"
-                                    if found.unreadable else ""))
-    if args.json:
-        print(json.dumps({"images": found.images, "threshold": found.threshold, "threshold_source":
-                          found.threshold_source, "search": found.how, "groups": [vars(g) for g in found.groups],
-                          **({"delete": found.to_delete()} if args.keep else {}),
-                          **({"unverified": found.unverified, "unreadable": found.unreadable}
-                             if found.verified else {})}, indent=2))
+        summary += (f"; every file to delete verified by its pixels, {count(counts['unverified'], 'file')} kept "
+                    "unverified" + (f" ({counts['unreadable']} of them because an image is gone or unreadable)"
+                                    if counts["unreadable"] else ""))
+    if args.json:  # streamed: one group in memory at a time
+        head = {"images": found.images, "threshold": found.threshold, "threshold_source": found.threshold_source,
+                "search": found.how}
+        lists = {"groups": (vars(g) for g in found.each_group()),
+                 **({"delete": found.each_deletable()} if args.keep else {}),
+                 **({"unverified": found.each_unverified(), "unreadable": found.each_unverified(unreadable=True)}
+                    if found.verified else {})}
+        _print_json(head, lists)
     elif args.keep:  # the list alone on stdout, to read or to pipe; the summary on stderr
-        print(summary + f"; {len(found.to_delete())} files to delete, each with a kept file of its group at "
+        print(summary + f"; {counts['delete']} files to delete, each with a kept file of its group at "
               f"cosine >= {found.threshold} (kept: the {args.keep} of each)", file=sys.stderr)
-        for path in found.to_delete():
+        for path in found.each_deletable():
             print(path)
     else:
         print(summary)
-        for n, group in enumerate(found.groups[: args.show], 1):
+        for n, group in enumerate(itertools.islice(found.each_group(), args.show), 1):
             weakest = f", weakest pair {group.weakest['similarity']:.4f}" if group.kind == "near" else ""
             print(f"group {n} ({group.kind}, {len(group.members)} images{weakest})")
             for member in group.members[: args.show]:
@@ -206,8 +207,8 @@ def run_dupes(args) -> int:
                     print(f"  {member['kept_similarity']:.4f}  {member['path']}" + (f"  ({about})" if about else ""))
             if len(group.members) > args.show:
                 print(f"  ... and {len(group.members) - args.show} more")
-        if len(found.groups) > args.show:
-            print(f"... and {len(found.groups) - args.show} smaller groups" + ("" if args.out else " (--out FILE "
+        if counts["groups"] > args.show:
+            print(f"... and {counts['groups'] - args.show} smaller groups" + ("" if args.out else " (--out FILE "
                   "writes every group)"))
     if out is not None:
         print(f"groups written to {out.uri}", file=sys.stderr)
@@ -217,6 +218,29 @@ def run_dupes(args) -> int:
         page.write_bytes(dupes_page(found, args.show, out.uri if out else None, run_options(args)).encode())
         print(f"page written to {page.uri}", file=sys.stderr)
     return 0
+
+
+def _write_tables(tables, path: str, fs) -> None:
+    """Tables of one schema into one Parquet file, a table at a time."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    for table in tables:
+        writer = writer or pq.ParquetWriter(path, table.schema, filesystem=fs)
+        writer.write_table(table)
+    if writer is not None:
+        writer.close()
+
+
+def _print_json(head: dict, lists: dict) -> None:
+    """One JSON object, its `lists` (name -> iterator) streamed item by item."""
+    print("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()), end="")
+    for name, items in lists.items():
+        print(f", {json.dumps(name)}: [", end="")
+        for n, item in enumerate(items):
+            print(("," if n else "") + "\n  " + json.dumps(item), end="")
+        print("]", end="")
+    print("}")
 
 
 def run_calibrate(args) -> int:

@@ -11,6 +11,9 @@ OUTPUT/
     queries-<build>.npz                held-out queries
     truth-<build>-<n>.npz              their exact neighbours among the vectors of update n (0: the build)
     segment-<build>-<n>.faiss          the vectors of some parts (`shard-…` before imgvec-index/2)
+  _imgvec_dupes/                     the last `imgvec dupes` on Spark (answers.dedup_spark):
+    groups/ members/ delete/ unverified/   its result, part-<partition>.parquet files in order
+    work-<random>/                     its stages while it runs
 
 A "piece" is what one task of `imgvec embed` reads (a folder, a row group, a tar...), a "shard" at most
 --shard-size of its images, written as one part; an index is stored in "segments".
@@ -24,6 +27,7 @@ METADATA = "_imgvec.json"
 LOCK = "_imgvec.lock"
 INDEX = "_imgvec_index"
 INDEX_DESCRIPTION = "index.json"
+DUPES = "_imgvec_dupes"
 
 # part-<run>-<piece>-<n>; part-<run>-<shard> before format /3; format /1 had no run
 _PART = re.compile(r"part-(?:([0-9]+)-)?([0-9]+)(?:-([0-9]+))?\.parquet")
@@ -68,3 +72,9 @@ def segment(build: str, number: int) -> str:
 def is_index_file(name: str) -> bool:
     """A file imgvec writes into an output's index folder."""
     return name == INDEX_DESCRIPTION or _INDEX_FILE.fullmatch(name) is not None or is_temporary(name)
+
+
+def is_dupes_file(name: str) -> bool:
+    """A file imgvec writes into an output's dupes folder: a stage's part (or what a task that died was writing),
+    the centroids."""
+    return re.fullmatch(r"(\.tmp-[0-9a-f]{8}-)?part-[0-9]{6}\.parquet|centroids\.npz", name) is not None

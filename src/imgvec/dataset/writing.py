@@ -10,6 +10,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import pyarrow.fs as pafs
+
 from imgvec.base.paths import overlaps
 from imgvec.dataset import names
 from imgvec.dataset.lock import Lock, now
@@ -44,8 +46,10 @@ def held_for_writing(dataset: FeatureDataset, made_by: dict, *, resume: bool, ov
         with dataset.locked():
             if overwrite and names.INDEX in present:
                 _delete_index(dataset)
+            if overwrite and names.DUPES in present:
+                remove_own(dataset.where.child(names.DUPES), names.is_dupes_file)
             delete_all([dataset.where.child(n) for n in present  # a temporary: what a killed run was writing
-                        if n != names.INDEX and (overwrite or names.is_temporary(n))])
+                        if n not in (names.INDEX, names.DUPES) and (overwrite or names.is_temporary(n))])
             if held is None:
                 dataset.write_metadata({**made_by, "created": now()})
             elif held["format"] != FORMAT:  # an older output: the parts added now are of this format
@@ -73,10 +77,13 @@ def check_apart(dataset: FeatureDataset, inputs: list[str]) -> None:
 
 
 def _check_only_ours(dataset: FeatureDataset, present: list[str]) -> None:
-    foreign = [n for n in present if n not in (names.METADATA, names.INDEX) and not names.is_part(n)
+    foreign = [n for n in present if n not in (names.METADATA, names.INDEX, names.DUPES) and not names.is_part(n)
                and not names.is_temporary(n)]
     if names.INDEX in present:
         foreign += [f"{names.INDEX}/{n}" for n in _index_names(dataset) if not names.is_index_file(n)]
+    if names.DUPES in present:
+        foreign += [f"{names.DUPES}/{n}" for n in _files_under(dataset.where.child(names.DUPES))
+                    if not names.is_dupes_file(n.rpartition("/")[2])]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise OutputError(f"output {dataset.location} also holds files imgvec did not write ({shown}); "
@@ -104,6 +111,29 @@ def _delete_index(dataset: FeatureDataset) -> None:
     folder = dataset.where.child(names.INDEX)
     delete_all([folder.child(name) for name in _index_names(dataset)])  # all imgvec's: checked by _check_only_ours
     folder.delete_folder()
+
+
+def _files_under(folder) -> list[str]:
+    """The names of every file under `folder`, relative to it."""
+    found = []
+    for entry in folder.entries():
+        if entry.type == pafs.FileType.Directory:
+            found += [f"{entry.base_name}/{n}" for n in _files_under(folder.child(entry.base_name))]
+        else:
+            found.append(entry.base_name)
+    return found
+
+
+def remove_own(folder, ours) -> None:
+    """Every file under `folder` whose name `ours` says imgvec wrote, named one by one (never a prefix), and the
+    folders left empty; a file it did not write stays, and its folders with it."""
+    entries = folder.entries()
+    delete_all([folder.child(e.base_name) for e in entries if e.type != pafs.FileType.Directory and ours(e.base_name)])
+    for entry in entries:
+        if entry.type == pafs.FileType.Directory:
+            remove_own(folder.child(entry.base_name), ours)
+    if folder.is_folder() and not folder.entries():
+        folder.delete_folder()
 
 
 def delete_all(files: list) -> None:

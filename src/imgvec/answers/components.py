@@ -1,0 +1,83 @@
+"""Connected components of a graph held as a DataFrame of edges, on Spark: no node or edge reaches the driver.
+
+Kiveris et al., "Connected Components in Map Reduce and Beyond" (SoCC 2014): rounds of large-star
+(every node links its larger neighbours to the smallest node it sees) and small-star (every node
+links itself and its smaller neighbours to the smallest of them), until every component is a star.
+It takes O(log^2 n) rounds at worst, a few in practice; the result is a star per component around
+its smallest node. Every round's edges are stored (spark.stored) by its tasks, so the plan does not
+grow with the rounds and a large component is never one task's: only a node's own edges are.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from imgvec.base.storage import Location
+from imgvec.spark.stored import store, stored
+
+EDGES = pa.schema([("u", pa.int64()), ("v", pa.int64())])  # undirected; stored with u > v
+COMPONENTS = pa.schema([("id", pa.int64()), ("component", pa.int64())])  # component: its smallest node
+MAX_ROUNDS = 100  # far past what any graph takes: a guard against a loop, not a limit met
+
+
+def components(spark, edges, work: Location, report=None):
+    """(id, component) for every node of `edges` (columns u, v), stored in `work` round by round; report(share
+    done) while the first round runs (it computes `edges`)."""
+    from pyspark.sql import functions as F
+
+    current, count = _oriented(edges), None
+    for round_ in range(MAX_ROUNDS):
+        folder = work.child(f"round-{round_:03d}")
+        written = store(spark, _small_star(_large_star(current)), folder, EDGES, None if round_ else report)
+        current, before, count = stored(spark, folder, written, EDGES), count, sum(written.column("rows").to_pylist())
+        if count == before and _stars(current):  # a round that removed edges is not the last: no job to ask
+            break
+    else:
+        raise RuntimeError(f"connected components did not settle in {MAX_ROUNDS} rounds")
+    roots = current.select(F.col("v").alias("id"), F.col("v").alias("component"))
+    return current.select(F.col("u").alias("id"), F.col("v").alias("component")).union(roots).distinct()
+
+
+def _stars(edges) -> bool:
+    """Is every component a star around its smallest node: each node links to at most one smaller node, and a
+    node that does links to no larger one? One job."""
+    from pyspark.sql import functions as F
+
+    ends = edges.select("u", F.lit(1).alias("up")).union(edges.select(F.col("v").alias("u"), F.lit(0).alias("up")))
+    nodes = ends.groupBy("u").agg(F.sum("up").alias("up"), F.count("*").alias("ends"))
+    return nodes.filter((F.col("up") > 1) | ((F.col("up") == 1) & (F.col("ends") > 1))).limit(1).count() == 0
+
+
+def _oriented(edges):
+    """Each edge once, its larger node first; no self loops."""
+    from pyspark.sql import functions as F
+
+    return (edges.select(F.greatest("u", "v").alias("u"), F.least("u", "v").alias("v"))
+            .filter(F.col("u") != F.col("v")).distinct())
+
+
+def _both(edges):
+    from pyspark.sql import functions as F
+
+    return edges.union(edges.select(F.col("v").alias("u"), F.col("u").alias("v")))
+
+
+def _large_star(edges):
+    """Every node's larger neighbours linked to the smallest node of its neighbourhood (itself included)."""
+    from pyspark.sql import functions as F
+
+    both = _both(edges)
+    smallest = both.groupBy("u").agg(F.least(F.min("v"), F.col("u")).alias("m"))
+    return _oriented(both.filter(F.col("v") > F.col("u")).join(smallest, "u")
+                     .select(F.col("v").alias("u"), F.col("m").alias("v")))
+
+
+def _small_star(edges):
+    """Every node and its smaller neighbours linked to the smallest of them."""
+    from pyspark.sql import functions as F
+
+    smaller = edges  # oriented: u > v, so a node's smaller neighbours are its rows
+    smallest = smaller.groupBy("u").agg(F.min("v").alias("m"))
+    joined = smaller.join(smallest, "u")
+    return _oriented(joined.select(F.col("v").alias("u"), F.col("m").alias("v"))
+                     .union(smallest.select("u", F.col("m").alias("v"))))

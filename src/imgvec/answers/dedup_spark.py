@@ -1,0 +1,521 @@
+"""`imgvec dupes` beyond EXACT_MAX vectors: Spark stages whose tasks store what they find. The driver plans, trains
+k-means on a bounded sample, and reads back counts: nothing it holds grows with the images or the duplicates.
+
+  identical   HashTask: each row's (sha256, bytes); a shuffle finds the rows of the same bytes
+  centroids   k-means (FAISS) on a sample of at most TRAINING_BYTES, on the driver; stored for the tasks, with
+              each cluster's expected size
+  links       AssignTask: each vector (copies of identical files left out) goes to its nearest centroid, and to
+              the second too when that is almost as near (a pair across the border is still compared); a
+              cluster larger than UNIT rows is cut into blocks by row id, each row going to every pair of blocks
+              it belongs to; a shuffle by block pair; compare_task: every pair of a block pair, exactly
+  components  the links' connected components (answers.components)
+  rows        RowsTask: path, bytes, input and features of the rows that are in a group
+  label       a task per group of the same bytes (groups.label_identical: its kept file), then a task per
+              component (groups.label_near, each identical group seen through its kept file): witnesses, and
+              with --verify their pixels, checked in the task
+  result      groups ranked largest first and numbered, members by (group, path), the files --keep lists by
+              path: stored under OUTPUT/_imgvec_dupes/, which StoredDuplicates streams file by file
+
+Only one component is ever one task's: a component of millions of near-identical images needs their vectors
+in one worker's memory (~2 GB per 10^6 512-d vectors).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from imgvec.answers.components import components
+from imgvec.answers.groups import Duplicates, Group, label_identical, label_near
+from imgvec.base import defaults
+from imgvec.base.storage import Location, open_location
+from imgvec.dataset import names
+from imgvec.dataset.output import FeatureDataset, features_matrix, read_part
+from imgvec.dataset.rows import part_ids, part_vectors
+from imgvec.dataset.searchable import Searchable, parts_plan
+from imgvec.dataset.writing import remove_own
+from imgvec.kernels.similarity import linked, normalise
+from imgvec.spark.stored import read_stored, store, stored
+from imgvec.spark.tasks import RowTask, ddl
+
+UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
+SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
+HASHES = pa.schema([("id", pa.int64()), ("sha256", pa.string()), ("bytes", pa.int64())])
+IDENTICAL = pa.schema([("id", pa.int64()), ("first", pa.int64())])  # first: the group's smallest id
+# features as raw float32 bytes: the JVM moves one value per row, not dim array elements (measured below)
+ASSIGNED = pa.schema([("cluster", pa.int64()), ("low", pa.int64()), ("high", pa.int64()), ("block", pa.int64()),
+                      ("id", pa.int64()), ("features", pa.binary())])
+LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float32())])  # null: a link only
+ROWS = pa.schema([("id", pa.int64()), ("path", pa.string()), ("bytes", pa.int64()), ("input", pa.string()),
+                  ("features", pa.binary())])
+_GROUP = [("kind", pa.string()), ("key", pa.int64()), ("sub", pa.int64()), ("size", pa.int64()),
+          ("representative", pa.string()), ("weakest_a", pa.string()), ("weakest_b", pa.string()),
+          ("weakest_similarity", pa.float32())]
+_MEMBER = [("path", pa.string()), ("bytes", pa.int64()), ("input", pa.string()), ("similarity", pa.float32()),
+           ("kept_file", pa.string()), ("kept_similarity", pa.float32()), ("verified", pa.bool_()),
+           ("matches", pa.int64()), ("verify_error", pa.string())]
+# a member of a labelled group (key: the group of the same bytes' first id, or the component; sub: which of the
+# groups formed around kept files in a component), with its group's facts
+LABELLED = pa.schema([*_GROUP, ("node", pa.int64()), *_MEMBER, ("unverified", pa.bool_()),
+                      ("unreadable", pa.bool_())])
+GROUPS = pa.schema([*_GROUP, ("kept", pa.list_(pa.string()))])
+NUMBERED = pa.schema([("kind", pa.string()), ("key", pa.int64()), ("sub", pa.int64()), ("group", pa.int64())])
+MEMBERS = pa.schema([("group", pa.int64()), ("kind", pa.string()), ("representative", pa.string()), *_MEMBER])
+PATHS = pa.schema([("path", pa.string()), ("unreadable", pa.bool_())])
+RANKED_PLAN = pa.schema([("id", pa.int64()), ("file", pa.string()), ("first", pa.int64())])
+
+
+def hashes_of(dataset: FeatureDataset, name: str, number: int) -> pa.Table:
+    """The ids, sha256 and byte lengths of one part's rows that have them."""
+    table = read_part(dataset.where.child(name), ["sha256", "bytes"])
+    table = table.append_column("id", pa.array(part_ids(number, np.arange(table.num_rows))))
+    return table.filter(table.column("sha256").is_valid()).select(HASHES.names)
+
+
+# --- the stages -----------------------------------------------------------------------------------
+
+
+def stored_duplicates(spark, features: Searchable, threshold: float, clusters: int | None, keep: str,
+                      verify: bool, report) -> StoredDuplicates:
+    """Every stage on Spark; the result stored under the output by the tasks."""
+    from pyspark.sql import functions as F
+
+    folder = features.dataset.where.child(names.DUPES)
+    work = folder.child(f"work-{uuid.uuid4().hex[:8]}")
+    runs = _runs(spark, features)
+    try:
+        identical, same_bytes = _kept(spark, _identical_frame(spark, runs, features), work.child("identical"),
+                                      IDENTICAL)
+        copies = identical.filter(F.col("id") != F.col("first")).select("id")
+        centroids, how = _centroids(features, clusters, threshold, work.child("centroids.npz"))
+        links = _links_frame(spark, runs, features, centroids, threshold, copies)
+        edges = links.filter(F.col("similarity").isNull()).select(F.col("a").alias("u"), F.col("b").alias("v"))
+        near = components(spark, edges, work.child("components"), report)
+        grouped = near.select("id").union(identical.select("id")).distinct()
+        rows, _ = _kept(spark, _task_frame(spark, runs, RowsTask(features.location)).join(grouped, "id"),
+                        work.child("rows"), ROWS)
+        members = near.select("component", "id", F.lit(False).alias("forced"))
+        labelled = []
+        if same_bytes:
+            same, _ = _kept(spark, _apply(identical.join(rows.drop("features"), "id").groupBy("first"),
+                                          identical_task(keep, verify)), work.child("same"), LABELLED)
+            stands = same.filter(F.col("path") == F.col("kept_file")).select(F.col("key").alias("id"),
+                                                                              F.col("node").alias("kept"))
+            members = near.join(stands, "id", "left").select(
+                "component", F.coalesce("kept", "id").alias("id"), F.col("kept").isNotNull().alias("forced"))
+            labelled.append(same)
+        alike, _ = _kept(spark, _apply(members.join(rows, "id").groupBy("component"),
+                                       near_task(keep, threshold, verify)), work.child("near"), LABELLED)
+        labelled.append(alike)
+        return _result(spark, functools.reduce(lambda a, b: a.unionByName(b), labelled), folder, features.count,
+                       threshold, how, verify)
+    finally:
+        _remove(work)
+
+
+def links_on_spark(spark, features: Searchable, threshold: float, clusters: int | None, known: np.ndarray, report):
+    """(identical groups, links and best pairs, how), collected: for --against, whose groups join other outputs'
+    rows on the driver. `known`: rows of OUTPUT identical to another output's file, left out of the search."""
+    from pyspark.sql import functions as F
+
+    from imgvec.spark.tasks import collect
+
+    folder = features.dataset.where.child(names.DUPES)
+    work = folder.child(f"work-{uuid.uuid4().hex[:8]}")
+    runs = _runs(spark, features)
+    try:
+        frame = _identical_frame(spark, runs, features)
+        same = collect(spark, frame.groupBy("first").agg(F.array_sort(F.collect_list("id")).alias("ids")))
+        identical = sorted(same.column("ids").to_pylist())
+        copies = frame.filter(F.col("id") != F.col("first")).select("id")
+        if len(known):
+            copies = copies.union(spark.createDataFrame([(int(i),) for i in known], "id long"))
+        centroids, how = _centroids(features, clusters, threshold, work.child("centroids.npz"))
+        links = collect(spark, _links_frame(spark, runs, features, centroids, threshold, copies), report)
+    finally:
+        _remove(work)
+    is_link = links.column("similarity").is_null().to_numpy(zero_copy_only=False)
+    a, b = links.column("a").to_numpy(), links.column("b").to_numpy()
+    similarity = links.column("similarity").to_numpy(zero_copy_only=False).astype(np.float32)
+    return identical, (a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link]), how
+
+
+def _runs(spark, features: Searchable) -> pa.Table:
+    from imgvec.spark.session import task_slots
+
+    return parts_plan(features.parts, 4 * (task_slots(spark) or 8))
+
+
+def _task_frame(spark, runs: pa.Table, task: RowTask):
+    from imgvec.spark.tasks import task_frame
+
+    return task_frame(spark, runs, task)
+
+
+def _apply(grouped, function):
+    from imgvec.spark import compat
+
+    return compat.apply_in_arrow(grouped, function, ddl(LABELLED))
+
+
+def _kept(spark, frame, folder: Location, schema: pa.Schema):
+    """`frame` stored by its tasks and read again (its stages run once, whatever reads it after), and its rows."""
+    written = store(spark, frame, folder, schema)
+    return stored(spark, folder, written, schema), int(pc.sum(written.column("rows")).as_py() or 0)
+
+
+def _identical_frame(spark, runs: pa.Table, features: Searchable):
+    """(id, first) for every row whose bytes another row has too; first: the smallest id of them."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    hashes = _task_frame(spark, runs, HashTask(features.location))
+    same = Window.partitionBy("sha256", "bytes")
+    return (hashes.withColumn("first", F.min("id").over(same)).withColumn("n", F.count("id").over(same))
+            .filter(F.col("n") > 1).select("id", "first"))
+
+
+def _centroids(features: Searchable, clusters: int | None, threshold: float, where: Location) -> tuple[str, str]:
+    """k-means centroids trained on a sample bounded by TRAINING_BYTES, stored at `where` with each cluster's blocks;
+    (where, how the search went). Past the bound, fewer clusters than CLUSTER_SIZE asks for: each is larger and
+    cut into more blocks, compared exactly all the same."""
+    import faiss
+
+    count = features.count
+    clusters = clusters or max(1, round(count / defaults.CLUSTER_SIZE))
+    bound = defaults.TRAINING_BYTES // (4 * features.dim)
+    if SAMPLE_PER_CLUSTER * clusters > bound:
+        clusters = max(1, bound // SAMPLE_PER_CLUSTER)
+    _, sample = features.sample(SAMPLE_PER_CLUSTER * clusters)
+    clusters = min(clusters, len(sample))
+    kmeans = faiss.Kmeans(sample.shape[1], clusters, niter=20, seed=0, spherical=True)
+    kmeans.train(sample)
+    centroids = kmeans.centroids.astype(np.float32)
+    blocks, second = _blocks(sample, centroids, 1.0 - threshold, count)
+    buffer = io.BytesIO()
+    np.savez(buffer, centroids=centroids, blocks=blocks)
+    where.write_bytes(buffer.getvalue())
+    how = (f"clustered: {clusters} k-means clusters, {int(sum(blocks * (blocks + 1) // 2))} compared blocks, "
+           f"{second:.0%} of vectors also in a second cluster")
+    return where.uri, how
+
+
+def _links_frame(spark, runs: pa.Table, features: Searchable, centroids: str, threshold: float, copies):
+    """LINKS of every near pair among the vectors but `copies` (a DataFrame of ids), and each row's best pair."""
+    from imgvec.spark import compat
+
+    margin = 1.0 - threshold  # a pair at the threshold may straddle two clusters whose centroids are this close
+    assigned = _task_frame(spark, runs, AssignTask(features.location, centroids, margin)).join(copies, "id",
+                                                                                                "left_anti")
+    return compat.apply_in_arrow(assigned.groupBy("cluster", "low", "high"), compare_task(threshold), ddl(LINKS))
+
+
+def _result(spark, labelled, folder: Location, images: int, threshold: float, how: str, verify: bool):
+    """Groups ranked (largest first, then identical before near, then by the first kept file) and numbered; their
+    members by (group, path); the files to delete and those kept unverified, by path: all stored in `folder`."""
+    from pyspark.sql import functions as F
+
+    from imgvec.spark.tasks import collect
+
+    kept = F.when(F.col("path") == F.col("kept_file"), F.col("path"))
+    facts = [F.first(name).alias(name) for name in ("size", "representative", "weakest_a", "weakest_b",
+                                                     "weakest_similarity")]
+    groups = (labelled.groupBy("kind", "key", "sub").agg(*facts, F.array_sort(F.collect_list(kept)).alias("kept"))
+              .orderBy(F.desc("size"), "kind", "representative", "key", "sub"))
+    written = {}
+    for name in ("groups", "members", "delete", "unverified"):
+        _remove(folder.child(name))
+    written["groups"] = store(spark, groups, folder.child("groups"), GROUPS)
+    ranks = written["groups"].column("rows").to_numpy()
+    plan = pa.table({"id": np.arange(len(ranks)), "file": written["groups"].column("file"),
+                     "first": np.concatenate([[0], np.cumsum(ranks)[:-1]]).astype(np.int64)}, schema=RANKED_PLAN)
+    numbered = _task_frame(spark, plan, NumberTask(folder.child("groups").uri))
+    members = (labelled.join(numbered, ["kind", "key", "sub"]).select(*MEMBERS.names).orderBy("group", "path"))
+    written["members"] = store(spark, members, folder.child("members"), MEMBERS)
+    listed = stored(spark, folder.child("members"), written["members"], MEMBERS)
+    written["delete"] = store(spark, listed.filter(F.col("path") != F.col("kept_file"))
+                              .select("path", F.lit(False).alias("unreadable")).distinct().orderBy("path"),
+                              folder.child("delete"), PATHS)
+    unreadable = 0
+    if verify:
+        written["unverified"] = store(spark, labelled.filter("unverified").select("path", "unreadable")
+                                      .orderBy("path"), folder.child("unverified"), PATHS)
+        unreadable = collect(spark, stored(spark, folder.child("unverified"), written["unverified"], PATHS)
+                             .filter("unreadable").agg(F.count("*").alias("n"))).column("n")[0].as_py()
+    identical = collect(spark, stored(spark, folder.child("groups"), written["groups"], GROUPS)
+                        .filter(F.col("kind") == "identical").agg(F.count("*").alias("n")))
+    total = {name: int(pc.sum(table.column("rows")).as_py() or 0) for name, table in written.items()}
+    counts = {"groups": total["groups"], "identical": identical.column("n")[0].as_py(), "delete": total["delete"],
+              "unverified": total.get("unverified", 0), "unreadable": unreadable}
+    return StoredDuplicates([], images, threshold, how, verified=verify, folder=folder, written=written,
+                            stored_counts=counts)
+
+
+def _remove(folder: Location) -> None:
+    remove_own(folder, names.is_dupes_file)
+
+
+# --- the tasks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HashTask(RowTask):
+    """Each row's sha256 and length, from the parts of one task."""
+
+    RESULT: ClassVar[pa.Schema] = HASHES
+    output: str
+
+    def run(self, rows):
+        dataset = FeatureDataset(self.output)
+        for row in rows:
+            for name, number in zip(row["parts"], row["numbers"], strict=True):
+                yield from hashes_of(dataset, name, number).to_batches()
+
+
+@dataclass(frozen=True)
+class RowsTask(RowTask):
+    """Each row's path, bytes, input and features (float32 bytes; null where it has none), from one task's parts."""
+
+    RESULT: ClassVar[pa.Schema] = ROWS
+    output: str
+
+    def run(self, rows):
+        dataset = FeatureDataset(self.output)
+        for row in rows:
+            for name, number in zip(row["parts"], row["numbers"], strict=True):
+                table = read_part(dataset.where.child(name), ["path", "bytes", "input", "features"])
+                having, matrix = features_matrix(table.column("features"))
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(part_ids(number, np.arange(table.num_rows))),
+                     *(table.column(c).combine_chunks().cast(ROWS.field(c).type) for c in ("path", "bytes", "input")),
+                     _as_binary(matrix, having, table.num_rows)], schema=ROWS)
+
+
+def _as_binary(matrix: np.ndarray, having: np.ndarray, count: int) -> pa.BinaryArray:
+    """Rows of `matrix` as float32 bytes at positions `having` of `count` rows; null elsewhere."""
+    width = matrix.shape[1] * 4 if matrix.ndim == 2 else 0
+    present = np.zeros(count, bool)
+    present[having] = True
+    offsets = np.concatenate([[0], np.cumsum(present * width)]).astype(np.int32)
+    validity = pa.array(present).buffers()[1]
+    data = pa.py_buffer(np.ascontiguousarray(matrix, np.float32))
+    return pa.Array.from_buffers(pa.binary(), count, [validity, pa.py_buffer(offsets), data])
+
+
+@dataclass(frozen=True)
+class AssignTask(RowTask):
+    """Each vector of a task's parts -> its cluster (and a second one near the border) -> its blocks."""
+
+    RESULT: ClassVar[pa.Schema] = ASSIGNED
+    output: str
+    centroids: str  # where _centroids stored them, with each cluster's blocks
+    margin: float
+
+    def run(self, rows):
+        import faiss
+
+        stored_centroids = np.load(io.BytesIO(open_location(self.centroids).read_bytes()))
+        quantizer = faiss.IndexFlatIP(stored_centroids["centroids"].shape[1])
+        quantizer.add(stored_centroids["centroids"])
+        blocks = stored_centroids["blocks"].astype(np.int64)
+        dataset = FeatureDataset(self.output)
+        for row in rows:
+            for name, number in zip(row["parts"], row["numbers"], strict=True):
+                ids, vectors = part_vectors(dataset.where.child(name), number)
+                if len(ids):
+                    yield _assign(ids, normalise(vectors), quantizer, blocks, self.margin)
+
+
+def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.RecordBatch:
+    near = min(2, quantizer.ntotal)
+    similarities, clusters = quantizer.search(vectors, near)
+    rows, cluster = [np.arange(len(ids))], [clusters[:, 0]]
+    if near == 2:
+        second = np.flatnonzero(similarities[:, 1] >= similarities[:, 0] - margin)
+        rows.append(second)
+        cluster.append(clusters[second, 1])
+    rows, cluster = np.concatenate(rows), np.concatenate(cluster).astype(np.int64)
+    count = blocks[cluster]
+    block = ids[rows] % count  # row ids spread a big cluster evenly over its blocks
+    # each row meets every block of its cluster once: one pair of blocks (low, high) per other block
+    repeat = np.repeat(np.arange(len(rows)), count)
+    other = np.concatenate([np.arange(c) for c in count]) if len(count) else np.empty(0, np.int64)
+    mine = block[repeat]
+    chosen = vectors[rows[repeat]]
+    features = _as_binary(chosen, np.arange(len(chosen)), len(chosen))
+    return pa.RecordBatch.from_arrays([
+        pa.array(cluster[repeat]), pa.array(np.minimum(mine, other)), pa.array(np.maximum(mine, other)),
+        pa.array(mine), pa.array(ids[rows[repeat]]), features], schema=ASSIGNED)
+
+
+def compare_task(threshold: float):
+    """One block pair (cluster, block, block) -> every pair of rows compared exactly -> its links and best pairs.
+
+    A plain function (not a callable object): PySpark tells grouped-map signatures apart by argument count.
+    """
+
+    def compare(table: pa.Table) -> pa.Table:
+        low, high = table.column("low")[0].as_py(), table.column("high")[0].as_py()
+        block = table.column("block").to_numpy()
+        ids = table.column("id").to_numpy()
+        vectors = _matrix(table.column("features").combine_chunks())
+        if low == high:
+            result = linked(vectors, ids, vectors, ids, threshold, same=True)
+        else:
+            a, b = block == low, block == high
+            result = linked(vectors[a], ids[a], vectors[b], ids[b], threshold, same=False)
+        link_from, link_to, best_id, best_partner, best_similarity = result
+        similarity = np.concatenate([np.full(len(link_from), np.nan, np.float32), best_similarity])
+        return pa.table({"a": np.concatenate([link_from, best_id]), "b": np.concatenate([link_to, best_partner]),
+                         "similarity": pa.array(similarity, pa.float32(), from_pandas=True)}, schema=LINKS)
+
+    return compare
+
+
+def identical_task(keep: str, checked: bool):
+    """The rows of one group of the same bytes -> its members labelled (LABELLED): which one it keeps."""
+
+    def label(table: pa.Table) -> pa.Table:
+        table = table.sort_by("id")
+        rows = [{**row, "source": 0} for row in table.select(["path", "bytes", "input"]).to_pylist()]
+        group, _ = label_identical(rows, keep, checked)
+        nodes = dict(zip(table.column("path").to_pylist(), table.column("id").to_pylist(), strict=True))
+        return _labelled("identical", table.column("first")[0].as_py(), [group], nodes)
+
+    return label
+
+
+def near_task(keep: str, threshold: float, verify: bool):
+    """The rows of one component of the links -> its groups around kept files, labelled (LABELLED). With `verify`
+    every witness pair is checked by its pixels here, in rounds, until each deletable file has a verified one."""
+
+    def label(table: pa.Table) -> pa.Table:
+        from imgvec.answers.verify import verdicts_here
+
+        table = table.sort_by("id")
+        vectors = _matrix(table.column("features").combine_chunks())
+        rows = [{**row, "source": 0, "features": vector} for row, vector in
+                zip(table.select(["path", "bytes", "input", "forced"]).to_pylist(), vectors, strict=True)]
+        groups, unverified, unreadable = label_near([rows], keep, threshold, verdicts_here if verify else None)
+        nodes = dict(zip(table.column("path").to_pylist(), table.column("id").to_pylist(), strict=True))
+        return _labelled("near", table.column("component")[0].as_py(), groups, nodes, set(unverified),
+                         set(unreadable))
+
+    return label
+
+
+def _labelled(kind: str, key: int, groups: list[Group], nodes: dict, unverified=frozenset(),
+              unreadable=frozenset()) -> pa.Table:
+    rows = []
+    for sub, group in enumerate(groups):
+        facts = {"kind": kind, "key": key, "sub": sub, "size": len(group.members),
+                 "representative": group.representative, "weakest_a": group.weakest["a"],
+                 "weakest_b": group.weakest["b"], "weakest_similarity": group.weakest["similarity"]}
+        rows += [{**facts, **member, "node": nodes[member["path"]], "unverified": member["path"] in unverified,
+                  "unreadable": member["path"] in unreadable} for member in group.members]
+    return pa.Table.from_pylist(rows, schema=LABELLED)
+
+
+def _matrix(features: pa.BinaryArray) -> np.ndarray:
+    """Rows of float32 bytes, all of one length and back to back -> [n, dim]."""
+    offsets = np.frombuffer(features.buffers()[1], np.int32)[features.offset : features.offset + len(features) + 1]
+    data = np.frombuffer(features.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    return data.view(np.float32).reshape(len(features), -1)
+
+
+def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> tuple[np.ndarray, float]:
+    """Per cluster, the blocks its expected rows (from the sample's assignment) are cut into; and the share of
+    vectors that also go to a second cluster."""
+    import faiss
+
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(centroids)
+    near = min(2, len(centroids))
+    similarities, nearest = quantizer.search(sample, near)
+    expected = np.bincount(nearest[:, 0], minlength=len(centroids)).astype(np.float64)
+    second = np.zeros(len(sample), bool)
+    if near == 2:  # one cluster (--clusters 1) has no second
+        second = similarities[:, 1] >= similarities[:, 0] - margin
+        expected += np.bincount(nearest[second, 1], minlength=len(centroids))
+    expected *= count / len(sample)
+    return np.maximum(1, np.ceil(expected / UNIT)).astype(np.int64), float(second.mean())
+
+
+@dataclass(frozen=True)
+class NumberTask(RowTask):
+    """Ranked groups of one stored file -> their numbers: the file's first number, then one each in order."""
+
+    RESULT: ClassVar[pa.Schema] = NUMBERED
+    folder: str
+
+    def run(self, rows):
+        from imgvec.spark.stored import read_file
+
+        for row in rows:
+            table = read_file(open_location(self.folder), row["file"], GROUPS, ["kind", "key", "sub"])
+            numbers = pa.array(row["first"] + np.arange(table.num_rows, dtype=np.int64))
+            yield from table.append_column("group", numbers).to_batches()
+
+
+# --- the result, streamed -------------------------------------------------------------------------
+
+
+@dataclass
+class StoredDuplicates(Duplicates):
+    """A result Spark's tasks stored (_result): what the command prints is read file by file, never all at once."""
+
+    folder: Location | None = None
+    written: dict = field(default_factory=dict)  # stage -> (file, rows) of each file stored, in order
+    stored_counts: dict = field(default_factory=dict)
+
+    def counts(self) -> dict:
+        return self.stored_counts
+
+    def _each(self, name: str, schema: pa.Schema, columns=None) -> Iterator[dict]:
+        for table in read_stored(self.folder.child(name), self.written[name], schema, columns):
+            yield from table.to_pylist()
+
+    def each_group(self) -> Iterator[Group]:
+        members = self._each("members", MEMBERS)
+        pending = next(members, None)
+        for number, group in enumerate(self._each("groups", GROUPS)):
+            listed = []
+            while pending is not None and pending["group"] == number:
+                listed.append(_member(pending, self.verified))
+                pending = next(members, None)
+            weakest = {"a": group["weakest_a"], "b": group["weakest_b"],
+                       "similarity": round(group["weakest_similarity"], 6)}
+            yield Group(group["kind"], group["representative"], listed, group["kept"], weakest)
+
+    def each_deletable(self) -> Iterator[str]:
+        return (row["path"] for row in self._each("delete", PATHS, ["path"]))
+
+    def each_unverified(self, unreadable: bool = False) -> Iterator[str]:
+        if "unverified" in self.written:  # stored with --verify only
+            yield from (row["path"] for row in self._each("unverified", PATHS) if row["unreadable"] or not unreadable)
+
+    def tables(self) -> Iterator[pa.Table]:
+        from imgvec.answers.groups import TABLE, VERIFIED_TABLE
+
+        schema = VERIFIED_TABLE if self.verified else TABLE
+        yield schema.empty_table()  # the file's schema, when no group was found
+        for table in read_stored(self.folder.child("members"), self.written["members"], MEMBERS):
+            yield table.select(schema.names).cast(schema)
+
+
+def _member(row: dict, verified: bool) -> dict:
+    """A stored member as the in-memory result has it (groups.label_near)."""
+    member = {"path": row["path"], "bytes": row["bytes"], **({"input": row["input"]} if row["input"] else {}),
+              "similarity": round(row["similarity"], 6), "kept_file": row["kept_file"],
+              "kept_similarity": round(row["kept_similarity"], 6)}
+    if verified:
+        member.update(verified=row["verified"], matches=row["matches"], verify_error=row["verify_error"])
+    return member

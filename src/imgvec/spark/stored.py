@@ -1,0 +1,92 @@
+"""A DataFrame kept between stages as Parquet files that its tasks write, and read again by tasks.
+
+Tasks write through pyarrow (base.storage), as they write an output's parts: any filesystem imgvec
+reads works, an object store too, without Spark's Hadoop connectors, and on Spark Connect alike.
+Each partition is one file named by its number, so a sorted DataFrame's files are in its order and a
+retried task replaces its own file instead of adding one. The driver gets one small row per file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgvec.base.storage import Location, open_location
+from imgvec.spark.tasks import RowTask, collect, ddl, task_frame
+
+WRITTEN = pa.schema([("file", pa.string()), ("rows", pa.int64())])
+FILES = pa.schema([("id", pa.int64()), ("file", pa.string())])
+
+
+def file_name(partition: int) -> str:
+    return f"part-{partition:06d}.parquet"
+
+
+def is_stored_file(name: str) -> bool:
+    """A file `store` writes (or its temporary, left by a task that died)."""
+    return re.fullmatch(r"(\.tmp-[0-9a-f]{8}-)?part-[0-9]{6}\.parquet", name) is not None
+
+
+@dataclass(frozen=True)
+class _Write:
+    """mapInArrow's function: a partition's rows -> one Parquet file in `folder` -> (its name, its rows)."""
+
+    folder: str
+    schema: pa.Schema
+
+    def __call__(self, batches):
+        from pyspark import TaskContext
+
+        batches = [b for b in batches if b.num_rows]
+        if batches:
+            table = pa.Table.from_batches(batches).select(self.schema.names).cast(self.schema)
+            name = file_name(TaskContext.get().partitionId())
+            open_location(self.folder).child(name).write_with(
+                lambda path, fs: pq.write_table(table, path, filesystem=fs))
+            yield pa.RecordBatch.from_pylist([{"file": name, "rows": table.num_rows}], schema=WRITTEN)
+
+
+def store(spark, frame, folder: Location, schema: pa.Schema, report=None) -> pa.Table:
+    """Every partition of `frame` (columns as `schema`) written by its task into `folder`; (file, rows) per file
+    written, in file order (empty partitions write none)."""
+    folder.make_folder()
+    written = collect(spark, frame.mapInArrow(_Write(folder.uri, schema), ddl(WRITTEN)), report)
+    return written.sort_by("file")
+
+
+@dataclass(frozen=True)
+class ReadTask(RowTask):
+    """One stored file's rows."""
+
+    folder: str
+    schema: pa.Schema
+
+    @property
+    def RESULT(self) -> pa.Schema:  # noqa: N802 (RowTask's name; here it is the stored rows')
+        return self.schema
+
+    def run(self, rows):
+        folder = open_location(self.folder)
+        for row in rows:
+            yield from read_file(folder, row["file"], self.schema).to_batches()
+
+
+def stored(spark, folder: Location, written: pa.Table, schema: pa.Schema):
+    """The DataFrame of files `store` wrote (its result `written`), one task a file."""
+    files = written.column("file").to_pylist()
+    plan = pa.table({"id": list(range(len(files))), "file": files}, schema=FILES)
+    return task_frame(spark, plan, ReadTask(folder.uri, schema))
+
+
+def read_stored(folder: Location, written: pa.Table, schema: pa.Schema, columns=None):
+    """Each stored file's rows as one Arrow table, file after file: in this process, one file in memory."""
+    for name in written.column("file").to_pylist():
+        yield read_file(folder, name, schema, columns)
+
+
+def read_file(folder: Location, name: str, schema: pa.Schema, columns=None) -> pa.Table:
+    with folder.fs.open_input_file(folder.child(name).path) as f:
+        return pq.read_table(f, schema=schema, columns=columns)

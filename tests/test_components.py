@@ -1,0 +1,55 @@
+"""Connected components on Spark (answers.components) against a union-find in this process, on the graphs that
+break simple algorithms: a long chain (label propagation takes its length in rounds), stars, a dense clique, many
+small random components, repeated edges and self loops."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from imgvec.answers.components import components
+from imgvec.base.storage import open_location
+from imgvec.kernels.similarity import union
+
+pytestmark = pytest.mark.spark
+
+
+def reference(u: np.ndarray, v: np.ndarray) -> dict[int, int]:
+    """{node: smallest node of its component}, by a union-find in this process."""
+    nodes = np.unique(np.concatenate([u, v]))
+    labels = np.arange(len(nodes))
+    union(labels, np.searchsorted(nodes, u), np.searchsorted(nodes, v))
+    while not np.array_equal(labels, labels[labels]):
+        labels = labels[labels]
+    smallest = {}
+    for node, label in zip(nodes.tolist(), labels.tolist(), strict=True):
+        smallest.setdefault(label, node)  # nodes are sorted: the first of a label is its smallest
+    return {node: smallest[label] for node, label in zip(nodes.tolist(), labels.tolist(), strict=True)}
+
+
+def graph() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    ids = rng.choice(1 << 40, 20_000, replace=False)  # sparse int64 ids, in random order
+    chain = ids[:3_000]  # one path through 3,000 nodes in random id order
+    star = ids[3_000:3_500]
+    clique = ids[3_500:3_540]
+    first, second = np.triu_indices(len(clique), 1)
+    pairs = [(chain[:-1], chain[1:]), (np.full(len(star) - 1, star[0]), star[1:]), (clique[first], clique[second])]
+    small = ids[3_540:]  # 16,460 nodes, 12,000 random edges: thousands of small components
+    a, b = rng.integers(0, len(small), 12_000), rng.integers(0, len(small), 12_000)
+    pairs.append((small[a], small[b]))  # self loops and repeats among them
+    pairs.append((chain[:50], chain[:50]))  # self loops on the chain
+    u = np.concatenate([p[0] for p in pairs]).astype(np.int64)
+    v = np.concatenate([p[1] for p in pairs]).astype(np.int64)
+    return np.concatenate([u, v[:100]]), np.concatenate([v, u[:100]])  # some edges twice, both ways
+
+
+def test_components_on_spark_equal_a_union_find(spark, tmp_path):
+    u, v = graph()
+    edges = spark.createDataFrame(pa.table({"u": u, "v": v}).to_pandas())
+    found = components(spark, edges, open_location(str(tmp_path / "work"))).toPandas()
+    linked = u != v  # a node with only a self loop links to nothing: it is in no component
+    expected = reference(u[linked], v[linked])
+    assert dict(zip(found["id"].tolist(), found["component"].tolist(), strict=True)) == expected
+    assert len(found) == len(set(found["id"]))  # each node once
+    rounds = sorted(p.name for p in (tmp_path / "work").iterdir())
+    assert 2 <= len(rounds) <= 12, rounds  # the 3,000-node chain settles in a few rounds, not thousands
