@@ -32,6 +32,8 @@ def frame_of(spark, table: pa.Table, schema: str):
     """A small Arrow table (a plan) as a DataFrame: directly on Spark 4; on 3.5, which takes no Arrow table, as rows."""
     import pyspark
 
+    if not table.num_rows:  # nothing to infer a schema from (Spark Connect asks)
+        return spark.createDataFrame([], schema)
     if int(pyspark.__version__.split(".")[0]) >= 4:
         return spark.createDataFrame(table)
     return spark.createDataFrame(table.to_pylist(), schema)
