@@ -191,7 +191,7 @@ def run_command(*argv: str) -> dict:
 
 
 def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
-    from search import make_output
+    from search import make_output, planted_pairs
 
     started = time.monotonic()
     output = make_output(rows, 128, seed=0, share=0.3)
@@ -212,13 +212,24 @@ def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
     if "dupes" in answers:
         listing = os.path.join(tempfile.mkdtemp(prefix="imgvec-scale-dupes-"), "groups.parquet")
         found = run_command("dupes", output, "--threshold", "0.9", "--keep", "first", "--out", listing, *spark)
+        import numpy as np
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        grouped = pq.read_table(listing, columns=["path", "kept_file"])
+        grouped = pq.read_table(listing, columns=["path", "group", "kept_file"])
+        number = pc.cast(pc.utf8_slice_codeunits(grouped["path"], 4, 12), "int64").to_numpy()
+        group = np.full(rows, -1)
+        group[number] = grouped["group"].to_numpy()
+        deletable = number[pc.not_equal(grouped["path"], grouped["kept_file"]).to_numpy(zero_copy_only=False)]
+        pairs = planted_pairs(rows, 128, seed=0, share=0.3)
         result["dupes"] = {"seconds": found["seconds"], "peak_rss_mb": found["peak_rss_mb"],
                            "grouped": grouped.num_rows, "rows_per_second": rows / found["seconds"],
-                           "deletable": pc.sum(pc.not_equal(grouped["path"], grouped["kept_file"])).as_py()}
+                           "deletable": len(deletable),
+                           # a planted copy found: in one group with the row it was made from
+                           "planted_found": float(np.mean((group[pairs[:, 0]] >= 0)
+                                                          & (group[pairs[:, 0]] == group[pairs[:, 1]]))),
+                           # a file of no planted family (neither a copy nor an original) listed to delete
+                           "listed_alone": int(np.isin(deletable, pairs.ravel(), invert=True).sum())}
         shutil.rmtree(os.path.dirname(listing), ignore_errors=True)
     return result
 

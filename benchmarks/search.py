@@ -59,21 +59,11 @@ def make_output(count: int, dim: int, seed: int = 0, share: float = 0.02) -> str
     folder = os.path.join(CACHE, f"vectors-{count}-{dim}-{seed}" + (f"-{share}" if share != 0.02 else ""))
     if os.path.exists(os.path.join(folder, ".complete")):
         return folder
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, count // 50), dim)).astype(np.float32)
     dataset = FeatureDataset(folder)
     identity = {"model": "generated", "weights": "none", "weights_sha256": None, "dim": dim, "format": FORMAT}
     with held_for_writing(dataset, identity, resume=False, overwrite=True):
-        previous = None
-        for start in range(0, count, PART_ROWS):
-            n = min(PART_ROWS, count - start)
-            rows = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, dim), np.float32)
-            planted = np.flatnonzero(rng.random(n) < share)
-            source = rows if previous is None else np.concatenate([previous, rows])
-            originals = source[rng.integers(0, len(source), len(planted))]  # a row of this part or the one before
-            noise = rng.uniform(0.05, 0.4, (len(planted), 1)).astype(np.float32)
-            rows[planted] = originals + noise * rng.standard_normal((len(planted), dim), np.float32)
-            previous = rows
+        for start, rows, _ in generated_parts(count, dim, seed, share):
+            n = len(rows)
             features = pa.ListArray.from_arrays(pa.array(np.arange(0, rows.size + 1, dim, dtype=np.int32)),
                                                 pa.array(rows.ravel()))
             dataset.write_part(pa.table({"path": [f"img/{i:08d}.jpg" for i in range(start, start + n)],
@@ -82,6 +72,31 @@ def make_output(count: int, dim: int, seed: int = 0, share: float = 0.02) -> str
         dataset.update_metadata(dataset.counts())
     open(os.path.join(folder, ".complete"), "w").close()
     return folder
+
+
+def generated_parts(count: int, dim: int, seed: int, share: float):
+    """make_output's parts, generated again the same way: (first row, vectors, [n, 2] planted pairs (copy, original)
+    as row numbers of the output)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, count // 50), dim)).astype(np.float32)
+    previous = None
+    for start in range(0, count, PART_ROWS):
+        n = min(PART_ROWS, count - start)
+        rows = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, dim), np.float32)
+        planted = np.flatnonzero(rng.random(n) < share)
+        source = rows if previous is None else np.concatenate([previous, rows])
+        chosen = rng.integers(0, len(source), len(planted))  # a row of this part or the one before
+        originals = source[chosen]
+        noise = rng.uniform(0.05, 0.4, (len(planted), 1)).astype(np.float32)
+        rows[planted] = originals + noise * rng.standard_normal((len(planted), dim), np.float32)
+        first = start - (0 if previous is None else len(previous))  # the row number of source's first row
+        yield start, rows, np.stack([start + planted, first + chosen], axis=1)
+        previous = rows
+
+
+def planted_pairs(count: int, dim: int, seed: int = 0, share: float = 0.02) -> np.ndarray:
+    """[n, 2] (copy, original) row numbers of make_output's planted near-duplicates."""
+    return np.concatenate([pairs for _, _, pairs in generated_parts(count, dim, seed, share)])
 
 
 def imgvec(*args) -> tuple[float, str]:

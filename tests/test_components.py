@@ -28,14 +28,14 @@ def reference(u: np.ndarray, v: np.ndarray) -> dict[int, int]:
 
 def graph() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)
-    ids = rng.choice(1 << 40, 20_000, replace=False)  # sparse int64 ids, in random order
-    chain = ids[:3_000]  # one path through 3,000 nodes in random id order
-    star = ids[3_000:3_500]
-    clique = ids[3_500:3_540]
+    ids = rng.choice(1 << 40, 10_000, replace=False)  # sparse int64 ids, in random order
+    chain = ids[:2_000]  # one path through 2,000 nodes in random id order
+    star = ids[2_000:2_500]
+    clique = ids[2_500:2_540]
     first, second = np.triu_indices(len(clique), 1)
     pairs = [(chain[:-1], chain[1:]), (np.full(len(star) - 1, star[0]), star[1:]), (clique[first], clique[second])]
-    small = ids[3_540:]  # 16,460 nodes, 12,000 random edges: thousands of small components
-    a, b = rng.integers(0, len(small), 12_000), rng.integers(0, len(small), 12_000)
+    small = ids[2_540:]  # 7,460 nodes, 5,000 random edges: thousands of small components
+    a, b = rng.integers(0, len(small), 5_000), rng.integers(0, len(small), 5_000)
     pairs.append((small[a], small[b]))  # self loops and repeats among them
     pairs.append((chain[:50], chain[:50]))  # self loops on the chain
     u = np.concatenate([p[0] for p in pairs]).astype(np.int64)
@@ -52,4 +52,4 @@ def test_components_on_spark_equal_a_union_find(spark, tmp_path):
     assert dict(zip(found["id"].tolist(), found["component"].tolist(), strict=True)) == expected
     assert len(found) == len(set(found["id"]))  # each node once
     rounds = sorted(p.name for p in (tmp_path / "work").iterdir())
-    assert 2 <= len(rounds) <= 12, rounds  # the 3,000-node chain settles in a few rounds, not thousands
+    assert 2 <= len(rounds) <= 12, rounds  # the 2,000-node chain settles in a few rounds, not thousands

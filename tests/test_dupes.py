@@ -94,30 +94,6 @@ def test_dupes_reports_byte_identical_files_as_their_own_groups(planted):
     assert "rocket.jpg" in rocket and not any("copy" in name for name in rocket)
 
 
-def test_clustered_dupes_on_spark_find_what_exact_finds_on_real_photos(planted):
-    _, output = planted
-    exact = json.loads(imgvec("dupes", output, "--threshold", THRESHOLD, "--json").stdout)
-    assert exact["search"] == "exact"
-    result = imgvec("dupes", output, "--threshold", THRESHOLD, "--clusters", "4", "--json", "-q", *SPARK)
-    assert result.returncode == 0, result.stderr
-    assert_no_jvm_lines(result.stderr)
-    clustered = json.loads(result.stdout)
-    assert clustered["search"].startswith("clustered: 4 k-means clusters")
-    truth, found = grouped_files(exact), grouped_files(clustered)
-    assert len(truth) >= 30  # the planted variants are found at this threshold
-    assert len(truth & found) / len(truth) >= 0.95  # recall of the files that have a near-duplicate
-    assert found <= truth  # nothing that exact search would not group
-    features = features_by_path(output)
-    for group in clustered["groups"]:  # each member's similarity is a real pair inside its group
-        vectors = normalise(np.stack([features[m["path"]] for m in group["members"]]))
-        similarities = vectors @ vectors.T
-        np.fill_diagonal(similarities, -1)
-        for member, row in zip(group["members"], similarities, strict=True):
-            assert member["similarity"] >= THRESHOLD - 1e-6
-            if group["kind"] == "near":
-                assert abs(row.max() - member["similarity"]) < 1e-4
-
-
 @pytest.mark.spark
 def test_dupes_as_spark_stages_give_the_driver_answer_exactly(planted, tmp_path):
     """One k-means cluster compares every pair, as --exact does: the groups found, labelled and ranked by Spark's

@@ -44,7 +44,7 @@ from imgvec.dataset.searchable import Searchable, parts_plan
 from imgvec.dataset.writing import remove_own
 from imgvec.kernels.similarity import linked, normalise
 from imgvec.spark.stored import read_stored, store, stored
-from imgvec.spark.tasks import RowTask, ddl
+from imgvec.spark.tasks import RowTask, ddl, each_group
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
@@ -105,15 +105,15 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
         members = near.select("component", "id", F.lit(False).alias("forced"))
         labelled = []
         if same_bytes:
-            same, _ = _kept(spark, _apply(identical.join(rows.drop("features"), "id").groupBy("first"),
-                                          identical_task(keep, verify)), work.child("same"), LABELLED)
+            same, _ = _kept(spark, each_group(identical.join(rows.drop("features"), "id"), "first",
+                                              identical_task(keep, verify), LABELLED), work.child("same"), LABELLED)
             stands = same.filter(F.col("path") == F.col("kept_file")).select(F.col("key").alias("id"),
                                                                               F.col("node").alias("kept"))
             members = near.join(stands, "id", "left").select(
                 "component", F.coalesce("kept", "id").alias("id"), F.col("kept").isNotNull().alias("forced"))
             labelled.append(same)
-        alike, _ = _kept(spark, _apply(members.join(rows, "id").groupBy("component"),
-                                       near_task(keep, threshold, verify)), work.child("near"), LABELLED)
+        alike, _ = _kept(spark, each_group(members.join(rows, "id"), "component", near_task(keep, threshold, verify),
+                                           LABELLED), work.child("near"), LABELLED)
         labelled.append(alike)
         return _result(spark, functools.reduce(lambda a, b: a.unionByName(b), labelled), folder, features.count,
                        threshold, how, verify)
@@ -158,12 +158,6 @@ def _task_frame(spark, runs: pa.Table, task: RowTask):
     from imgvec.spark.tasks import task_frame
 
     return task_frame(spark, runs, task)
-
-
-def _apply(grouped, function):
-    from imgvec.spark import compat
-
-    return compat.apply_in_arrow(grouped, function, ddl(LABELLED))
 
 
 def _kept(spark, frame, folder: Location, schema: pa.Schema):

@@ -15,8 +15,10 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from imgvec.spark import compat
@@ -84,6 +86,37 @@ def plan_frame(spark, plan: pa.Table, partitions: int | None = None):
     # Classic Spark: n rows in n slices puts one row in each.
     rows = spark.sparkContext.parallelize([tuple(r.values()) for r in plan.to_pylist()], slices)
     return spark.createDataFrame(rows, ddl(plan.schema))
+
+
+def each_group(frame, key: str, function: Callable[[pa.Table], pa.Table], schema: pa.Schema):
+    """function(the rows of one `key`) -> rows of `schema`, for every key of `frame`. Like groupBy(key).applyInArrow,
+    but one Python call per partition, not per group: many small groups (a dupes run has millions) cost what
+    their rows cost. A partition holds whole groups, sorted by key; one group at a time is in memory."""
+    return frame.repartition(key).sortWithinPartitions(key).mapInArrow(_EachGroup(key, function, schema),
+                                                                       ddl(schema))
+
+
+@dataclass(frozen=True)
+class _EachGroup:
+    key: str
+    function: Callable[[pa.Table], pa.Table]
+    schema: pa.Schema
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        pending: list[pa.RecordBatch] = []
+        for batch in batches:
+            keys = batch.column(self.key).to_numpy(zero_copy_only=False)
+            starts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
+            for start, end in zip(starts[:-1], starts[1:], strict=True):
+                if pending and pending[-1].column(self.key)[0].as_py() != keys[start]:
+                    yield from self._done(pending)
+                    pending = []
+                pending.append(batch.slice(start, end - start))
+        if pending:
+            yield from self._done(pending)
+
+    def _done(self, group: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        yield from self.function(pa.Table.from_batches(group)).cast(self.schema).to_batches()
 
 
 _DDL = {pa.int64(): "long", pa.int32(): "int", pa.float32(): "float", pa.bool_(): "boolean", pa.string(): "string",
