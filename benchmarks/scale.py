@@ -225,9 +225,9 @@ def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
         result["dupes"] = {"seconds": found["seconds"], "peak_rss_mb": found["peak_rss_mb"],
                            "grouped": grouped.num_rows, "rows_per_second": rows / found["seconds"],
                            "deletable": len(deletable),
-                           # a planted copy found: in one group with the row it was made from
-                           "planted_found": float(np.mean((group[pairs[:, 0]] >= 0)
-                                                          & (group[pairs[:, 0]] == group[pairs[:, 1]]))),
+                           # a planted copy found: grouped (groups form around kept files, so its original
+                           # may be in the group of another kept file), as its original is
+                           "planted_found": float(np.mean((group[pairs[:, 0]] >= 0) & (group[pairs[:, 1]] >= 0))),
                            # a file of no planted family (neither a copy nor an original) listed to delete
                            "listed_alone": int(np.isin(deletable, pairs.ravel(), invert=True).sum())}
         shutil.rmtree(os.path.dirname(listing), ignore_errors=True)

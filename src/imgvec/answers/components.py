@@ -20,15 +20,14 @@ COMPONENTS = pa.schema([("id", pa.int64()), ("component", pa.int64())])  # compo
 MAX_ROUNDS = 100  # far past what any graph takes: a guard against a loop, not a limit met
 
 
-def components(spark, edges, work: Location, report=None):
-    """(id, component) for every node of `edges` (columns u, v), stored in `work` round by round; report(share
-    done) while the first round runs (it computes `edges`)."""
+def components(spark, edges, work: Location):
+    """(id, component) for every node of `edges` (columns u, v), stored in `work` round by round."""
     from pyspark.sql import functions as F
 
     current, count = _oriented(edges), None
     for round_ in range(MAX_ROUNDS):
         folder = work.child(f"round-{round_:03d}")
-        written = store(spark, _small_star(_large_star(current)), folder, EDGES, None if round_ else report)
+        written = store(spark, _small_star(_large_star(current)), folder, EDGES)
         current, before, count = stored(spark, folder, written, EDGES), count, sum(written.column("rows").to_pylist())
         if count == before and _stars(current):  # a round that removed edges is not the last: no job to ask
             break

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgvec.answers.dedup_spark import hashes_of, links_on_spark, stored_duplicates
 from imgvec.answers.groups import Duplicates, Group, evidence, group_order, label_identical, label_near
@@ -171,15 +172,21 @@ def as_nodes(source: int, ids) -> np.ndarray:
 
 def _identical_across(new: Searchable, olds: list[Searchable]) -> tuple[list[list[int]], np.ndarray]:
     """Groups of identical files that hold a file of NEW, over NEW and the OLD outputs (nodes: as_nodes), and the rows
-    of NEW identical to an OLD file: their content is searched as OLD's, so the near search leaves them out."""
-    tables = []
-    for source, features in enumerate([new, *olds]):
-        for number, name in enumerate(features.parts):
-            hashes = hashes_of(features.dataset, name, number)
-            tables.append(hashes.set_column(0, "id", pa.array(as_nodes(source, hashes.column("id").to_numpy()))))
+    of NEW identical to an OLD file: their content is searched as OLD's, so the near search leaves them out. OLD's
+    hashes are read a part at a time and only those NEW has too are kept: memory follows NEW, whatever OLD holds."""
+    tables = [_as_nodes(0, hashes_of(new.dataset, name, number)) for number, name in enumerate(new.parts)]
+    mine = pa.concat_tables(tables).column("sha256").unique() if tables else pa.array([], pa.string())
+    for source, old in enumerate(olds, 1):
+        for number, name in enumerate(old.parts):
+            hashes = hashes_of(old.dataset, name, number)
+            tables.append(_as_nodes(source, hashes.filter(pc.is_in(hashes.column("sha256"), value_set=mine))))
     identical = [g for g in _identical(pa.concat_tables(tables)) if g[0] >> SOURCE_SHIFT == 0]  # sorted: NEW first
     known = [i for g in identical if g[-1] >> SOURCE_SHIFT for i in g if i >> SOURCE_SHIFT == 0]
     return identical, np.array(known, np.int64)
+
+
+def _as_nodes(source: int, hashes: pa.Table) -> pa.Table:
+    return hashes.set_column(0, "id", pa.array(as_nodes(source, hashes.column("id").to_numpy())))
 
 
 def _against(new: Searchable, olds: list[Searchable], known: np.ndarray, links, threshold: float, how: str):

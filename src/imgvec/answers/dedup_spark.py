@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgvec.answers.components import components
+from imgvec.answers.components import EDGES, components
 from imgvec.answers.groups import Duplicates, Group, label_identical, label_near
 from imgvec.base import defaults
 from imgvec.base.storage import Location, open_location
@@ -96,9 +96,10 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
                                       IDENTICAL)
         copies = identical.filter(F.col("id") != F.col("first")).select("id")
         centroids, how = _centroids(features, clusters, threshold, work.child("centroids.npz"))
-        links = _links_frame(spark, runs, features, centroids, threshold, copies)
-        edges = links.filter(F.col("similarity").isNull()).select(F.col("a").alias("u"), F.col("b").alias("v"))
-        near = components(spark, edges, work.child("components"), report)
+        links = _links_frame(spark, runs, features, centroids, threshold, copies).filter(F.col("similarity").isNull())
+        edges, _ = _kept(spark, links.select(F.col("a").alias("u"), F.col("b").alias("v")), work.child("links"),
+                         EDGES, report)
+        near = components(spark, edges, work.child("components"))
         grouped = near.select("id").union(identical.select("id")).distinct()
         rows, _ = _kept(spark, _task_frame(spark, runs, RowsTask(features.location)).join(grouped, "id"),
                         work.child("rows"), ROWS)
@@ -160,9 +161,9 @@ def _task_frame(spark, runs: pa.Table, task: RowTask):
     return task_frame(spark, runs, task)
 
 
-def _kept(spark, frame, folder: Location, schema: pa.Schema):
+def _kept(spark, frame, folder: Location, schema: pa.Schema, report=None):
     """`frame` stored by its tasks and read again (its stages run once, whatever reads it after), and its rows."""
-    written = store(spark, frame, folder, schema)
+    written = store(spark, frame, folder, schema, report)
     return stored(spark, folder, written, schema), int(pc.sum(written.column("rows")).as_py() or 0)
 
 
@@ -377,7 +378,7 @@ def compare_task(threshold: float):
 def identical_task(keep: str, checked: bool):
     """The rows of one group of the same bytes -> its members labelled (LABELLED): which one it keeps."""
 
-    def label(table: pa.Table) -> pa.Table:
+    def label(table: pa.Table) -> list[dict]:
         table = table.sort_by("id")
         rows = [{**row, "source": 0} for row in table.select(["path", "bytes", "input"]).to_pylist()]
         group, _ = label_identical(rows, keep, checked)
@@ -391,23 +392,25 @@ def near_task(keep: str, threshold: float, verify: bool):
     """The rows of one component of the links -> its groups around kept files, labelled (LABELLED). With `verify`
     every witness pair is checked by its pixels here, in rounds, until each deletable file has a verified one."""
 
-    def label(table: pa.Table) -> pa.Table:
+    def label(table: pa.Table) -> list[dict]:
         from imgvec.answers.verify import verdicts_here
 
-        table = table.sort_by("id")
+        # in any order: label_near puts the rows in keep order
+        paths, sizes, inputs, forced, ids = (table.column(name).to_pylist() for name in
+                                             ("path", "bytes", "input", "forced", "id"))
         vectors = _matrix(table.column("features").combine_chunks())
-        rows = [{**row, "source": 0, "features": vector} for row, vector in
-                zip(table.select(["path", "bytes", "input", "forced"]).to_pylist(), vectors, strict=True)]
+        rows = [{"path": p, "bytes": b, "input": i, "forced": f, "source": 0, "features": v}
+                for p, b, i, f, v in zip(paths, sizes, inputs, forced, vectors, strict=True)]
         groups, unverified, unreadable = label_near([rows], keep, threshold, verdicts_here if verify else None)
-        nodes = dict(zip(table.column("path").to_pylist(), table.column("id").to_pylist(), strict=True))
-        return _labelled("near", table.column("component")[0].as_py(), groups, nodes, set(unverified),
-                         set(unreadable))
+        return _labelled("near", table.column("component")[0].as_py(), groups, dict(zip(paths, ids, strict=True)),
+                         set(unverified), set(unreadable))
 
     return label
 
 
 def _labelled(kind: str, key: int, groups: list[Group], nodes: dict, unverified=frozenset(),
-              unreadable=frozenset()) -> pa.Table:
+              unreadable=frozenset()) -> list[dict]:
+    """The rows (LABELLED) of the groups labelled from one group of the same bytes or one component."""
     rows = []
     for sub, group in enumerate(groups):
         facts = {"kind": kind, "key": key, "sub": sub, "size": len(group.members),
@@ -415,7 +418,7 @@ def _labelled(kind: str, key: int, groups: list[Group], nodes: dict, unverified=
                  "weakest_b": group.weakest["b"], "weakest_similarity": group.weakest["similarity"]}
         rows += [{**facts, **member, "node": nodes[member["path"]], "unverified": member["path"] in unverified,
                   "unreadable": member["path"] in unreadable} for member in group.members]
-    return pa.Table.from_pylist(rows, schema=LABELLED)
+    return rows
 
 
 def _matrix(features: pa.BinaryArray) -> np.ndarray:

@@ -19,6 +19,7 @@ from imgvec.spark.tasks import RowTask, collect, ddl, task_frame
 
 WRITTEN = pa.schema([("file", pa.string()), ("rows", pa.int64())])
 FILES = pa.schema([("id", pa.int64()), ("file", pa.string())])
+READ_ROWS = 65_536  # rows read back at once in this process
 
 
 def file_name(partition: int) -> str:
@@ -82,9 +83,13 @@ def stored(spark, folder: Location, written: pa.Table, schema: pa.Schema):
 
 
 def read_stored(folder: Location, written: pa.Table, schema: pa.Schema, columns=None):
-    """Each stored file's rows as one Arrow table, file after file: in this process, one file in memory."""
+    """The stored rows as Arrow tables of at most READ_ROWS rows, file after file, in order: in this process, with
+    one such table in memory."""
     for name in written.column("file").to_pylist():
-        yield read_file(folder, name, schema, columns)
+        with folder.fs.open_input_file(folder.child(name).path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(READ_ROWS, columns=columns):
+                yield pa.Table.from_batches([batch]).cast(schema if columns is None else
+                                                          pa.schema([schema.field(c) for c in columns]))
 
 
 def read_file(folder: Location, name: str, schema: pa.Schema, columns=None) -> pa.Table:

@@ -88,10 +88,14 @@ def plan_frame(spark, plan: pa.Table, partitions: int | None = None):
     return spark.createDataFrame(rows, ddl(plan.schema))
 
 
-def each_group(frame, key: str, function: Callable[[pa.Table], pa.Table], schema: pa.Schema):
-    """function(the rows of one `key`) -> rows of `schema`, for every key of `frame`. Like groupBy(key).applyInArrow,
-    but one Python call per partition, not per group: many small groups (a dupes run has millions) cost what
-    their rows cost. A partition holds whole groups, sorted by key; one group at a time is in memory."""
+BATCH_ROWS = 8_192  # rows each_group's tasks send to the JVM at once
+
+
+def each_group(frame, key: str, function: Callable[[pa.Table], list[dict]], schema: pa.Schema):
+    """function(the rows of one `key`) -> rows (dicts) of `schema`, for every key of `frame`. Like
+    groupBy(key).applyInArrow, but one Python call per partition, not per group, and the results sent to the JVM in
+    batches of BATCH_ROWS: many small groups (a dupes run has millions) cost what their rows cost. A partition
+    holds whole groups, sorted by key; one group at a time is in memory."""
     return frame.repartition(key).sortWithinPartitions(key).mapInArrow(_EachGroup(key, function, schema),
                                                                        ddl(schema))
 
@@ -99,24 +103,27 @@ def each_group(frame, key: str, function: Callable[[pa.Table], pa.Table], schema
 @dataclass(frozen=True)
 class _EachGroup:
     key: str
-    function: Callable[[pa.Table], pa.Table]
+    function: Callable[[pa.Table], list[dict]]
     schema: pa.Schema
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        pending: list[pa.RecordBatch] = []
+        pending: list[pa.RecordBatch] = []  # the rows of the group being read
+        done: list[dict] = []  # results not sent yet
         for batch in batches:
             keys = batch.column(self.key).to_numpy(zero_copy_only=False)
             starts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
             for start, end in zip(starts[:-1], starts[1:], strict=True):
                 if pending and pending[-1].column(self.key)[0].as_py() != keys[start]:
-                    yield from self._done(pending)
+                    done += self.function(pa.Table.from_batches(pending))
                     pending = []
+                    if len(done) >= BATCH_ROWS:
+                        yield pa.RecordBatch.from_pylist(done, schema=self.schema)
+                        done = []
                 pending.append(batch.slice(start, end - start))
         if pending:
-            yield from self._done(pending)
-
-    def _done(self, group: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from self.function(pa.Table.from_batches(group)).cast(self.schema).to_batches()
+            done += self.function(pa.Table.from_batches(pending))
+        if done:
+            yield pa.RecordBatch.from_pylist(done, schema=self.schema)
 
 
 _DDL = {pa.int64(): "long", pa.int32(): "int", pa.float32(): "float", pa.bool_(): "boolean", pa.string(): "string",
