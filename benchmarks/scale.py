@@ -221,15 +221,17 @@ def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
         group = np.full(rows, -1)
         group[number] = grouped["group"].to_numpy()
         deletable = number[pc.not_equal(grouped["path"], grouped["kept_file"]).to_numpy(zero_copy_only=False)]
-        pairs = planted_pairs(rows, 128, seed=0, share=0.3)
+        every_planted, cosines = planted_pairs(rows, 128, seed=0, share=0.3)
+        pairs = every_planted[cosines >= 0.9]  # the planted pairs there are at the threshold
         result["dupes"] = {"seconds": found["seconds"], "peak_rss_mb": found["peak_rss_mb"],
                            "grouped": grouped.num_rows, "rows_per_second": rows / found["seconds"],
                            "deletable": len(deletable),
-                           # a planted copy found: grouped (groups form around kept files, so its original
-                           # may be in the group of another kept file), as its original is
+                           # a planted pair at the threshold found: both grouped (groups form around kept
+                           # files, so the two may be in the groups of two kept files)
+                           "planted_pairs": len(pairs),
                            "planted_found": float(np.mean((group[pairs[:, 0]] >= 0) & (group[pairs[:, 1]] >= 0))),
                            # a file of no planted family (neither a copy nor an original) listed to delete
-                           "listed_alone": int(np.isin(deletable, pairs.ravel(), invert=True).sum())}
+                           "listed_alone": int(np.isin(deletable, every_planted.ravel(), invert=True).sum())}
         shutil.rmtree(os.path.dirname(listing), ignore_errors=True)
     return result
 

@@ -94,9 +94,18 @@ def generated_parts(count: int, dim: int, seed: int, share: float):
         previous = rows
 
 
-def planted_pairs(count: int, dim: int, seed: int = 0, share: float = 0.02) -> np.ndarray:
-    """[n, 2] (copy, original) row numbers of make_output's planted near-duplicates."""
-    return np.concatenate([pairs for _, _, pairs in generated_parts(count, dim, seed, share)])
+def planted_pairs(count: int, dim: int, seed: int = 0, share: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """make_output's planted near-duplicates: [n, 2] (copy, original) row numbers, and each pair's cosine as stored
+    (an original that was itself replaced by a later copy is no longer what the copy was made from)."""
+    pairs, cosines, previous = [], [], None
+    for start, rows, planted in generated_parts(count, dim, seed, share):
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        both = unit if previous is None else np.concatenate([previous, unit])
+        first = start - (0 if previous is None else len(previous))
+        cosines.append(np.einsum("ij,ij->i", both[planted[:, 0] - first], both[planted[:, 1] - first]))
+        pairs.append(planted)
+        previous = unit
+    return np.concatenate(pairs), np.concatenate(cosines)
 
 
 def imgvec(*args) -> tuple[float, str]:

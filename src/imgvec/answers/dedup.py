@@ -1,30 +1,17 @@
 """`imgvec dupes`: groups of byte-identical files, and of near-duplicate images by cosine similarity.
 
 Byte-identical: the same sha256 and byte length, recorded by `embed`; found first. Near-duplicates:
-features with cosine similarity >= threshold, joined transitively into groups for browsing, among
-distinct contents: one copy of each identical group stands for it (and is that group's kept file),
-so a file is compared once, and its copies are listed in their identical group.
+features with cosine similarity >= threshold, joined transitively into candidates, among distinct
+contents: one copy of each identical group stands for it (and is that group's kept file), so a file is
+compared once, and its copies are listed in their identical group. Which files a group keeps and why
+each other one may go: answers.groups.
 
-What may be deleted never rests on a chain: inside each group, members in keep order (the first
-path, or the largest file) each join the most similar kept file at cosine >= threshold, or are kept
-themselves (kernels.witness). So every file `--keep` lists has a kept file of its own group at or above
-the threshold, and a group reports its weakest pair. A file kept for its identical copies is kept in
-its near group too, so that no witness is itself deleted.
+Small outputs (up to EXACT_MAX vectors), or `exact`: every pair, in this process (kernels.similarity),
+the groups labelled here. Beyond: every stage on Spark, stored by its tasks (answers.dedup_spark).
 
 `against`: only groups holding an image of OUTPUT, compared with the images of other outputs (by
-their index where they have one); their files are always kept.
-
-Small outputs (up to EXACT_MAX vectors), or `exact`: every pair, in this process (kernels.similarity).
-Beyond, SemDeDup-style on Spark, the driver only planning:
-  driver   k-means centroids (FAISS) trained on a sample; each cluster's expected size from it
-  tasks    read their parts; each vector goes to its nearest centroid, and to the second nearest
-           too when that is almost as near (a pair across the border is still compared); a cluster
-           larger than UNIT rows is cut into blocks by row id, and each row goes to every pair of
-           blocks it belongs to
-  shuffle  by block pair (cluster, block, block); each is compared exactly (kernels.similarity.linked)
-           and returns a link per row and each row's best pair: rows that have a near-duplicate only
-  driver   joins the links into groups (vectorised union-find); memory grows with the number of
-           duplicates, not of images
+their index where they have one); their files are always kept. OUTPUT's own pairs are found as above;
+the groups are labelled in this process.
 """
 
 from __future__ import annotations

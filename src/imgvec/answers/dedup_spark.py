@@ -22,7 +22,6 @@ in one worker's memory (~2 GB per 10^6 512-d vectors).
 
 from __future__ import annotations
 
-import functools
 import io
 import uuid
 from collections.abc import Iterator
@@ -69,7 +68,8 @@ LABELLED = pa.schema([*_GROUP, ("node", pa.int64()), *_MEMBER, ("unverified", pa
 GROUPS = pa.schema([*_GROUP, ("kept", pa.list_(pa.string()))])
 NUMBERED = pa.schema([("kind", pa.string()), ("key", pa.int64()), ("sub", pa.int64()), ("group", pa.int64())])
 MEMBERS = pa.schema([("group", pa.int64()), ("kind", pa.string()), ("representative", pa.string()), *_MEMBER])
-PATHS = pa.schema([("path", pa.string()), ("unreadable", pa.bool_())])
+PATHS = pa.schema([("path", pa.string())])
+UNVERIFIED = pa.schema([("path", pa.string()), ("unreadable", pa.bool_())])
 RANKED_PLAN = pa.schema([("id", pa.int64()), ("file", pa.string()), ("first", pa.int64())])
 
 
@@ -103,8 +103,7 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
         grouped = near.select("id").union(identical.select("id")).distinct()
         rows, _ = _kept(spark, _task_frame(spark, runs, RowsTask(features.location)).join(grouped, "id"),
                         work.child("rows"), ROWS)
-        members = near.select("component", "id", F.lit(False).alias("forced"))
-        labelled = []
+        members, same = near.select("component", "id", F.lit(False).alias("forced")), None
         if same_bytes:
             same, _ = _kept(spark, each_group(identical.join(rows.drop("features"), "id"), "first",
                                               identical_task(keep, verify), LABELLED), work.child("same"), LABELLED)
@@ -112,12 +111,10 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
                                                                               F.col("node").alias("kept"))
             members = near.join(stands, "id", "left").select(
                 "component", F.coalesce("kept", "id").alias("id"), F.col("kept").isNotNull().alias("forced"))
-            labelled.append(same)
         alike, _ = _kept(spark, each_group(members.join(rows, "id"), "component", near_task(keep, threshold, verify),
                                            LABELLED), work.child("near"), LABELLED)
-        labelled.append(alike)
-        return _result(spark, functools.reduce(lambda a, b: a.unionByName(b), labelled), folder, features.count,
-                       threshold, how, verify)
+        labelled = alike if same is None else same.unionByName(alike)
+        return _result(spark, labelled, folder, features.count, threshold, how, verify)
     finally:
         _remove(work)
 
@@ -236,14 +233,13 @@ def _result(spark, labelled, folder: Location, images: int, threshold: float, ho
     members = (labelled.join(numbered, ["kind", "key", "sub"]).select(*MEMBERS.names).orderBy("group", "path"))
     written["members"] = store(spark, members, folder.child("members"), MEMBERS)
     listed = stored(spark, folder.child("members"), written["members"], MEMBERS)
-    written["delete"] = store(spark, listed.filter(F.col("path") != F.col("kept_file"))
-                              .select("path", F.lit(False).alias("unreadable")).distinct().orderBy("path"),
-                              folder.child("delete"), PATHS)
+    written["delete"] = store(spark, listed.filter(F.col("path") != F.col("kept_file")).select("path").distinct()
+                              .orderBy("path"), folder.child("delete"), PATHS)
     unreadable = 0
     if verify:
         written["unverified"] = store(spark, labelled.filter("unverified").select("path", "unreadable")
-                                      .orderBy("path"), folder.child("unverified"), PATHS)
-        unreadable = collect(spark, stored(spark, folder.child("unverified"), written["unverified"], PATHS)
+                                      .orderBy("path"), folder.child("unverified"), UNVERIFIED)
+        unreadable = collect(spark, stored(spark, folder.child("unverified"), written["unverified"], UNVERIFIED)
                              .filter("unreadable").agg(F.count("*").alias("n"))).column("n")[0].as_py()
     identical = collect(spark, stored(spark, folder.child("groups"), written["groups"], GROUPS)
                         .filter(F.col("kind") == "identical").agg(F.count("*").alias("n")))
@@ -493,11 +489,12 @@ class StoredDuplicates(Duplicates):
             yield Group(group["kind"], group["representative"], listed, group["kept"], weakest)
 
     def each_deletable(self) -> Iterator[str]:
-        return (row["path"] for row in self._each("delete", PATHS, ["path"]))
+        return (row["path"] for row in self._each("delete", PATHS))
 
     def each_unverified(self, unreadable: bool = False) -> Iterator[str]:
         if "unverified" in self.written:  # stored with --verify only
-            yield from (row["path"] for row in self._each("unverified", PATHS) if row["unreadable"] or not unreadable)
+            yield from (row["path"] for row in self._each("unverified", UNVERIFIED)
+                        if row["unreadable"] or not unreadable)
 
     def tables(self) -> Iterator[pa.Table]:
         from imgvec.answers.groups import TABLE, VERIFIED_TABLE
