@@ -109,7 +109,7 @@ class _EachGroup:
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         pending: list[pa.RecordBatch] = []  # the rows of the group being read
         done: list[dict] = []  # results not sent yet
-        for batch in batches:
+        for batch in filter(len, batches):
             keys = batch.column(self.key).to_numpy(zero_copy_only=False)
             starts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
             for start, end in zip(starts[:-1], starts[1:], strict=True):
