@@ -77,4 +77,4 @@ def is_index_file(name: str) -> bool:
 def is_dupes_file(name: str) -> bool:
     """A file imgvec writes into an output's dupes folder: a stage's part (or what a task that died was writing),
     the centroids."""
-    return re.fullmatch(r"(\.tmp-[0-9a-f]{8}-)?part-[0-9]{6}\.parquet|centroids\.npz", name) is not None
+    return re.fullmatch(r"(\.tmp-[0-9a-f]{8}-)?part-[0-9]{6,}\.parquet|centroids\.npz", name) is not None

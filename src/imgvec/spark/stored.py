@@ -8,7 +8,7 @@ retried task replaces its own file instead of adding one. The driver gets one sm
 
 from __future__ import annotations
 
-import re
+import itertools
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -26,11 +26,6 @@ def file_name(partition: int) -> str:
     return f"part-{partition:06d}.parquet"
 
 
-def is_stored_file(name: str) -> bool:
-    """A file `store` writes (or its temporary, left by a task that died)."""
-    return re.fullmatch(r"(\.tmp-[0-9a-f]{8}-)?part-[0-9]{6}\.parquet", name) is not None
-
-
 @dataclass(frozen=True)
 class _Write:
     """mapInArrow's function: a partition's rows -> one Parquet file in `folder` -> (its name, its rows)."""
@@ -41,13 +36,22 @@ class _Write:
     def __call__(self, batches):
         from pyspark import TaskContext
 
-        batches = [b for b in batches if b.num_rows]
-        if batches:
-            table = pa.Table.from_batches(batches).select(self.schema.names).cast(self.schema)
-            name = file_name(TaskContext.get().partitionId())
-            open_location(self.folder).child(name).write_with(
-                lambda path, fs: pq.write_table(table, path, filesystem=fs))
-            yield pa.RecordBatch.from_pylist([{"file": name, "rows": table.num_rows}], schema=WRITTEN)
+        batches = (b for b in batches if b.num_rows)
+        first = next(batches, None)
+        if first is None:
+            return
+        rows = 0
+
+        def write(path, fs):  # a batch at a time: a task holds one batch, not its partition
+            nonlocal rows
+            with pq.ParquetWriter(path, self.schema, filesystem=fs) as writer:
+                for batch in itertools.chain([first], batches):
+                    writer.write_table(pa.Table.from_batches([batch]).select(self.schema.names).cast(self.schema))
+                    rows += batch.num_rows
+
+        name = file_name(TaskContext.get().partitionId())
+        open_location(self.folder).child(name).write_with(write)
+        yield pa.RecordBatch.from_pylist([{"file": name, "rows": rows}], schema=WRITTEN)
 
 
 def store(spark, frame, folder: Location, schema: pa.Schema, report=None) -> pa.Table:
