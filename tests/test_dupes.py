@@ -117,6 +117,26 @@ def test_dupes_as_spark_stages_give_the_driver_answer_exactly(planted, tmp_path)
                                                                  for m in g["members"])
 
 
+def test_dupes_at_scale_on_an_output_it_cannot_write_is_one_line_before_spark(tmp_path, capsys):
+    """The stages store their result under the output: one that cannot be written there (here immutable, which
+    binds root too) is refused in one line before any job, and nothing is written."""
+    import shutil
+    import subprocess
+
+    output = tmp_path / "vectors"
+    vectors_output(output, clustered_vectors(300, 8))
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", output]).returncode:
+        pytest.skip("this filesystem cannot make a folder immutable (chattr +i)")
+    try:
+        before = sorted(p.name for p in output.iterdir())
+        result = imgvec_here(capsys, "dupes", output, "--threshold", "0.9", "--clusters", "2",
+                             "--master", "spark://127.0.0.1:9")  # no Spark is reached
+        assert_usage_error(result, "_imgvec_dupes, which cannot be written")
+        assert sorted(p.name for p in output.iterdir()) == before
+    finally:
+        subprocess.run(["chattr", "-i", output])
+
+
 @pytest.mark.spark35
 @pytest.mark.spark
 def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):

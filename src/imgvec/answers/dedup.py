@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgvec.answers.dedup_spark import hashes_of, links_on_spark, stored_duplicates
+from imgvec.answers.dedup_spark import check_writable, hashes_of, links_on_spark, stored_duplicates
 from imgvec.answers.groups import Duplicates, Group, evidence, group_order, label_identical, label_near
 from imgvec.base import defaults
 from imgvec.base.paths import comparable
@@ -85,6 +85,8 @@ def find_duplicates(output: str, threshold: float | None = None, *, keep: str = 
     else:
         from imgvec.spark.session import session
 
+        if not olds:
+            check_writable(features)
         progress = Progress(count, quiet=run.quiet, unit="vectors")
         try:
             with session(run) as spark:

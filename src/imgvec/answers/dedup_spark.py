@@ -22,6 +22,7 @@ in one worker's memory (~2 GB per 10^6 512-d vectors).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 from collections.abc import Iterator
@@ -117,6 +118,25 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
         return _result(spark, labelled, folder, features.count, threshold, how, verify)
     finally:
         _remove(work)
+
+
+def check_writable(features: Searchable) -> None:
+    """The stages store their work and result under OUTPUT/_imgvec_dupes/: a ValueError (one line, before any job)
+    when OUTPUT cannot be written there."""
+    folder = features.dataset.where.child(names.DUPES)
+    probe = folder.child(f".tmp-{uuid.uuid4().hex[:8]}-part-000000.parquet")  # a name of imgvec's (names)
+    try:
+        folder.make_folder()
+        probe.write_bytes(b"")
+        probe.delete()
+    except OSError as error:
+        raise ValueError(f"dupes of {features.count} images stores its result in {folder.uri}, which cannot be "
+                         f"written ({error.strerror or error}); give an output you can write to, or --exact "
+                         "(every pair, in this process: slow at this size)") from None
+    finally:
+        with contextlib.suppress(OSError):
+            if folder.is_folder() and not folder.entries():  # made for the probe: a stored result stays
+                folder.delete_folder()
 
 
 def links_on_spark(spark, features: Searchable, threshold: float, clusters: int | None, known: np.ndarray, report):
