@@ -1,14 +1,15 @@
-"""Connected components on Spark (answers.components) against a union-find in this process, on the graphs that
-break simple algorithms: a long chain (label propagation takes its length in rounds), stars, a dense clique, many
-small random components, repeated edges and self loops."""
+"""Connected components on Spark (answers.components), in one task and in large-star/small-star rounds, against a
+union-find in this process, on the graphs that break simple algorithms: a long chain (label propagation takes its
+length in rounds), stars, a dense clique, many small random components, repeated edges and self loops."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from imgvec.answers.components import components
+from imgvec.answers.components import EDGES, IN_ONE_TASK, components
 from imgvec.base.storage import open_location
 from imgvec.kernels.similarity import union
+from imgvec.spark.stored import store
 
 pytestmark = pytest.mark.spark
 
@@ -43,13 +44,17 @@ def graph() -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([u, v[:100]]), np.concatenate([v, u[:100]])  # some edges twice, both ways
 
 
-def test_components_on_spark_equal_a_union_find(spark, tmp_path):
+@pytest.mark.parametrize("in_one_task", [IN_ONE_TASK, 0], ids=["one task", "rounds"])
+def test_components_on_spark_equal_a_union_find(spark, tmp_path, in_one_task):
     u, v = graph()
-    edges = spark.createDataFrame(pa.table({"u": u, "v": v}).to_pandas())
-    found = components(spark, edges, open_location(str(tmp_path / "work"))).toPandas()
+    edges = open_location(str(tmp_path / "edges"))
+    written = store(spark, spark.createDataFrame(pa.table({"u": u, "v": v}).to_pandas()), edges, EDGES)
+    work = tmp_path / "work"
+    found = components(spark, edges, written, open_location(str(work)), in_one_task).toPandas()
     linked = u != v  # a node with only a self loop links to nothing: it is in no component
     expected = reference(u[linked], v[linked])
     assert dict(zip(found["id"].tolist(), found["component"].tolist(), strict=True)) == expected
     assert len(found) == len(set(found["id"]))  # each node once
-    rounds = sorted(p.name for p in (tmp_path / "work").iterdir())
-    assert 2 <= len(rounds) <= 12, rounds  # the 2,000-node chain settles in a few rounds, not thousands
+    if not in_one_task:
+        rounds = sorted(p.name for p in work.iterdir())
+        assert 2 <= len(rounds) <= 12, rounds  # the 2,000-node chain settles in a few rounds, not thousands

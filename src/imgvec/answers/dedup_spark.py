@@ -98,9 +98,9 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
         copies = identical.filter(F.col("id") != F.col("first")).select("id")
         centroids, how = _centroids(features, clusters, threshold, work.child("centroids.npz"))
         links = _links_frame(spark, runs, features, centroids, threshold, copies).filter(F.col("similarity").isNull())
-        edges, _ = _kept(spark, links.select(F.col("a").alias("u"), F.col("b").alias("v")), work.child("links"),
-                         EDGES, report)
-        near = components(spark, edges, work.child("components"))
+        edges = store(spark, links.select(F.col("a").alias("u"), F.col("b").alias("v")), work.child("links"), EDGES,
+                      report)
+        near = components(spark, work.child("links"), edges, work)
         grouped = near.select("id").union(identical.select("id")).distinct()
         rows, _ = _kept(spark, _task_frame(spark, runs, RowsTask(features.location)).join(grouped, "id"),
                         work.child("rows"), ROWS)
