@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pyspark
 import pytest
 from PIL import Image, ImageEnhance
 
@@ -139,6 +140,8 @@ def test_dupes_at_scale_on_an_output_it_cannot_write_is_one_line_before_spark(tm
 
 @pytest.mark.spark35
 @pytest.mark.spark
+@pytest.mark.skipif(not pyspark.__version__.startswith("3."), reason="the Spark 3.5 tier runs it; on 4.x, the "
+                    "clustered dupes of Spark Connect and of the bucket cluster are measured against exact alike")
 def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):
     output, _ = generated
     exact = json.loads(imgvec("dupes", output, "--threshold", "0.9", "--exact", "--json").stdout)
