@@ -43,7 +43,7 @@ from imgvec.dataset.rows import part_ids, part_vectors
 from imgvec.dataset.searchable import Searchable, parts_plan
 from imgvec.dataset.writing import remove_own
 from imgvec.kernels.similarity import linked, normalise
-from imgvec.spark.stored import read_stored, store, stored
+from imgvec.spark.stored import read_file, read_stored, store, stored
 from imgvec.spark.tasks import RowTask, ddl, each_group
 
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
@@ -470,8 +470,6 @@ class NumberTask(RowTask):
     folder: str
 
     def run(self, rows):
-        from imgvec.spark.stored import read_file
-
         for row in rows:
             table = read_file(open_location(self.folder), row["file"], GROUPS, ["kind", "key", "sub"])
             numbers = pa.array(row["first"] + np.arange(table.num_rows, dtype=np.int64))
