@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
 import tempfile
 
 import pytest
 
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="imgvec-test-torch-home-")
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], ignore_errors=True)  # the seeded weights: GBs a suite
 # The engines' exports inside it: hidden from the cluster's and Connect's workers with the weights.
 os.environ["IMGVEC_CACHE"] = os.path.join(os.environ["TORCH_HOME"], "imgvec")
 

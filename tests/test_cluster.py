@@ -6,10 +6,12 @@ except where a test names the base Python, which has neither imgvec nor torch: t
 """
 
 import glob
+import json
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pyarrow.parquet as pq
 import pyspark
@@ -144,6 +146,35 @@ def test_executors_without_imgvec_stop_the_command_in_one_line(cluster_master, i
         mismatch = imgvec("embed", image_dir, "-o", tmp_path / "refused", *_bare_cluster(cluster_master)[:-2],
                           "--conf", f"spark.pyspark.python={other}")
         assert_usage_error(mismatch, f"the driver Python 3.{sys.version_info.minor}")
+
+
+SHIPPED = """
+import glob, json, os, sys
+from imgvec.spark.session import get_session
+spark = get_session(sys.argv[1], conf={"spark.archives": sys.argv[2] + "#imgvec_env", "spark.cores.max": "1",
+                                       "spark.driver.host": "127.0.0.1",
+                                       "spark.executorEnv.PYTHONPATH": "imgvec_env/site-packages"})
+jvm = spark.sparkContext._jvm
+copies = glob.glob(os.path.join(jvm.System.getProperty("java.io.tmpdir"), "spark-*", os.path.basename(sys.argv[2])))
+def imported(_):
+    import shipped_marker
+    yield shipped_marker.VALUE
+print(json.dumps({"driver": os.listdir(jvm.org.apache.spark.SparkFiles.getRootDirectory()), "copies": copies,
+                  "executor": spark.sparkContext.parallelize([0], 1).mapPartitions(imported).collect()}))
+"""
+
+
+@pytest.mark.spark35
+def test_the_driver_keeps_no_copy_of_a_shipped_environment(cluster_master, tmp_path_factory):
+    """Spark's driver fetches and unpacks spark.archives as the executors do (12 GB of a torch environment) and
+    its Python never reads them: imgvec removes both copies, and the executors still import from theirs."""
+    packed = tmp_path_factory.mktemp("archive") / "imgvec-env-test.zip"
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("site-packages/shipped_marker.py", "VALUE = 42\n")
+    ran = subprocess.run([sys.executable, "-c", SHIPPED, cluster_master, str(packed)], capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads(ran.stdout.splitlines()[-1]) == {"driver": [], "copies": [], "executor": [42]}
 
 
 @pytest.mark.spark35

@@ -23,6 +23,7 @@ import ast
 import glob
 import hashlib
 import os
+import shutil
 import sys
 import time
 import zipfile
@@ -78,6 +79,31 @@ def archive(say: Callable[[str], None] = lambda line: None, prefix: str = sys.pr
             os.remove(older)
     say(f"packed in {time.monotonic() - start:.0f} s")
     return path
+
+
+def drop_driver_copies(spark) -> None:
+    """Remove the driver's own copies of the shipped archive. Spark's driver fetches and unpacks every spark.archives
+    entry as the executors do (SparkContext.addArchive), and keeps both for the whole run; the driver's Python never
+    reads them (12 GB of the README's environment), and the executors fetch the archive itself. The copy lies in a
+    temporary folder of Spark's: only this JVM's (Spark's list of folders it removes at exit) are touched, never a
+    concurrent run's. Nothing for local Spark, whose executors read the unpacked folder, nor without an archive."""
+    context = spark.sparkContext
+    shipped = [entry.partition("#")[0] for entry in context.getConf().get("spark.archives", "").split(",")
+               if entry.partition("#")[2] == NAME]
+    if not shipped or context.master.startswith("local"):
+        return
+    jvm = context._jvm
+    unpacked = os.path.join(jvm.org.apache.spark.SparkFiles.getRootDirectory(), NAME)
+    shutil.rmtree(unpacked, ignore_errors=True)
+    name = os.path.basename(shipped[0])
+    for folder in glob.glob(os.path.join(jvm.System.getProperty("java.io.tmpdir"), "spark-*")):
+        copy = os.path.join(folder, name)
+        try:
+            ours = jvm.org.apache.spark.util.ShutdownHookManager.hasShutdownDeleteDir(jvm.java.io.File(folder))
+        except Exception:  # noqa: BLE001 - Spark's internal list, not an API: without it the copy stays until exit
+            return
+        if ours and os.path.isfile(copy):
+            os.remove(copy)
 
 
 def _members(prefix: str) -> Iterator[tuple[str, str]]:

@@ -50,6 +50,7 @@ def _classic_session(options: dict) -> SparkSession:
 
     spark = SparkSession.builder.config(map=options).getOrCreate()
     jvm.started(spark)
+    environment.drop_driver_copies(spark)
     return spark
 
 
