@@ -28,7 +28,7 @@ from helpers import (
     imgvec_here,
     vectors_output,
 )
-from imgvec.answers.dedup_spark import UNIT, _blocks
+from imgvec.answers.dedup_spark import UNIT, _blocks, _expected
 from imgvec.kernels.similarity import normalise
 
 THRESHOLD = 0.8
@@ -116,6 +116,32 @@ def test_dupes_as_spark_stages_give_the_driver_answer_exactly(planted, tmp_path)
     members = pq.read_table(stored / "members")
     assert sorted(members.column("path").to_pylist()) == sorted(m["path"] for g in exact["groups"]
                                                                  for m in g["members"])
+
+
+@pytest.mark.spark
+def test_a_component_larger_than_a_task_takes_is_labelled_in_pieces(tmp_path, capsys, monkeypatch):
+    """A component past PIECE members is cut into pieces labelled on their own: every file is still grouped, and
+    every file --keep lists has a kept file of its own (smaller) group at the threshold."""
+    import imgvec.answers.dedup_spark as stages
+
+    rng = np.random.default_rng(5)
+    giant = rng.standard_normal(16).astype(np.float32) + 0.1 * rng.standard_normal((700, 16)).astype(np.float32)
+    output = tmp_path / "vectors"
+    vectors_output(output, np.concatenate([giant, clustered_vectors(300, 16, seed=6)]))
+    args = ["dupes", output, "--threshold", "0.9", "--keep", "first", "--json"]
+    whole = imgvec_here(capsys, *args)  # in this process: what the stages give for components within PIECE
+    monkeypatch.setattr(stages, "PIECE", 200)
+    cut = imgvec_here(capsys, *args, "--clusters", "1", *SPARK)
+    assert whole.returncode == cut.returncode == 0, cut.stderr
+    whole, cut = json.loads(whole.stdout), json.loads(cut.stdout)
+    assert max(len(g["members"]) for g in whole["groups"]) >= 700  # one component: one labelling kept one file
+    assert max(len(g["members"]) for g in cut["groups"]) <= 300 and len(cut["groups"]) >= len(whole["groups"]) + 3
+    assert {m["path"] for g in cut["groups"] for m in g["members"]} == {m["path"] for g in whole["groups"]
+                                                                         for m in g["members"]}
+    for group in cut["groups"]:
+        kept = {m["path"] for m in group["members"] if m["kept_file"] == m["path"]}
+        assert all(m["kept_file"] in kept and m["kept_similarity"] >= 0.9 - 1e-6 for m in group["members"])
+    assert len(cut["delete"]) == len(whole["delete"]) - 3  # each piece of the giant keeps a file of its own
 
 
 def test_dupes_at_scale_on_an_output_it_cannot_write_is_one_line_before_spark(tmp_path, capsys):
@@ -278,6 +304,14 @@ def test_new_images_against_old_ones_never_list_an_old_file(old_and_new, capsys,
                 assert member["path"].startswith("new/") and member["kept_similarity"] >= 0.9 - 1e-6
     own = [g for g in found["groups"] if all(m["path"].startswith("new/") for m in g["members"])]
     assert len(own) == 20  # NEW's own near copies, among themselves
+    # as Spark stages (what NEW beyond EXACT_MAX gets): OLD searched by tasks, by its index or by NEW's clusters
+    staged = imgvec_here(capsys, "dupes", new, "--against", old, "--threshold", "0.9", "--keep", "first", "--json",
+                         "--clusters", "4", *SPARK)
+    assert staged.returncode == 0, staged.stderr
+    staged = json.loads(staged.stdout)
+    assert staged["search"].startswith("clustered") and ("by its ivf-flat index" if indexed else
+                                                         "by the same clusters") in staged["search"]
+    assert staged["groups"] == found["groups"] and staged["delete"] == found["delete"]
 
 
 def test_against_an_output_of_another_model_is_one_line(old_and_new, tmp_path, capsys):
@@ -295,9 +329,12 @@ def test_clusters_are_cut_into_blocks_by_the_rows_expected_in_each():
     centroids = np.eye(2, dtype=np.float32)
     sample = np.array([[1, 0.1]] * 30 + [[0.1, 1]] * 10, np.float32)
     sample /= np.linalg.norm(sample, axis=1, keepdims=True)
-    blocks, second = _blocks(sample, centroids, margin=0.05, count=4 * UNIT)
+    expected, second = _expected(sample, centroids, margin=0.05, count=4 * UNIT)
+    blocks = _blocks(expected)
     assert blocks.tolist() == [3, 1] and second == 0.0
-    blocks, second = _blocks(sample, centroids, margin=1.0, count=4 * UNIT)  # every row near both: in both
+    expected, second = _expected(sample, centroids, margin=1.0, count=4 * UNIT)  # every row near both: in both
+    blocks = _blocks(expected)
     assert blocks.tolist() == [4, 4] and second == 1.0
-    assert _blocks(sample, centroids, margin=0.05, count=10)[0].tolist() == [1, 1]  # at least one block each
-    assert _blocks(sample[:5], centroids[:1], margin=0.05, count=5)[0].tolist() == [1]  # one cluster: no second
+    assert _blocks(_expected(sample, centroids, margin=0.05, count=10)[0]).tolist() == [1, 1]  # at least one each
+    one, _ = _expected(sample[:5], centroids[:1], margin=0.05, count=5)  # one cluster: no second
+    assert _blocks(one).tolist() == [1]

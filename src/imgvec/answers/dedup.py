@@ -10,8 +10,8 @@ Small outputs (up to EXACT_MAX vectors), or `exact`: every pair, in this process
 the groups labelled here. Beyond: every stage on Spark, stored by its tasks (answers.dedup_spark).
 
 `against`: only groups holding an image of OUTPUT, compared with the images of other outputs (by
-their index where they have one); their files are always kept. OUTPUT's own pairs are found as above;
-the groups are labelled in this process.
+their index where they have one); their files are always kept. Small: in this process; large: the same
+Spark stages over all the outputs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgvec.answers.dedup_spark import check_writable, hashes_of, links_on_spark, stored_duplicates
+from imgvec.answers.dedup_spark import AGAINST_K, SOURCE_SHIFT, as_nodes, check_writable, hashes_of, stored_duplicates
 from imgvec.answers.groups import Duplicates, Group, evidence, group_order, label_identical, label_near
 from imgvec.base import defaults
 from imgvec.base.paths import comparable
@@ -32,8 +32,6 @@ from imgvec.dataset.output import features_matrix
 from imgvec.dataset.searchable import Searchable, check_comparable, open_searchable
 from imgvec.kernels.similarity import groups, linked, normalise
 
-AGAINST_K = 32  # neighbours an index returns per new image, of which those at the threshold are pairs
-SOURCE_SHIFT = 56  # node = (output number << 56) | row id: row ids use 32 bits of row and 24 of part number
 __all__ = ["Duplicates", "Group", "evidence", "find_duplicates", "resolve_threshold"]
 
 
@@ -79,25 +77,21 @@ def find_duplicates(output: str, threshold: float | None = None, *, keep: str = 
         check_comparable(features, old)
     threshold, source = resolve_threshold(features, threshold)
     count = features.count
-    identical, known = _identical_across(features, olds) if olds else (None, np.empty(0, np.int64))
-    if exact or (clusters is None and count <= defaults.EXACT_MAX):
-        own, links, how = _in_process(features, threshold, known)
-    else:
+    if not exact and (clusters is not None or count > defaults.EXACT_MAX):  # every stage on Spark
         from imgvec.spark.session import session
 
-        if not olds:
-            check_writable(features)
+        check_writable(features)
         progress = Progress(count, quiet=run.quiet, unit="vectors")
         try:
             with session(run) as spark:
-                report = lambda share: progress.update(share * count)  # noqa: E731
-                if not olds:  # every stage on Spark, the result stored by its tasks
-                    found = stored_duplicates(spark, features, threshold, clusters, keep, verify, report)
-                    found.threshold_source, found.seconds = source, time.monotonic() - started
-                    return found
-                own, links, how = links_on_spark(spark, features, threshold, clusters, known, report)
+                found = stored_duplicates(spark, features, threshold, clusters, keep, verify,
+                                          lambda share: progress.update(share * count), olds)
         finally:
             progress.close()
+        found.threshold_source, found.seconds = source, time.monotonic() - started
+        return found
+    identical, known = _identical_across(features, olds) if olds else (None, np.empty(0, np.int64))
+    own, links, how = _in_process(features, threshold, known)
     if olds:
         links, how = _against(features, olds, known, links, threshold, how)
     check = None
@@ -152,11 +146,6 @@ def _identical(hashes: pa.Table) -> list[list[int]]:
 
 
 # --- against other outputs ------------------------------------------------------------------
-
-
-def as_nodes(source: int, ids) -> np.ndarray:
-    """Row ids of output number `source` as nodes of one graph over several outputs."""
-    return (np.int64(source) << SOURCE_SHIFT) | np.asarray(ids, np.int64)
 
 
 def _identical_across(new: Searchable, olds: list[Searchable]) -> tuple[list[list[int]], np.ndarray]:

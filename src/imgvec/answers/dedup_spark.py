@@ -16,6 +16,11 @@ k-means on a bounded sample, and reads back counts: nothing it holds grows with 
   result      groups ranked largest first and numbered, members by (group, path), the files --keep lists by
               path: stored under OUTPUT/_imgvec_dupes/, which StoredDuplicates streams file by file
 
+--against (other outputs, "OLD"): the same stages over every output, OLD's row ids made nodes above OTHER
+(as_nodes). Only OLD's rows whose bytes OUTPUT has join the identical stage; OUTPUT's vectors are searched in
+OLD's index by tasks (QueryTask), or OLD's vectors go to OUTPUT's clusters, where compare_task computes only the
+pairs that hold a row of OUTPUT; OLD's files are always kept (groups.label_near's forced rows).
+
 Only one component is ever one task's: a component of millions of near-identical images needs their vectors
 in one worker's memory (~2 GB per 10^6 512-d vectors).
 """
@@ -46,14 +51,19 @@ from imgvec.kernels.similarity import linked, normalise
 from imgvec.spark.stored import read_file, read_stored, store, stored
 from imgvec.spark.tasks import RowTask, ddl, each_group
 
+AGAINST_K = 32  # neighbours OLD's index returns per new image, of which those at the threshold are links
+SOURCE_SHIFT = 56  # node = (output number << 56) | row id: row ids use 32 bits of row and 24 of part number
+OTHER = 1 << SOURCE_SHIFT  # the first node of another output: NEW's rows are the nodes below it
+PIECE = 50_000  # members one task labels at most (~100 MB of 512-d vectors; label_near's pairs grow with its square)
 UNIT = 8_192  # rows of one block compared on Spark: 2 blocks of 2048-d floats = 128 MB
 SAMPLE_PER_CLUSTER = 40  # k-means sample: FAISS asks for at least 39 points per centroid
 HASHES = pa.schema([("id", pa.int64()), ("sha256", pa.string()), ("bytes", pa.int64())])
-IDENTICAL = pa.schema([("id", pa.int64()), ("first", pa.int64())])  # first: the group's smallest id
+# first: the group's smallest id (a NEW row's); outside: the group holds another output's file
+IDENTICAL = pa.schema([("id", pa.int64()), ("first", pa.int64()), ("outside", pa.bool_())])
 # features as raw float32 bytes: the JVM moves one value per row, not dim array elements (measured below)
 ASSIGNED = pa.schema([("cluster", pa.int64()), ("low", pa.int64()), ("high", pa.int64()), ("block", pa.int64()),
                       ("id", pa.int64()), ("features", pa.binary())])
-LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float32())])  # null: a link only
+LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64())])
 ROWS = pa.schema([("id", pa.int64()), ("path", pa.string()), ("bytes", pa.int64()), ("input", pa.string()),
                   ("features", pa.binary())])
 _GROUP = [("kind", pa.string()), ("key", pa.int64()), ("sub", pa.int64()), ("size", pa.int64()),
@@ -61,7 +71,7 @@ _GROUP = [("kind", pa.string()), ("key", pa.int64()), ("sub", pa.int64()), ("siz
           ("weakest_similarity", pa.float32())]
 _MEMBER = [("path", pa.string()), ("bytes", pa.int64()), ("input", pa.string()), ("similarity", pa.float32()),
            ("kept_file", pa.string()), ("kept_similarity", pa.float32()), ("verified", pa.bool_()),
-           ("matches", pa.int64()), ("verify_error", pa.string())]
+           ("matches", pa.int64()), ("verify_error", pa.string()), ("output", pa.string())]
 # a member of a labelled group (key: the group of the same bytes' first id, or the component; sub: which of the
 # groups formed around kept files in a component), with its group's facts
 LABELLED = pa.schema([*_GROUP, ("node", pa.int64()), *_MEMBER, ("unverified", pa.bool_()),
@@ -85,39 +95,64 @@ def hashes_of(dataset: FeatureDataset, name: str, number: int) -> pa.Table:
 
 
 def stored_duplicates(spark, features: Searchable, threshold: float, clusters: int | None, keep: str,
-                      verify: bool, report) -> StoredDuplicates:
-    """Every stage on Spark; the result stored under the output by the tasks."""
+                      verify: bool, report, olds: list[Searchable] = ()) -> StoredDuplicates:
+    """Every stage on Spark; the result stored under the output by the tasks. `olds`: other outputs (--against),
+    whose files are kept and whose groups without a file of OUTPUT are not looked for."""
     from pyspark.sql import functions as F
 
     folder = features.dataset.where.child(names.DUPES)
     work = folder.child(f"work-{uuid.uuid4().hex[:8]}")
-    runs = _runs(spark, features)
+    sources = [features, *olds]
+    runs = [_runs(spark, source) for source in sources]
+    outputs = [source.location for source in sources] if olds else None
     try:
-        identical, same_bytes = _kept(spark, _identical_frame(spark, runs, features), work.child("identical"),
+        identical, same_bytes = _kept(spark, _identical_frame(spark, runs, sources), work.child("identical"),
                                       IDENTICAL)
-        copies = identical.filter(F.col("id") != F.col("first")).select("id")
-        centroids, how = _centroids(features, clusters, threshold, work.child("centroids.npz"))
-        links = _links_frame(spark, runs, features, centroids, threshold, copies).filter(F.col("similarity").isNull())
+        # left out of the near search: copies, and OUTPUT's files identical to another output's (searched as it)
+        copies = identical.filter((F.col("id") != F.col("first")) | F.col("outside")).select("id")
+        centroids, how = _centroids(sources, clusters, threshold, work.child("centroids.npz"))
+        links, how = _links_frame(spark, runs, sources, centroids, threshold, copies, how)
         edges = store(spark, links.select(F.col("a").alias("u"), F.col("b").alias("v")), work.child("links"), EDGES,
                       report)
         near = components(spark, work.child("links"), edges, work)
         grouped = near.select("id").union(identical.select("id")).distinct()
-        rows, _ = _kept(spark, _task_frame(spark, runs, RowsTask(features.location)).join(grouped, "id"),
-                        work.child("rows"), ROWS)
+        found = [_task_frame(spark, plan, RowsTask(source.location, number))
+                 for number, (source, plan) in enumerate(zip(sources, runs, strict=True))]
+        rows, _ = _kept(spark, _union(found).join(grouped, "id"), work.child("rows"), ROWS)
         members, same = near.select("component", "id", F.lit(False).alias("forced")), None
         if same_bytes:
             same, _ = _kept(spark, each_group(identical.join(rows.drop("features"), "id"), "first",
-                                              identical_task(keep, verify), LABELLED), work.child("same"), LABELLED)
+                                              identical_task(keep, verify, outputs), LABELLED),
+                            work.child("same"), LABELLED)
             stands = same.filter(F.col("path") == F.col("kept_file")).select(F.col("key").alias("id"),
                                                                               F.col("node").alias("kept"))
             members = near.join(stands, "id", "left").select(
                 "component", F.coalesce("kept", "id").alias("id"), F.col("kept").isNotNull().alias("forced"))
-        alike, _ = _kept(spark, each_group(members.join(rows, "id"), "component", near_task(keep, threshold, verify),
-                                           LABELLED), work.child("near"), LABELLED)
+        alike, _ = _kept(spark, each_group(_pieces(members).join(rows, "id"), "component",
+                                           near_task(keep, threshold, verify, outputs), LABELLED),
+                         work.child("near"), LABELLED)
         labelled = alike if same is None else same.unionByName(alike)
         return _result(spark, labelled, folder, features.count, threshold, how, verify)
     finally:
         _remove(work)
+
+
+def _pieces(members):
+    """Components of at most PIECE members as they are; a larger one cut into pieces of about PIECE by a hash of the
+    node, each labelled on its own (its component: the piece's smallest node): a file's witness is in its piece,
+    and a giant component finishes, at the price of more files kept than one labelling would keep."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    size = F.count("*").over(Window.partitionBy("component"))
+    piece = F.when(size > PIECE, F.pmod(F.xxhash64("id"), F.ceil(size / PIECE))).otherwise(F.lit(0))
+    return (members.withColumn("piece", piece)
+            .withColumn("component", F.min("id").over(Window.partitionBy("component", "piece"))).drop("piece"))
+
+
+def as_nodes(source: int, ids) -> np.ndarray:
+    """Row ids of output number `source` (0: OUTPUT, then each --against) as nodes of one graph over them all."""
+    return (np.int64(source) << SOURCE_SHIFT) | np.asarray(ids, np.int64)
 
 
 def check_writable(features: Searchable) -> None:
@@ -139,33 +174,6 @@ def check_writable(features: Searchable) -> None:
                 folder.delete_folder()
 
 
-def links_on_spark(spark, features: Searchable, threshold: float, clusters: int | None, known: np.ndarray, report):
-    """(identical groups, links and best pairs, how), collected: for --against, whose groups join other outputs'
-    rows on the driver. `known`: rows of OUTPUT identical to another output's file, left out of the search."""
-    from pyspark.sql import functions as F
-
-    from imgvec.spark.tasks import collect
-
-    folder = features.dataset.where.child(names.DUPES)
-    work = folder.child(f"work-{uuid.uuid4().hex[:8]}")
-    runs = _runs(spark, features)
-    try:
-        frame = _identical_frame(spark, runs, features)
-        same = collect(spark, frame.groupBy("first").agg(F.array_sort(F.collect_list("id")).alias("ids")))
-        identical = sorted(same.column("ids").to_pylist())
-        copies = frame.filter(F.col("id") != F.col("first")).select("id")
-        if len(known):
-            copies = copies.union(spark.createDataFrame([(int(i),) for i in known], "id long"))
-        centroids, how = _centroids(features, clusters, threshold, work.child("centroids.npz"))
-        links = collect(spark, _links_frame(spark, runs, features, centroids, threshold, copies), report)
-    finally:
-        _remove(work)
-    is_link = links.column("similarity").is_null().to_numpy(zero_copy_only=False)
-    a, b = links.column("a").to_numpy(), links.column("b").to_numpy()
-    similarity = links.column("similarity").to_numpy(zero_copy_only=False).astype(np.float32)
-    return identical, (a[is_link], b[is_link], a[~is_link], b[~is_link], similarity[~is_link]), how
-
-
 def _runs(spark, features: Searchable) -> pa.Table:
     from imgvec.spark.session import task_slots
 
@@ -184,25 +192,37 @@ def _kept(spark, frame, folder: Location, schema: pa.Schema, report=None):
     return stored(spark, folder, written, schema), int(pc.sum(written.column("rows")).as_py() or 0)
 
 
-def _identical_frame(spark, runs: pa.Table, features: Searchable):
-    """(id, first) for every row whose bytes another row has too; first: the smallest id of them."""
+def _union(frames: list):
+    frame = frames[0]
+    for other in frames[1:]:
+        frame = frame.unionByName(other)
+    return frame
+
+
+def _identical_frame(spark, runs: list[pa.Table], sources: list[Searchable]):
+    """IDENTICAL for every row whose bytes another row has too, in groups that hold a row of OUTPUT (sources[0]);
+    another output's rows are read only where OUTPUT has their bytes."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    hashes = _task_frame(spark, runs, HashTask(features.location))
+    hashes = [_task_frame(spark, plan, HashTask(source.location, number))
+              for number, (source, plan) in enumerate(zip(sources, runs, strict=True))]
+    mine = hashes[0].select("sha256", "bytes")
+    hashes = _union([hashes[0], *(theirs.join(mine, ["sha256", "bytes"], "left_semi") for theirs in hashes[1:])])
     same = Window.partitionBy("sha256", "bytes")
     return (hashes.withColumn("first", F.min("id").over(same)).withColumn("n", F.count("id").over(same))
-            .filter(F.col("n") > 1).select("id", "first"))
+            .withColumn("outside", F.max("id").over(same) >= OTHER)
+            .filter((F.col("n") > 1) & (F.col("first") < OTHER)).select(*IDENTICAL.names))
 
 
-def _centroids(features: Searchable, clusters: int | None, threshold: float, where: Location) -> tuple[str, str]:
-    """k-means centroids trained on a sample bounded by TRAINING_BYTES, stored at `where` with each cluster's blocks;
-    (where, how the search went). Past the bound, fewer clusters than CLUSTER_SIZE asks for: each is larger and
-    cut into more blocks, compared exactly all the same."""
+def _centroids(sources: list[Searchable], clusters: int | None, threshold: float, where: Location) -> tuple[str, str]:
+    """k-means centroids trained on a sample of OUTPUT (sources[0]) bounded by TRAINING_BYTES, stored at `where`
+    with each cluster's blocks (for the rows of every source); (where, how the search went). Past the bound, fewer
+    clusters than CLUSTER_SIZE asks for: each is larger and cut into more blocks, compared exactly all the same."""
     import faiss
 
-    count = features.count
-    clusters = clusters or max(1, round(count / defaults.CLUSTER_SIZE))
+    features = sources[0]
+    clusters = clusters or max(1, round(features.count / defaults.CLUSTER_SIZE))
     bound = defaults.TRAINING_BYTES // (4 * features.dim)
     if SAMPLE_PER_CLUSTER * clusters > bound:
         clusters = max(1, bound // SAMPLE_PER_CLUSTER)
@@ -211,7 +231,10 @@ def _centroids(features: Searchable, clusters: int | None, threshold: float, whe
     kmeans = faiss.Kmeans(sample.shape[1], clusters, niter=20, seed=0, spherical=True)
     kmeans.train(sample)
     centroids = kmeans.centroids.astype(np.float32)
-    blocks, second = _blocks(sample, centroids, 1.0 - threshold, count)
+    expected, second = _expected(sample, centroids, 1.0 - threshold, features.count)
+    for other in sources[1:]:  # searched by its clusters unless it has an index: a bounded sample of its own
+        expected += _expected(other.sample(len(sample))[1], centroids, 1.0 - threshold, other.count)[0]
+    blocks = _blocks(expected)
     buffer = io.BytesIO()
     np.savez(buffer, centroids=centroids, blocks=blocks)
     where.write_bytes(buffer.getvalue())
@@ -220,14 +243,30 @@ def _centroids(features: Searchable, clusters: int | None, threshold: float, whe
     return where.uri, how
 
 
-def _links_frame(spark, runs: pa.Table, features: Searchable, centroids: str, threshold: float, copies):
-    """LINKS of every near pair among the vectors but `copies` (a DataFrame of ids), and each row's best pair."""
+def _links_frame(spark, runs: list[pa.Table], sources: list[Searchable], centroids: str, threshold: float, copies,
+                 how: str):
+    """(LINKS of the near pairs that hold a row of OUTPUT, how): among OUTPUT's vectors but `copies` (a DataFrame
+    of ids) by their clusters; to each other output's by its index where it has one, else by the same clusters."""
+    from imgvec.answers.index import NeighbourIndex
     from imgvec.spark import compat
 
     margin = 1.0 - threshold  # a pair at the threshold may straddle two clusters whose centroids are this close
-    assigned = _task_frame(spark, runs, AssignTask(features.location, centroids, margin)).join(copies, "id",
-                                                                                                "left_anti")
-    return compat.apply_in_arrow(assigned.groupBy("cluster", "low", "high"), compare_task(threshold), ddl(LINKS))
+    assigned = _task_frame(spark, runs[0], AssignTask(sources[0].location, centroids, margin)).join(copies, "id",
+                                                                                                    "left_anti")
+    pairs, indexed, searches = assigned.select("cluster", "low", "high").distinct(), [], []
+    for number, other in enumerate(sources[1:], 1):
+        index = NeighbourIndex.open(other.dataset, metadata=other.metadata, parts=other.parts)
+        if index is not None:
+            task = QueryTask(sources[0].location, other.location, number, threshold)
+            indexed.append(_task_frame(spark, runs[0], task).join(copies.withColumnRenamed("id", "a"), "a",
+                                                                  "left_anti"))
+            searches.append(f"{other.location} by its {index.summary}")
+            continue
+        theirs = _task_frame(spark, runs[number], AssignTask(other.location, centroids, margin, number))
+        assigned = assigned.unionByName(theirs.join(pairs, ["cluster", "low", "high"], "left_semi"))
+        searches.append(f"{other.location} by the same clusters")
+    links = compat.apply_in_arrow(assigned.groupBy("cluster", "low", "high"), compare_task(threshold), ddl(LINKS))
+    return _union([links, *indexed]), how + "".join(f"; against {search}" for search in searches)
 
 
 def _result(spark, labelled, folder: Location, images: int, threshold: float, how: str, verify: bool):
@@ -283,12 +322,14 @@ class HashTask(RowTask):
 
     RESULT: ClassVar[pa.Schema] = HASHES
     output: str
+    source: int = 0  # its ids are nodes of this output (as_nodes)
 
     def run(self, rows):
         dataset = FeatureDataset(self.output)
         for row in rows:
             for name, number in zip(row["parts"], row["numbers"], strict=True):
-                yield from hashes_of(dataset, name, number).to_batches()
+                table = hashes_of(dataset, name, number)
+                yield from table.set_column(0, "id", pa.array(as_nodes(self.source, table.column("id")))).to_batches()
 
 
 @dataclass(frozen=True)
@@ -297,6 +338,7 @@ class RowsTask(RowTask):
 
     RESULT: ClassVar[pa.Schema] = ROWS
     output: str
+    source: int = 0  # its ids are nodes of this output (as_nodes)
 
     def run(self, rows):
         dataset = FeatureDataset(self.output)
@@ -305,7 +347,7 @@ class RowsTask(RowTask):
                 table = read_part(dataset.where.child(name), ["path", "bytes", "input", "features"])
                 having, matrix = features_matrix(table.column("features"))
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array(part_ids(number, np.arange(table.num_rows))),
+                    [pa.array(as_nodes(self.source, part_ids(number, np.arange(table.num_rows)))),
                      *(table.column(c).combine_chunks().cast(ROWS.field(c).type) for c in ("path", "bytes", "input")),
                      _as_binary(matrix, having, table.num_rows)], schema=ROWS)
 
@@ -329,6 +371,7 @@ class AssignTask(RowTask):
     output: str
     centroids: str  # where _centroids stored them, with each cluster's blocks
     margin: float
+    source: int = 0  # its ids are nodes of this output (as_nodes)
 
     def run(self, rows):
         import faiss
@@ -342,7 +385,7 @@ class AssignTask(RowTask):
             for name, number in zip(row["parts"], row["numbers"], strict=True):
                 ids, vectors = part_vectors(dataset.where.child(name), number)
                 if len(ids):
-                    yield _assign(ids, normalise(vectors), quantizer, blocks, self.margin)
+                    yield _assign(as_nodes(self.source, ids), normalise(vectors), quantizer, blocks, self.margin)
 
 
 def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.RecordBatch:
@@ -368,7 +411,8 @@ def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.Re
 
 
 def compare_task(threshold: float):
-    """One block pair (cluster, block, block) -> every pair of rows compared exactly -> its links and best pairs.
+    """One block pair (cluster, block, block) -> every pair of rows compared exactly -> LINKS that tie each row to
+    its group. Pairs of two other outputs' rows (--against) are not compared: only groups with a row of OUTPUT count.
 
     A plain function (not a callable object): PySpark tells grouped-map signatures apart by argument count.
     """
@@ -378,33 +422,66 @@ def compare_task(threshold: float):
         block = table.column("block").to_numpy()
         ids = table.column("id").to_numpy()
         vectors = _matrix(table.column("features").combine_chunks())
+        mine = ids < OTHER
         if low == high:
-            result = linked(vectors, ids, vectors, ids, threshold, same=True)
+            a, b = mine, ~mine
+            found = [linked(vectors[a], ids[a], vectors[a], ids[a], threshold, same=True)]
         else:
             a, b = block == low, block == high
-            result = linked(vectors[a], ids[a], vectors[b], ids[b], threshold, same=False)
-        link_from, link_to, best_id, best_partner, best_similarity = result
-        similarity = np.concatenate([np.full(len(link_from), np.nan, np.float32), best_similarity])
-        return pa.table({"a": np.concatenate([link_from, best_id]), "b": np.concatenate([link_to, best_partner]),
-                         "similarity": pa.array(similarity, pa.float32(), from_pandas=True)}, schema=LINKS)
+            found = [linked(vectors[a & mine], ids[a & mine], vectors[b], ids[b], threshold, same=False)]
+            a, b = a & ~mine, b & mine
+        if a.any() and b.any():
+            found.append(linked(vectors[a], ids[a], vectors[b], ids[b], threshold, same=False))
+        return pa.table({"a": np.concatenate([f[0] for f in found]), "b": np.concatenate([f[1] for f in found])},
+                        schema=LINKS)
 
     return compare
 
 
-def identical_task(keep: str, checked: bool):
-    """The rows of one group of the same bytes -> its members labelled (LABELLED): which one it keeps."""
+@dataclass(frozen=True)
+class QueryTask(RowTask):
+    """Each vector of a task's parts of OUTPUT -> the rows of another output (`source`) its index finds at the
+    threshold: LINKS to that output's nodes. The index is opened segment by segment, memory-mapped, in the task."""
+
+    RESULT: ClassVar[pa.Schema] = LINKS
+    output: str
+    other: str
+    source: int
+    threshold: float
+
+    def run(self, rows):
+        from imgvec.answers.index import NeighbourIndex
+        from imgvec.dataset.searchable import open_searchable
+
+        other = open_searchable(self.other)
+        index = NeighbourIndex.open(other.dataset, metadata=other.metadata, parts=other.parts)
+        dataset = FeatureDataset(self.output)
+        for row in rows:
+            for name, number in zip(row["parts"], row["numbers"], strict=True):
+                ids, vectors = part_vectors(dataset.where.child(name), number)
+                if not len(ids):
+                    continue
+                similarities, found = index.search(normalise(vectors), min(AGAINST_K, other.count))
+                near, columns = np.nonzero((similarities >= self.threshold) & (found >= 0))
+                yield pa.record_batch([pa.array(ids[near]), pa.array(as_nodes(self.source, found[near, columns]))],
+                                      schema=LINKS)
+
+
+def identical_task(keep: str, checked: bool, outputs: list[str] | None = None):
+    """The rows of one group of the same bytes -> its members labelled (LABELLED): which one it keeps.
+    `outputs`: the location of each source, where there are several (--against): another output's file is kept."""
 
     def label(table: pa.Table) -> list[dict]:
         table = table.sort_by("id")
-        rows = [{**row, "source": 0} for row in table.select(["path", "bytes", "input"]).to_pylist()]
+        rows = [{**row, **_origin(node, outputs)} for row, node in
+                zip(table.select(["path", "bytes", "input"]).to_pylist(), table.column("id").to_pylist(), strict=True)]
         group, _ = label_identical(rows, keep, checked)
-        nodes = dict(zip(table.column("path").to_pylist(), table.column("id").to_pylist(), strict=True))
-        return _labelled("identical", table.column("first")[0].as_py(), [group], nodes)
+        return _labelled("identical", table.column("first")[0].as_py(), [group], rows, table.column("id").to_pylist())
 
     return label
 
 
-def near_task(keep: str, threshold: float, verify: bool):
+def near_task(keep: str, threshold: float, verify: bool, outputs: list[str] | None = None):
     """The rows of one component of the links -> its groups around kept files, labelled (LABELLED). With `verify`
     every witness pair is checked by its pixels here, in rounds, until each deletable file has a verified one."""
 
@@ -415,26 +492,36 @@ def near_task(keep: str, threshold: float, verify: bool):
         paths, sizes, inputs, forced, ids = (table.column(name).to_pylist() for name in
                                              ("path", "bytes", "input", "forced", "id"))
         vectors = _matrix(table.column("features").combine_chunks())
-        rows = [{"path": p, "bytes": b, "input": i, "forced": f, "source": 0, "features": v}
-                for p, b, i, f, v in zip(paths, sizes, inputs, forced, vectors, strict=True)]
+        rows = [{"path": p, "bytes": b, "input": i, "features": v, **_origin(node, outputs),
+                 "forced": f or node >= OTHER}  # kept whatever they resemble: other outputs' files, witnesses
+                for p, b, i, f, v, node in zip(paths, sizes, inputs, forced, vectors, ids, strict=True)]
         groups, unverified, unreadable = label_near([rows], keep, threshold, verdicts_here if verify else None)
-        return _labelled("near", table.column("component")[0].as_py(), groups, dict(zip(paths, ids, strict=True)),
-                         set(unverified), set(unreadable))
+        return _labelled("near", table.column("component")[0].as_py(), groups, rows, ids, set(unverified),
+                         set(unreadable))
 
     return label
 
 
-def _labelled(kind: str, key: int, groups: list[Group], nodes: dict, unverified=frozenset(),
+def _origin(node: int, outputs: list[str] | None) -> dict:
+    """Which output a node's row is in: its number (source), and its location where there are several."""
+    source = node >> SOURCE_SHIFT
+    return {"source": source, **({"output": outputs[source]} if outputs else {})}
+
+
+def _labelled(kind: str, key: int, groups: list[Group], rows: list[dict], ids: list[int], unverified=frozenset(),
               unreadable=frozenset()) -> list[dict]:
-    """The rows (LABELLED) of the groups labelled from one group of the same bytes or one component."""
-    rows = []
+    """The rows (LABELLED) of the groups labelled from one group of the same bytes or one component (`rows`, whose
+    nodes are `ids`)."""
+    nodes = {(row["path"], row.get("output")): node for row, node in zip(rows, ids, strict=True)}
+    labelled = []
     for sub, group in enumerate(groups):
         facts = {"kind": kind, "key": key, "sub": sub, "size": len(group.members),
                  "representative": group.representative, "weakest_a": group.weakest["a"],
                  "weakest_b": group.weakest["b"], "weakest_similarity": group.weakest["similarity"]}
-        rows += [{**facts, **member, "node": nodes[member["path"]], "unverified": member["path"] in unverified,
-                  "unreadable": member["path"] in unreadable} for member in group.members]
-    return rows
+        labelled += [{**facts, **member, "node": nodes[member["path"], member.get("output")],
+                      "unverified": member["path"] in unverified, "unreadable": member["path"] in unreadable}
+                     for member in group.members]
+    return labelled
 
 
 def _matrix(features: pa.BinaryArray) -> np.ndarray:
@@ -444,9 +531,14 @@ def _matrix(features: pa.BinaryArray) -> np.ndarray:
     return data.view(np.float32).reshape(len(features), -1)
 
 
-def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> tuple[np.ndarray, float]:
-    """Per cluster, the blocks its expected rows (from the sample's assignment) are cut into; and the share of
-    vectors that also go to a second cluster."""
+def _blocks(expected: np.ndarray) -> np.ndarray:
+    """Per cluster, the blocks of at most about UNIT rows its expected rows are cut into."""
+    return np.maximum(1, np.ceil(expected / UNIT)).astype(np.int64)
+
+
+def _expected(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> tuple[np.ndarray, float]:
+    """Per cluster, the rows of `count` expected in it (from the sample's assignment); and the share of vectors
+    that also go to a second cluster."""
     import faiss
 
     quantizer = faiss.IndexFlatIP(centroids.shape[1])
@@ -458,8 +550,7 @@ def _blocks(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int
     if near == 2:  # one cluster (--clusters 1) has no second
         second = similarities[:, 1] >= similarities[:, 0] - margin
         expected += np.bincount(nearest[second, 1], minlength=len(centroids))
-    expected *= count / len(sample)
-    return np.maximum(1, np.ceil(expected / UNIT)).astype(np.int64), float(second.mean())
+    return expected * (count / len(sample)), float(second.mean())
 
 
 @dataclass(frozen=True)
@@ -526,8 +617,8 @@ class StoredDuplicates(Duplicates):
 def _member(row: dict, verified: bool) -> dict:
     """A stored member as the in-memory result has it (groups.label_near)."""
     member = {"path": row["path"], "bytes": row["bytes"], **({"input": row["input"]} if row["input"] else {}),
-              "similarity": round(row["similarity"], 6), "kept_file": row["kept_file"],
-              "kept_similarity": round(row["kept_similarity"], 6)}
+              **({"output": row["output"]} if row["output"] else {}), "similarity": round(row["similarity"], 6),
+              "kept_file": row["kept_file"], "kept_similarity": round(row["kept_similarity"], 6)}
     if verified:
         member.update(verified=row["verified"], matches=row["matches"], verify_error=row["verify_error"])
     return member
