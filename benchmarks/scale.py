@@ -20,7 +20,9 @@ that finds nothing to do.
 ~0.94-0.999; benchmarks/search.py makes it, once), then each command as a user runs it, in a fresh process whose
 peak RSS (VmHWM) is the driver's: `index` (seconds, the type chosen, recall@10 measured at build); `similar` by that
 index (five queries, a process each: p50 seconds and the largest peak); `dupes --threshold 0.9 --keep first --out`
-(seconds, files grouped, files --keep lists). A measurement, never a pass/fail test. Results:
+(seconds, files grouped, files --keep lists); `against`: `dupes NEW --against` this output, NEW being --new-rows
+vectors, 30% of them near-copies of its rows (the share of those at the threshold that --keep lists). A measurement,
+never a pass/fail test. Results:
 benchmarks/results/scale-DATE-KINDS.json.
 """
 
@@ -190,8 +192,8 @@ def run_command(*argv: str) -> dict:
     return result
 
 
-def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
-    from search import make_output, planted_pairs
+def measure_answers(rows: int, answers: list[str], cores: int, new_rows: int = 100_000) -> dict:
+    from search import make_new, make_output, planted_pairs
 
     started = time.monotonic()
     output = make_output(rows, 128, seed=0, share=0.3)
@@ -233,6 +235,24 @@ def measure_answers(rows: int, answers: list[str], cores: int) -> dict:
                            # a file of no planted family (neither a copy nor an original) listed to delete
                            "listed_alone": int(np.isin(deletable, every_planted.ravel(), invert=True).sum())}
         shutil.rmtree(os.path.dirname(listing), ignore_errors=True)
+    if "against" in answers:  # NEW (new_rows) against this output as OLD (by its index where it was built above)
+        new, planted, cosines = make_new(rows, new_rows, 128)
+        listing = os.path.join(tempfile.mkdtemp(prefix="imgvec-scale-against-"), "groups.parquet")
+        found = run_command("dupes", new, "--against", output, "--threshold", "0.9", "--keep", "first", "--out",
+                            listing, *spark)
+        import numpy as np
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        grouped = pq.read_table(listing, columns=["path", "kept_file"])
+        listed = grouped.filter(pc.not_equal(grouped["path"], grouped["kept_file"]))["path"].to_pylist()
+        copies = {f"new/{i:08d}.jpg" for i in planted[cosines >= 0.9, 0]}  # the planted copies at the threshold
+        result["against"] = {"new_rows": new_rows, "seconds": found["seconds"], "peak_rss_mb": found["peak_rss_mb"],
+                             "said": found["stdout"].splitlines()[:2],
+                             "grouped": grouped.num_rows, "listed": len(listed), "planted_copies": len(copies),
+                             "planted_listed": len(copies & set(listed)) / max(1, len(copies)),
+                             "listed_old": sum(not p.startswith("new/") for p in listed)}
+        shutil.rmtree(os.path.dirname(listing), ignore_errors=True)
     return result
 
 
@@ -240,10 +260,10 @@ def answers_main(args) -> None:
     print(f"{cpu_name()}, {os.cpu_count()} cores; local[{args.cores}]", flush=True)
     results = []
     for rows in args.rows:
-        result = measure_answers(rows, args.answers, args.cores)
+        result = measure_answers(rows, args.answers, args.cores, args.new_rows)
         results.append(result)
         print(json.dumps(result), flush=True)
-    for answer in ("index", "similar", "dupes"):
+    for answer in ("index", "similar", "dupes", "against"):
         mine = [r for r in results if answer in r]
         if len(mine) > 1:
             print(f"{answer}: driver peak RSS {mine[0][answer]['peak_rss_mb']:.0f} MB at {mine[0]['rows']} vectors, "
@@ -274,7 +294,8 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=("table", "manifest", "files"), default=["table", "manifest"])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--sample", type=int, default=10_000, help="files for the in-process baseline")
-    parser.add_argument("--answers", nargs="+", choices=("index", "similar", "dupes"),
+    parser.add_argument("--new-rows", type=int, default=100_000, help="--answers against: NEW's vectors")
+    parser.add_argument("--answers", nargs="+", choices=("index", "similar", "dupes", "against"),
                         help="measure these answers over generated vectors instead of embed")
     args = parser.parse_args()
     if args.answers:

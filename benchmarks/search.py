@@ -51,37 +51,69 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examp
 def make_output(count: int, dim: int, seed: int = 0, share: float = 0.02) -> str:
     """An imgvec output of `count` clustered vectors, `share` of them planted near-duplicates of another (made
     once, then reused)."""
+    folder = os.path.join(CACHE, f"vectors-{count}-{dim}-{seed}" + (f"-{share}" if share != 0.02 else ""))
+    if not os.path.exists(os.path.join(folder, ".complete")):
+        _write_output(folder, dim, ((start, rows) for start, rows, _ in generated_parts(count, dim, seed, share)))
+    return folder
+
+
+def make_new(old_count: int, count: int, dim: int, share: float = 0.3) -> tuple[str, np.ndarray, np.ndarray]:
+    """NEW for `dupes NEW --against OLD`, OLD being make_output(old_count, dim, share=0.3): `count` vectors (paths
+    new/...), `share` of them near-copies of OLD rows chosen at random, the rest new ones drawn alike. (folder,
+    [n, 2] planted (NEW row, OLD row), their cosines); made once, then reused."""
+    folder = os.path.join(CACHE, f"new-{count}-{dim}-against-{old_count}")
+    planted_file = os.path.join(folder, "_planted.npz")
+    if os.path.exists(os.path.join(folder, ".complete")):
+        stored = np.load(planted_file)
+        return folder, stored["pairs"], stored["cosines"]
+    rng = np.random.default_rng(1)
+    rows = next(generated_parts(count, dim, seed=1, share=0.0, part_rows=count))[1]  # new vectors, drawn alike
+    copies = np.sort(rng.choice(count, int(share * count), replace=False))
+    originals = np.sort(rng.choice(old_count, len(copies), replace=False))
+    found = []
+    for start, old_rows, _ in generated_parts(old_count, dim, 0, 0.3):  # OLD's rows, generated again
+        mine = originals[(originals >= start) & (originals < start + len(old_rows))]
+        found.append(old_rows[mine - start])
+    noise = rng.uniform(0.05, 0.4, (len(copies), 1)).astype(np.float32)
+    rows[copies] = np.concatenate(found) + noise * rng.standard_normal((len(copies), dim), np.float32)
+    unit = rows[copies] / np.linalg.norm(rows[copies], axis=1, keepdims=True)
+    originals_unit = np.concatenate(found) / np.linalg.norm(np.concatenate(found), axis=1, keepdims=True)
+    pairs, cosines = np.stack([copies, originals], axis=1), np.einsum("ij,ij->i", unit, originals_unit)
+    _write_output(folder, dim, ((start, rows[start : start + PART_ROWS]) for start in range(0, count, PART_ROWS)),
+                  prefix="new", done=lambda: np.savez(planted_file, pairs=pairs, cosines=cosines))
+    return folder, pairs, cosines
+
+
+def _write_output(folder: str, dim: int, parts, prefix: str = "img", done=lambda: None) -> None:
+    """An imgvec output of (first row, vectors) parts, written by imgvec's own writer, marked complete."""
     import pyarrow as pa
 
     from imgvec.dataset.output import FORMAT, FeatureDataset
     from imgvec.dataset.writing import held_for_writing
 
-    folder = os.path.join(CACHE, f"vectors-{count}-{dim}-{seed}" + (f"-{share}" if share != 0.02 else ""))
-    if os.path.exists(os.path.join(folder, ".complete")):
-        return folder
     dataset = FeatureDataset(folder)
     identity = {"model": "generated", "weights": "none", "weights_sha256": None, "dim": dim, "format": FORMAT}
     with held_for_writing(dataset, identity, resume=False, overwrite=True):
-        for start, rows, _ in generated_parts(count, dim, seed, share):
+        for start, rows in parts:
             n = len(rows)
             features = pa.ListArray.from_arrays(pa.array(np.arange(0, rows.size + 1, dim, dtype=np.int32)),
                                                 pa.array(rows.ravel()))
-            dataset.write_part(pa.table({"path": [f"img/{i:08d}.jpg" for i in range(start, start + n)],
+            dataset.write_part(pa.table({"path": [f"{prefix}/{i:08d}.jpg" for i in range(start, start + n)],
                                          "features": features, "error": pa.nulls(n, pa.string())}),
                                f"part-0000-{start // PART_ROWS:06d}.parquet")
         dataset.update_metadata(dataset.counts())
+    done()
     open(os.path.join(folder, ".complete"), "w").close()
-    return folder
 
 
-def generated_parts(count: int, dim: int, seed: int, share: float):
+def generated_parts(count: int, dim: int, seed: int, share: float, part_rows: int = PART_ROWS):
     """make_output's parts, generated again the same way: (first row, vectors, [n, 2] planted pairs (copy, original)
     as row numbers of the output)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((max(1, count // 50), dim)).astype(np.float32)
     previous = None
-    for start in range(0, count, PART_ROWS):
-        n = min(PART_ROWS, count - start)
+    for start in range(0, count, part_rows):
+        n = min(part_rows, count - start)
         rows = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, dim), np.float32)
         planted = np.flatnonzero(rng.random(n) < share)
         source = rows if previous is None else np.concatenate([previous, rows])
