@@ -21,8 +21,8 @@ k-means on a bounded sample, and reads back counts: nothing it holds grows with 
 OLD's index by tasks (QueryTask), or OLD's vectors go to OUTPUT's clusters, where compare_task computes only the
 pairs that hold a row of OUTPUT; OLD's files are always kept (groups.label_near's forced rows).
 
-Only one component is ever one task's: a component of millions of near-identical images needs their vectors
-in one worker's memory (~2 GB per 10^6 512-d vectors).
+A component is one task's up to PIECE members; a larger one (millions of near-identical images) is labelled in
+pieces (_pieces), so that no task holds more than about PIECE members' vectors.
 """
 
 from __future__ import annotations
