@@ -52,6 +52,23 @@ def test_the_dupes_page_shows_each_group_with_its_kept_file(gallery_collection, 
     assert "copy, cosine 0." in opened["text"]  # each copy's card names its kept file and the cosine to it
 
 
+def test_a_group_larger_than_a_page_shows_its_kept_files_and_counts_the_rest(gallery_collection, tmp_path, capsys,
+                                                                            monkeypatch):
+    import imgvec.answers.gallery
+
+    _, output = gallery_collection
+    monkeypatch.setattr(imgvec.answers.gallery, "PAGE_MEMBERS", 2)  # as for a group of 10^5 near-identical images
+    page = tmp_path / "dupes.html"
+    result = imgvec_here(capsys, "dupes", output, "--threshold", "0.8", "--html", page, "--show", "1")
+    assert result.returncode == 0, result.stderr
+    html = page.read_text()
+    size = int(html.split("Group 1: ")[1].split(", ")[1].split(" images")[0])
+    assert size >= 3 and html.count("class='card keep'") >= 1  # the kept file is among the cards shown
+    assert html.count("<div class='card ") == 3 and f"and {size - 2} more: <code>--out FILE</code>" in html
+    opened = in_browser(page, "dupes-more.png")
+    assert opened["broken"] == 0 and f"and {size - 2} more" in opened["text"]
+
+
 def test_the_similar_page_shows_each_query_with_its_matches(gallery_collection, tmp_path):
     folder, output = gallery_collection
     page = tmp_path / "similar.html"

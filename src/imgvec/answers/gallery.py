@@ -101,6 +101,7 @@ h2{font-size:15px;margin:0 0 10px} h2 small{font-weight:normal;color:#666}
 .cards{display:flex;flex-wrap:wrap;gap:12px}
 .card{width:260px;border:2px solid #ddd;border-radius:6px;padding:6px;background:#fafafa}
 .card.keep{border-color:#2e8b57} .card.copy{border-color:#c0504d} .card.query{border-color:#3a6ea5}
+.card.more{display:flex;align-items:center;justify-content:center;text-align:center;border-style:dashed;color:#444}
 .card img{display:block;max-width:256px;max-height:256px;margin:0 auto 6px}
 .missing{height:120px;display:flex;align-items:center;justify-content:center;text-align:center;
  background:#eee;color:#a33;font-size:12px;padding:6px;margin-bottom:6px;word-break:break-all}
@@ -146,7 +147,8 @@ def dupes_page(found, show: int, out: str | None, run: RunOptions = RunOptions()
                                m["path"], m.get("bytes"), m.get("output"), evidence(m)))
         rest = len(group.members) - len(listed)
         if rest:
-            cards.append(f"<div class='card more'>and {rest} more: <code>--out FILE</code> lists them</div>")
+            listing = f"<code>{_text(out)}</code>" if out else "<code>--out FILE</code>"
+            cards.append(f"<div class='card more'><span>and {rest} more: {listing} lists them</span></div>")
         sections.append(f"<section><h2>Group {n}: {group.kind}, {len(group.members)} images, "
                         f"{len(group.kept)} kept <small>(weakest pair {weakest:.3f})</small></h2>"
                         f"<div class=cards>{''.join(cards)}</div></section>")
