@@ -248,7 +248,6 @@ def measure_answers(rows: int, answers: list[str], cores: int, new_rows: int = 1
         listed = grouped.filter(pc.not_equal(grouped["path"], grouped["kept_file"]))["path"].to_pylist()
         copies = {f"new/{i:08d}.jpg" for i in planted[cosines >= 0.9, 0]}  # the planted copies at the threshold
         result["against"] = {"new_rows": new_rows, "seconds": found["seconds"], "peak_rss_mb": found["peak_rss_mb"],
-                             "said": found["stdout"].splitlines()[:2],
                              "grouped": grouped.num_rows, "listed": len(listed), "planted_copies": len(copies),
                              "planted_listed": len(copies & set(listed)) / max(1, len(copies)),
                              "listed_old": sum(not p.startswith("new/") for p in listed)}
