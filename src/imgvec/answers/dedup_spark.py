@@ -100,9 +100,12 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
     whose files are kept and whose groups without a file of OUTPUT are not looked for."""
     from pyspark.sql import functions as F
 
+    from imgvec.answers.index import NeighbourIndex
+
     folder = features.dataset.where.child(names.DUPES)
     work = folder.child(f"work-{uuid.uuid4().hex[:8]}")
     sources = [features, *olds]
+    indexes = [NeighbourIndex.open(old.dataset, metadata=old.metadata, parts=old.parts) for old in olds]
     runs = [_runs(spark, source) for source in sources]
     outputs = [source.location for source in sources] if olds else None
     try:
@@ -110,8 +113,9 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
                                       IDENTICAL)
         # left out of the near search: copies, and OUTPUT's files identical to another output's (searched as it)
         copies = identical.filter((F.col("id") != F.col("first")) | F.col("outside")).select("id")
-        centroids, how = _centroids(sources, clusters, threshold, work.child("centroids.npz"))
-        links, how = _links_frame(spark, runs, sources, centroids, threshold, copies, how)
+        clustered = [features, *(old for old, index in zip(olds, indexes, strict=True) if index is None)]
+        centroids, how = _centroids(clustered, clusters, threshold, work.child("centroids.npz"))
+        links, how = _links_frame(spark, runs, sources, indexes, centroids, threshold, copies, how)
         edges = store(spark, links.select(F.col("a").alias("u"), F.col("b").alias("v")), work.child("links"), EDGES,
                       report)
         near = components(spark, work.child("links"), edges, work)
@@ -217,7 +221,8 @@ def _identical_frame(spark, runs: list[pa.Table], sources: list[Searchable]):
 
 def _centroids(sources: list[Searchable], clusters: int | None, threshold: float, where: Location) -> tuple[str, str]:
     """k-means centroids trained on a sample of OUTPUT (sources[0]) bounded by TRAINING_BYTES, stored at `where`
-    with each cluster's blocks (for the rows of every source); (where, how the search went). Past the bound, fewer
+    with each cluster's blocks (for the rows of every source: OUTPUT, and the other outputs searched by these
+    clusters); (where, how the search went). Past the bound, fewer
     clusters than CLUSTER_SIZE asks for: each is larger and cut into more blocks, compared exactly all the same."""
     import faiss
 
@@ -232,7 +237,7 @@ def _centroids(sources: list[Searchable], clusters: int | None, threshold: float
     kmeans.train(sample)
     centroids = kmeans.centroids.astype(np.float32)
     expected, second = _expected(sample, centroids, 1.0 - threshold, features.count)
-    for other in sources[1:]:  # searched by its clusters unless it has an index: a bounded sample of its own
+    for other in sources[1:]:  # a bounded sample of its own, for its share of each cluster
         expected += _expected(other.sample(len(sample))[1], centroids, 1.0 - threshold, other.count)[0]
     blocks = _blocks(expected)
     buffer = io.BytesIO()
@@ -243,19 +248,18 @@ def _centroids(sources: list[Searchable], clusters: int | None, threshold: float
     return where.uri, how
 
 
-def _links_frame(spark, runs: list[pa.Table], sources: list[Searchable], centroids: str, threshold: float, copies,
-                 how: str):
+def _links_frame(spark, runs: list[pa.Table], sources: list[Searchable], indexes: list, centroids: str,
+                 threshold: float, copies, how: str):
     """(LINKS of the near pairs that hold a row of OUTPUT, how): among OUTPUT's vectors but `copies` (a DataFrame
-    of ids) by their clusters; to each other output's by its index where it has one, else by the same clusters."""
-    from imgvec.answers.index import NeighbourIndex
+    of ids) by their clusters; to each other output's by its index (`indexes`, None where it has none), else by the
+    same clusters."""
     from imgvec.spark import compat
 
     margin = 1.0 - threshold  # a pair at the threshold may straddle two clusters whose centroids are this close
     assigned = _task_frame(spark, runs[0], AssignTask(sources[0].location, centroids, margin)).join(copies, "id",
                                                                                                     "left_anti")
     pairs, indexed, searches = assigned.select("cluster", "low", "high").distinct(), [], []
-    for number, other in enumerate(sources[1:], 1):
-        index = NeighbourIndex.open(other.dataset, metadata=other.metadata, parts=other.parts)
+    for number, (other, index) in enumerate(zip(sources[1:], indexes, strict=True), 1):
         if index is not None:
             task = QueryTask(sources[0].location, other.location, number, threshold)
             indexed.append(_task_frame(spark, runs[0], task).join(copies.withColumnRenamed("id", "a"), "a",
@@ -473,10 +477,11 @@ def identical_task(keep: str, checked: bool, outputs: list[str] | None = None):
 
     def label(table: pa.Table) -> list[dict]:
         table = table.sort_by("id")
+        ids = table.column("id").to_pylist()
         rows = [{**row, **_origin(node, outputs)} for row, node in
-                zip(table.select(["path", "bytes", "input"]).to_pylist(), table.column("id").to_pylist(), strict=True)]
+                zip(table.select(["path", "bytes", "input"]).to_pylist(), ids, strict=True)]
         group, _ = label_identical(rows, keep, checked)
-        return _labelled("identical", table.column("first")[0].as_py(), [group], rows, table.column("id").to_pylist())
+        return _labelled("identical", table.column("first")[0].as_py(), [group], rows, ids)
 
     return label
 
