@@ -44,7 +44,8 @@ class Searchable:
 
     def sample(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Ids and normalised vectors of about `size` rows, from whole parts taken at random (seeded: the same
-        sample every time), shuffled: training sets for FAISS, and calibration's originals."""
+        sample every time), shuffled: training sets for FAISS, and calibration's originals. The vectors are copied
+        once, into one array shuffled in place: a sample of 256 MB costs the driver about that (TRAINING_BYTES)."""
         from imgvec.kernels.similarity import normalise
 
         rng = np.random.default_rng(0)
@@ -55,12 +56,19 @@ class Searchable:
             part_ids, part = self.vectors(int(number))
             if len(part_ids):
                 ids.append(part_ids)
-                vectors.append(normalise(part))
+                vectors.append(part)
                 have += len(part_ids)
-        ids, vectors = np.concatenate(ids), np.concatenate(vectors)
-        order = rng.permutation(len(ids))[:size]
-        return ids[order], np.ascontiguousarray(vectors[order])
-
+        ids, matrix = np.concatenate(ids), np.empty((have, self.dim), np.float32)
+        at = 0
+        while vectors:  # each part freed once copied
+            part = vectors.pop(0)
+            matrix[at : at + len(part)] = normalise(part)
+            at += len(part)
+        state = rng.bit_generator.state  # the same draws shuffle the ids and the rows alike
+        rng.shuffle(matrix)
+        rng.bit_generator.state = state
+        rng.shuffle(ids)
+        return ids[:size], matrix[:size]
 
 def open_searchable(location: str) -> Searchable:
     """OUTPUT to search; a ValueError (one line) when it cannot be reached, is not an output or holds no features."""
