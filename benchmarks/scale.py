@@ -1,7 +1,7 @@
 """The driver at scale: `imgvec embed` over 10^5 to 10^7 inputs, where listing, planning and the driver's memory
 are what is measured, not the network; and the answers over 10^5 to 10^7 vectors.
 
-    python benchmarks/scale.py [--rows 100000 1000000 10000000] [--kinds table manifest files] [--cores 2]
+    python benchmarks/scale.py [--rows 100000 1000000 10000000] [--kinds table manifest files flat] [--cores 2]
     python benchmarks/scale.py --answers index similar dupes [--rows ...] [--cores 2]
 
 Inputs (generated once, kept in a cache folder):
@@ -11,7 +11,9 @@ Inputs (generated once, kept in a cache folder):
   manifest  a Parquet manifest of `rows` URIs of files that do not exist (each is a `missing` row), row groups
             of 10^5;
   files     `rows` 8x8 PNGs in folders of 1,000 (real images; made slowly: keep it to 10^5), with the in-process
-            rate of the same model on the same files as a baseline.
+            rate of the same model on the same files as a baseline;
+  flat      `rows` empty files in one folder (error rows at once): the driver's listing, streamed into the
+            output past 10^5 files.
 For each kind and size, in a fresh driver process (local Spark on --cores, a tiny TorchScript model): listing and
 planning seconds, the whole run's rows/s, the driver Python process's peak RSS, and the seconds of a `--resume`
 that finds nothing to do.
@@ -83,6 +85,17 @@ def make_manifest(rows: int) -> str:
                        row_group_size=MANIFEST_GROUP_ROWS)
         os.replace(path + ".tmp", path)
     return path
+
+
+def make_flat(rows: int) -> str:
+    """One folder of `rows` empty files (each an error row at once: the run measures the driver's listing)."""
+    folder = os.path.join(CACHE, f"flat-{rows}")
+    if not os.path.exists(os.path.join(folder, ".complete")):
+        os.makedirs(folder, exist_ok=True)
+        for i in range(rows):
+            open(os.path.join(folder, f"{i:09d}.jpg"), "wb").close()
+        open(os.path.join(folder, ".complete"), "w").close()
+    return folder
 
 
 def make_images(count: int) -> str:
@@ -290,7 +303,8 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
-    parser.add_argument("--kinds", nargs="+", choices=("table", "manifest", "files"), default=["table", "manifest"])
+    parser.add_argument("--kinds", nargs="+", choices=("table", "manifest", "files", "flat"),
+                        default=["table", "manifest"])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--sample", type=int, default=10_000, help="files for the in-process baseline")
     parser.add_argument("--new-rows", type=int, default=100_000, help="--answers against: NEW's vectors")
@@ -306,7 +320,8 @@ def main() -> None:
     for kind in args.kinds:
         for rows in args.rows:
             started = time.monotonic()
-            source = {"table": make_table, "manifest": make_manifest, "files": make_images}[kind](rows)
+            make = {"table": make_table, "manifest": make_manifest, "files": make_images, "flat": make_flat}[kind]
+            source = make(rows)
             made = time.monotonic() - started
             work = tempfile.mkdtemp(prefix="imgvec-scale-run-")
             output = os.path.join(work, "vectors")

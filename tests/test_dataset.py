@@ -100,20 +100,26 @@ def test_overwrite_deletes_exactly_what_imgvec_wrote(tmp_path):
 
 
 def test_overwrite_deletes_what_dupes_stored_and_refuses_a_foreign_file_among_it(capsys, photos, tmp_path):
-    """`imgvec dupes` on Spark stores its result in OUTPUT/_imgvec_dupes/: --overwrite deletes those files (by name),
-    and refuses, deleting nothing, when someone put a file of their own there."""
+    """`imgvec dupes` on Spark stores its result in OUTPUT/_imgvec_dupes/, embed its listings in _imgvec_inputs/:
+    --overwrite deletes those files (by name), and refuses, deleting nothing, when someone put a file of their own
+    there."""
     dataset = small_output(tmp_path / "o")
-    dupes = tmp_path / "o" / "_imgvec_dupes"
+    dupes, inputs = tmp_path / "o" / "_imgvec_dupes", tmp_path / "o" / "_imgvec_inputs"
     for folder in ("members", "groups", "work-0123abcd/components/round-000"):
         (dupes / folder).mkdir(parents=True)
         (dupes / folder / "part-000000.parquet").write_bytes(b"stored")
     (dupes / "work-0123abcd" / "centroids.npz").write_bytes(b"stored")
-    (dupes / "members" / "mine.txt").write_text("a note")
-    before = tree(tmp_path / "o")
-    result = imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--overwrite", *RANDOM, *NO_SPARK)
-    assert_usage_error(result, "also holds files imgvec did not write (_imgvec_dupes/members/mine.txt)")
-    assert tree(tmp_path / "o") == before
-    (dupes / "members" / "mine.txt").unlink()
+    inputs.mkdir()
+    for name in ("files.parquet", "manifest-0123456789abcdef.parquet"):
+        (inputs / name).write_bytes(b"listed")
+    for mine in (dupes / "members" / "mine.txt", inputs / "my-list.parquet"):
+        mine.write_text("a note")
+        before = tree(tmp_path / "o")
+        result = imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--overwrite", *RANDOM, *NO_SPARK)
+        relative = mine.relative_to(tmp_path / "o")
+        assert_usage_error(result, f"also holds files imgvec did not write ({relative})")
+        assert tree(tmp_path / "o") == before
+        mine.unlink()
     small = {"model": "resnet18", "weights": "random", "weights_sha256": None, "dim": 2, "format": "x"}
     with held_for_writing(dataset, small, resume=False, overwrite=True):
         assert sorted(os.listdir(tmp_path / "o")) == ["_imgvec.json", "_imgvec.lock"]

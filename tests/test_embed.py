@@ -32,6 +32,7 @@ from helpers import (
     huggingface_table,
     img2dataset_table,
     imgvec,
+    max_relative_difference,
     webdataset_shards,
 )
 from imgvec import ImageVectorizer, ModelEntry, Preprocess
@@ -360,11 +361,42 @@ def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
     assert sum(r["error"] is None for r in rows) == len(samples) == sum(r["error"] is None for r in hf)
 
 
+def test_a_flat_folder_listed_into_a_file_embeds_as_a_named_plan_does(spark, image_dir, tmp_path_factory,
+                                                                      monkeypatch):
+    """Past LISTED_MAX files the driver streams its listing into OUTPUT/_imgvec_inputs/files.parquet and the tasks
+    read their row groups: the same rows as a plan that names the files; a resume lists again and adds nothing;
+    --overwrite takes the listing for imgvec's own."""
+    from imgvec.inputs import pieces, sources
+
+    tmp_path = tmp_path_factory.mktemp("outputs")  # apart from the inputs (image_dir)
+    named = embed([str(image_dir)], str(tmp_path / "named"), model="resnet18", weights="random", shard_size=2,
+                  quiet=True, spark=spark)
+    monkeypatch.setattr(sources, "LISTED_MAX", 3)
+    monkeypatch.setattr(pieces, "LISTING_GROUP", 4)
+    output = tmp_path / "listed"
+    listed = embed([str(image_dir)], str(output), model="resnet18", weights="random", shard_size=2, quiet=True,
+                   spark=spark)
+    assert (output / "_imgvec_inputs" / "files.parquet").is_file()
+    assert (named.tasks, listed.tasks) == (4, 3)  # six files here: named by twos, or listed in row groups of four
+    expected = {r["path"]: r for r in pq.read_table(tmp_path / "named").to_pylist()}
+    rows = pq.read_table(output).to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted(expected) and len(rows) == 12
+    for row in rows:
+        assert row["error"] == expected[row["path"]]["error"]
+        if row["features"] is not None:
+            assert max_relative_difference(row["features"], expected[row["path"]]["features"]) <= 1e-5
+    resumed = embed([str(image_dir)], str(output), model="resnet18", weights="random", resume=True, quiet=True,
+                    spark=spark)
+    assert resumed.processed == 0 and resumed.skipped == 12
+    embed([str(image_dir)], str(output), model="resnet18", weights="random", overwrite=True, quiet=True, spark=spark)
+    assert pq.read_table(output).num_rows == 12
+
+
 @pytest.mark.spark
 def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path):
-    """A gzipped CSV manifest is read through its decompressor (gzipped text: the test above); a path listed twice is
-    embedded once, whether the repeats fall in one piece or in several (a Parquet manifest's row groups), and the
-    summary says how many; a resumed run adds nothing."""
+    """A gzipped CSV manifest is converted once into a Parquet listing (gzipped text: the test above); a path listed
+    twice is embedded once, whether the repeats fall in one piece or in several (a Parquet manifest's row groups),
+    and the summary says how many; a resumed run adds nothing and converts nothing again."""
     import gzip
 
     import pyarrow as pa
@@ -374,7 +406,7 @@ def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path):
     (tmp_path / "list.csv.gz").write_bytes(gzip.compress(("uri,n\n" + "".join(f"{p},{i}\n" for i, p in enumerate(
         listed))).encode()))
     pq.write_table(pa.table({"uri": listed}), tmp_path / "list.parquet", row_group_size=3)  # repeats across groups
-    for manifest, more in (("list.csv.gz", ["--path-col", "uri"]), ("list.parquet", ["--path-col", "uri"])):
+    for manifest, more in (("list.parquet", ["--path-col", "uri"]), ("list.csv.gz", ["--path-col", "uri"])):
         output = tmp_path / manifest.replace(".", "-")
         result = imgvec("embed", "--manifest", tmp_path / manifest, *more, "-o", output, *RANDOM, "-q", *SPARK)
         assert result.returncode == 0, result.stderr
@@ -382,8 +414,12 @@ def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path):
             manifest, result.stdout)
         rows = pq.read_table(output).to_pylist()
         assert sorted(r["path"] for r in rows) == sorted(paths) and all(r["error"] is None for r in rows), manifest
-    resumed = imgvec("embed", "--manifest", tmp_path / "list.parquet", "--path-col", "uri", "-o", output, *RANDOM,
+    converted = list((output / "_imgvec_inputs").iterdir())  # the CSV.gz, streamed into a Parquet listing
+    assert len(converted) == 1 and pq.read_table(converted[0]).column("path").to_pylist() == listed
+    written = converted[0].stat().st_mtime_ns
+    resumed = imgvec("embed", "--manifest", tmp_path / "list.csv.gz", "--path-col", "uri", "-o", output, *RANDOM,
                      "--resume", "-q", *SPARK)
     assert resumed.returncode == 0, resumed.stderr
     assert "0 images in" in resumed.stdout and "5 already in the output" in resumed.stdout, resumed.stdout
     assert pq.read_table(output).num_rows == 5
+    assert list((output / "_imgvec_inputs").iterdir()) == converted and converted[0].stat().st_mtime_ns == written

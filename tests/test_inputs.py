@@ -27,11 +27,11 @@ from helpers import (
     webdataset_shards,
 )
 from imgvec import ImageVectorizer, read_images
-from imgvec.base.storage import list_local_files
+from imgvec.base.storage import list_local_files, open_location
 from imgvec.batch.embed import named_uniquely
-from imgvec.inputs import tables
+from imgvec.inputs import sources, tables
 from imgvec.inputs.decode import decode_image
-from imgvec.inputs.pieces import Piece, expand_braces
+from imgvec.inputs.pieces import LISTING_GROUP, Piece, expand_braces
 from imgvec.inputs.readback import read_back
 from imgvec.inputs.sources import ImageFiles
 from imgvec.inputs.tables import Manifest, ParquetTable
@@ -369,22 +369,60 @@ def test_a_csv_manifest_names_its_column_after_a_prefix(tmp_path):
         Manifest(str(tmp_path / "inventory.csv")).checked()
 
 
-def test_a_compressed_manifest_is_one_piece_read_whole_and_each_path_is_read_once(tmp_path):
+def listing_in(folder):
+    """Where embed puts a source's listing files (its output's _imgvec_inputs/)."""
+    return lambda key: open_location(str(folder / f"{key}.parquet"))
+
+
+def test_a_compressed_manifest_is_converted_once_into_a_listing_planned_by_row_group(tmp_path):
+    """No byte slices of a compressed stream: it is streamed once into a Parquet listing, a piece per row group of
+    LISTING_GROUP names; the same file again reuses it, a changed one makes a new one."""
     import bz2
     import gzip
 
-    lines = [f"file:{tmp_path}/{i}.jpg" for i in (1, 2, 1, 3, 2)]  # not there: error rows, read at once
+    lines = [f"file:{tmp_path}/{i % 12_000}.jpg" for i in range(LISTING_GROUP + 5_000)]  # repeats: not there
     (tmp_path / "list.txt.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     (tmp_path / "list.csv.bz2").write_bytes(bz2.compress(("uri\n" + "\n".join(lines) + "\n").encode()))
+    (tmp_path / "inputs").mkdir()
     for source in (Manifest(str(tmp_path / "list.txt.gz")).checked(),
                    Manifest(str(tmp_path / "list.csv.bz2"), "uri").checked()):
-        assert source.pieces() == [Piece(source.file, 0)]  # no byte slices of a compressed stream
-        assert source.names(source.pieces()[0]).to_pylist() == lines  # every entry: the job counts the repeats
-        samples = list(source.samples(source.pieces()[0]))
-        assert [s.path for s in samples] == lines[:2] + lines[3:4]  # each once, in the list's order
+        pieces = source.pieces(None, listing_in(tmp_path / "inputs"))
+        assert len(pieces) == 2 and {p.source for p in pieces} != {source.file}
+        assert [n for p in pieces for n in source.names(p).to_pylist()] == lines  # every entry: the job counts repeats
+        assert source.planned_images(pieces) == len(lines)
+        samples = list(source.samples(pieces[0]))
+        assert [s.path for s in samples] == lines[:LISTING_GROUP]  # each once in a piece: the first 10,000 differ
+        listing = pieces[0].source
+        written = os.stat(listing.removeprefix("file:")).st_mtime_ns
+        assert source.pieces(None, listing_in(tmp_path / "inputs")) == pieces  # converted once
+        assert os.stat(listing.removeprefix("file:")).st_mtime_ns == written
+    assert len(os.listdir(tmp_path / "inputs")) == 2
+    (tmp_path / "list.txt.gz").write_bytes(gzip.compress(b"file:/elsewhere/one.jpg\n"))
+    source = Manifest(str(tmp_path / "list.txt.gz"))
+    changed = source.pieces(None, listing_in(tmp_path / "inputs"))
+    assert [source.names(p).to_pylist() for p in changed] == [["file:/elsewhere/one.jpg"]]
     (tmp_path / "list.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
     with pytest.raises(ValueError, match="compressed inside already; give it uncompressed"):
         Manifest(str(tmp_path / "list.parquet.gz"), "uri").checked()
+
+
+def test_a_flat_folder_past_the_plans_size_is_streamed_into_a_listing(tmp_path, monkeypatch):
+    """Past LISTED_MAX files the driver's listing streams into a file, a piece per row group: the same images, each
+    once, as the plan that names them; folders below are still listed by their workers."""
+    monkeypatch.setattr(sources, "LISTED_MAX", 4)
+    for name in [f"{i:02d}.jpg" for i in range(11)] + ["sub/x.jpg", "_hidden.jpg", "notes.txt"]:
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"x")
+    (tmp_path / "inputs").mkdir()
+    source = ImageFiles((str(tmp_path / "in"),), glob="*.jpg")
+    pieces = source.pieces(lambda n: 2, listing_in(tmp_path / "inputs"))
+    assert [p.part for p in pieces] == [0, -1] and pieces[0].source.endswith("files.parquet")
+    assert source.planned_images(pieces) is None  # sub/ is listed by its worker
+    assert source.planned_images(pieces[:1]) == 11
+    listed = sorted(n for p in pieces for n in source.names(p).to_pylist())
+    assert listed == list_local_files([str(tmp_path / "in")], "*.jpg")
+    held = source.pieces(lambda n: 2)  # no listing file: the plan names them all, as below LISTED_MAX
+    assert sorted(n for p in held for n in source.names(p).to_pylist()) == listed and len(held) == 7
 
 
 def test_keep_columns_with_tars_is_refused_in_one_line(capsys, tmp_path):

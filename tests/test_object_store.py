@@ -99,6 +99,29 @@ def test_a_bucket_to_a_bucket_on_local_spark_then_search_and_resume(store, bucke
     assert len(paths) == 12 and len(set(paths)) == 12
 
 
+def test_a_flat_prefix_is_listed_a_page_at_a_time_into_the_plan(store, bucket_fs, tmp_path, monkeypatch):
+    """S3 lists 1,000 keys a request: the driver streams those pages (boto3) into its listing file, never one list
+    of the prefix; the same names, folders and hidden keys as pyarrow's whole listing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgvec.base.storage import open_location
+    from imgvec.inputs import sources
+
+    for name, value in store.items():
+        monkeypatch.setenv(name, value)
+    keys = [f"flat/photos/{i:05d}.jpg" for i in range(1_203)] + ["flat/photos/sub/x.jpg", "flat/photos/_hidden.jpg"]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: put(bucket_fs, key, b"x"), keys))
+    prefix = open_location("s3://flat/photos")
+    assert sorted(prefix.stream()) == sorted((e.base_name, e.type == pafs.FileType.Directory) for e in prefix.entries())
+    monkeypatch.setattr(sources, "LISTED_MAX", 500)
+    source = sources.ImageFiles(("s3://flat/photos",))
+    pieces = source.pieces(lambda n: 2, lambda key: open_location(str(tmp_path / f"{key}.parquet")))
+    assert [(p.source.rsplit("/", 1)[1], p.part) for p in pieces] == [("files.parquet", 0), ("sub", -1)]
+    assert sorted(n for p in pieces for n in source.names(p).to_pylist()) == [f"s3://{k}" for k in keys
+                                                                               if "_hidden" not in k]
+
+
 def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bucket_fs, reference, tmp_path,
                                                                        resnet18_default):
     for path in EXAMPLES.iterdir():

@@ -13,6 +13,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import islice
 
 from imgvec.base import defaults
@@ -20,6 +21,7 @@ from imgvec.base.progress import Progress
 from imgvec.base.settings import FeatureSettings, RunOptions
 from imgvec.base.storage import check_reachable
 from imgvec.base.version import VERSION
+from imgvec.dataset import names
 from imgvec.dataset.lock import now
 from imgvec.dataset.output import FORMAT, FeatureDataset
 from imgvec.dataset.writing import check_apart, held_for_writing
@@ -125,7 +127,7 @@ def embed_job(inputs: list[str], output: str, settings: FeatureSettings, run: Ru
         with session(run) as spark:
             slots = task_slots(spark) or 1
             listing = time.monotonic()
-            pieces = source.pieces(lambda images: min(shard_size, -(-images // slots)))
+            pieces = source.pieces(lambda images: min(shard_size, -(-images // slots)), partial(_listing, dataset))
             planned = source.planned_images(pieces)
             summary = EmbedSummary(dataset.location, tasks=len(pieces), listing_seconds=time.monotonic() - listing)
             planning = time.monotonic()
@@ -151,6 +153,13 @@ def embed_job(inputs: list[str], output: str, settings: FeatureSettings, run: Ru
             recorded["dim"] = dataset.dim(recorded)
         dataset.update_metadata(recorded)
     return summary
+
+
+def _listing(dataset: FeatureDataset, key: str):
+    """Where a source streams a plan too long for the driver to hold (inputs.pieces.write_listing)."""
+    folder = dataset.where.child(names.INPUTS)
+    folder.make_folder()
+    return folder.child(names.listing(key))
 
 
 def output_counts(before: Counter, summary: EmbedSummary) -> dict:

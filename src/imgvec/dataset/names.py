@@ -11,6 +11,9 @@ OUTPUT/
     queries-<build>.npz                held-out queries
     truth-<build>-<n>.npz              their exact neighbours among the vectors of update n (0: the build)
     segment-<build>-<n>.faiss          the vectors of some parts (`shard-…` before imgvec-index/2)
+  _imgvec_inputs/                    what `imgvec embed` listed, too long for its plan (inputs.pieces.write_listing):
+    files.parquet                      a flat folder's files, listed again by each run
+    manifest-<key>.parquet             a compressed manifest, converted once (key: its URI, size and time)
   _imgvec_dupes/                     the last `imgvec dupes` on Spark (answers.dedup_spark):
     groups/ members/ delete/ unverified/   its result, part-<partition>.parquet files in order
     work-<random>/                     its stages while it runs
@@ -28,6 +31,7 @@ LOCK = "_imgvec.lock"
 INDEX = "_imgvec_index"
 INDEX_DESCRIPTION = "index.json"
 DUPES = "_imgvec_dupes"
+INPUTS = "_imgvec_inputs"
 
 # part-<run>-<piece>-<n>; part-<run>-<shard> before format /3; format /1 had no run
 _PART = re.compile(r"part-(?:([0-9]+)-)?([0-9]+)(?:-([0-9]+))?\.parquet")
@@ -72,6 +76,15 @@ def segment(build: str, number: int) -> str:
 def is_index_file(name: str) -> bool:
     """A file imgvec writes into an output's index folder."""
     return name == INDEX_DESCRIPTION or _INDEX_FILE.fullmatch(name) is not None or is_temporary(name)
+
+
+def listing(key: str) -> str:
+    return f"{key}.parquet"
+
+
+def is_inputs_file(name: str) -> bool:
+    """A file imgvec writes into an output's inputs folder."""
+    return re.fullmatch(r"(files|manifest-[0-9a-f]{16})\.parquet", name) is not None or is_temporary(name)
 
 
 def is_dupes_file(name: str) -> bool:

@@ -18,6 +18,7 @@ from imgvec.dataset.lock import Lock, now
 from imgvec.dataset.output import FORMAT, FeatureDataset, OutputError
 
 DELETERS = 32  # delete requests at once
+OWN_FOLDERS = {names.DUPES: names.is_dupes_file, names.INPUTS: names.is_inputs_file}  # emptied file by file
 
 
 @contextmanager
@@ -46,10 +47,11 @@ def held_for_writing(dataset: FeatureDataset, made_by: dict, *, resume: bool, ov
         with dataset.locked():
             if overwrite and names.INDEX in present:
                 _delete_index(dataset)
-            if overwrite and names.DUPES in present:
-                remove_own(dataset.where.child(names.DUPES), names.is_dupes_file)
+            for folder, ours in OWN_FOLDERS.items():
+                if overwrite and folder in present:
+                    remove_own(dataset.where.child(folder), ours)
             delete_all([dataset.where.child(n) for n in present  # a temporary: what a killed run was writing
-                        if n not in (names.INDEX, names.DUPES) and (overwrite or names.is_temporary(n))])
+                        if n not in (names.INDEX, *OWN_FOLDERS) and (overwrite or names.is_temporary(n))])
             if held is None:
                 dataset.write_metadata({**made_by, "created": now()})
             elif held["format"] != FORMAT:  # an older output: the parts added now are of this format
@@ -57,9 +59,11 @@ def held_for_writing(dataset: FeatureDataset, made_by: dict, *, resume: bool, ov
             try:
                 yield dataset
             except BaseException:
-                if held is None and not [n for n in dataset.names() if n not in (names.METADATA, names.LOCK)]:
+                if held is None and not [n for n in dataset.names()
+                                         if n not in (names.METADATA, names.LOCK, names.INPUTS)]:
                     # A new output that got nothing (the run stopped before its job: a cluster's executors that
-                    # lack imgvec, say): its metadata goes, so that the same command can simply run again.
+                    # lack imgvec, say): its metadata and listings go, so that the same command can simply run again.
+                    remove_own(dataset.where.child(names.INPUTS), names.is_inputs_file)
                     dataset.where.child(names.METADATA).delete()
                     emptied = True
                 raise
@@ -77,13 +81,14 @@ def check_apart(dataset: FeatureDataset, inputs: list[str]) -> None:
 
 
 def _check_only_ours(dataset: FeatureDataset, present: list[str]) -> None:
-    foreign = [n for n in present if n not in (names.METADATA, names.INDEX, names.DUPES) and not names.is_part(n)
+    foreign = [n for n in present if n not in (names.METADATA, names.INDEX, *OWN_FOLDERS) and not names.is_part(n)
                and not names.is_temporary(n)]
     if names.INDEX in present:
         foreign += [f"{names.INDEX}/{n}" for n in _index_names(dataset) if not names.is_index_file(n)]
-    if names.DUPES in present:
-        foreign += [f"{names.DUPES}/{n}" for n in _files_under(dataset.where.child(names.DUPES))
-                    if not names.is_dupes_file(n.rpartition("/")[2])]
+    for folder, ours in OWN_FOLDERS.items():
+        if folder in present:
+            foreign += [f"{folder}/{n}" for n in _files_under(dataset.where.child(folder))
+                        if not ours(n.rpartition("/")[2])]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise OutputError(f"output {dataset.location} also holds files imgvec did not write ({shown}); "

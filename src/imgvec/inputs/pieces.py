@@ -11,8 +11,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from imgvec.base.storage import read_file
+import pyarrow as pa
+
+from imgvec.base.storage import Location, open_input, read_file
 from imgvec.base.text import one_line
+
+LISTED_MAX = 100_000  # names the driver's plan holds itself; past it they stream into a listing file (write_listing)
+LISTING_GROUP = 10_000  # names per row group of a listing file: a piece (task) each
+
+
+LISTING = pa.schema([("path", pa.string())])
 
 
 class Sample(NamedTuple):
@@ -31,6 +39,39 @@ class Piece:
     source: str = ""
     part: int = -1
     names: tuple[str, ...] = ()
+
+
+def write_listing(where: Location, names: Iterator[str]) -> int:
+    """Stream `names` into a Parquet file at `where` (one column, `path`), LISTING_GROUP names per row group,
+    holding one group at a time: what a flat folder of 10^7 files or a compressed manifest becomes, to be planned by
+    row group. Returns the number of row groups."""
+    import pyarrow.parquet as pq
+
+    groups = 0
+
+    def write(path, fs):
+        nonlocal groups
+        with fs.open_output_stream(path) as out, pq.ParquetWriter(out, LISTING) as writer:
+            batch = []
+            for name in names:
+                batch.append(name)
+                if len(batch) == LISTING_GROUP:
+                    writer.write_table(pa.table({"path": batch}, LISTING))
+                    groups, batch = groups + 1, []
+            if batch or not groups:
+                writer.write_table(pa.table({"path": batch}, LISTING))
+                groups += 1
+
+    where.write_with(write)
+    return groups
+
+
+def listed(uri: str, group: int) -> pa.Array:
+    """Row group `group` of a listing file's names."""
+    import pyarrow.parquet as pq
+
+    with open_input(uri) as f, pq.ParquetFile(f) as parquet:
+        return parquet.read_row_group(group, columns=["path"]).column(0).combine_chunks()
 
 
 def piece_of(row: dict) -> Piece:

@@ -5,7 +5,8 @@ listed itself), so what it holds grows with the input files, not the images. A w
 reads the images of its piece. No Spark here: both sides go through pyarrow's filesystems (base.storage).
 
 Every source answers the same four questions:
-  pieces(spread)          the driver's plan (spread(n): images per piece of the n files the driver listed)
+  pieces(spread, listing) the driver's plan (spread(n): images per piece of the n files the driver listed;
+                          listing(key): where in the output a plan too long to hold is streamed as a listing file)
   samples(piece, only)    on a worker: the piece's images as Samples (only: just these paths)
   names(piece)            on a worker: the paths samples() would give, without reading the images (Arrow strings)
   columns                 the extra output columns its samples carry (captions, kept table columns)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain, islice
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -30,8 +32,17 @@ from imgvec.base.storage import (
     name_matches,
     open_location,
 )
-from imgvec.inputs.pieces import Piece, Sample, expand_braces, is_pattern, read_files
-from imgvec.inputs.tables import Inventory, Manifest, ParquetTable
+from imgvec.inputs.pieces import (
+    LISTED_MAX,
+    Piece,
+    Sample,
+    expand_braces,
+    is_pattern,
+    listed,
+    read_files,
+    write_listing,
+)
+from imgvec.inputs.tables import Inventory, Manifest, ParquetTable, footers
 from imgvec.inputs.tars import TarShards, looks_like_tars
 
 
@@ -39,37 +50,50 @@ from imgvec.inputs.tars import TarShards, looks_like_tars
 class ImageFiles:
     """Files, folders (recursively) and globs of image files.
 
-    The driver lists each folder one level down: files there (and files and globs given) are planned by name,
-    `spread` to a piece; each folder below is one piece, listed recursively by its worker.
+    The driver lists each folder one level down, as a stream: files there (and files and globs given) are planned
+    by name, `spread` to a piece; past LISTED_MAX names they stream into a listing file instead (`listing`), a
+    piece per row group, so that a flat folder of 10^7 files is never one list. Each folder below is one piece,
+    listed recursively by its worker.
     """
 
     inputs: tuple[str, ...]
     glob: str | None = None
     columns = pa.schema([])
 
-    def pieces(self, spread) -> list[Piece]:
-        named, folders = [], []
-        for text in expand_braces(self.inputs):
+    def pieces(self, spread, listing=None) -> list[Piece]:
+        folders = []
+        files = self._files(folders)
+        named = list(islice(files, LISTED_MAX))
+        if len(named) < LISTED_MAX or listing is None:
+            named = sorted(set(named).union(files))
+            size = spread(len(named)) if named else 1
+            pieces = [Piece(names=tuple(named[i:i + size])) for i in range(0, len(named), size)]
+        else:
+            where = listing("files")
+            pieces = [Piece(where.uri, g) for g in range(write_listing(where, chain(named, files)))]
+        return pieces + [Piece(uri) for uri in sorted(set(folders))]
+
+    def _files(self, folders: list[str]) -> Iterator[str]:
+        """The files the driver names, as they are listed (each input once); the folders below go to `folders`."""
+        for text in dict.fromkeys(expand_braces(self.inputs)):
             location = None if is_pattern(text) else open_location(text)
             if location is None or not location.is_folder():
-                named += [name for name, _ in list_files([text], self.glob)]
+                yield from (name for name, _ in list_files([text], self.glob))
                 continue
-            for entry in location.entries():
-                if is_hidden(entry.base_name):
+            for name, is_folder in location.stream():
+                if is_hidden(name):
                     continue
-                child = location.child(entry.base_name)
-                if entry.type == pafs.FileType.Directory:
+                child = location.child(name)
+                if is_folder:
                     folders.append(child.uri)
-                elif self.glob is None or name_matches(entry.base_name, self.glob):
-                    named.append("file:" + child.path if child.is_local else child.uri)  # as list_files names it
-        named = sorted(set(named))
-        size = spread(len(named)) if named else 1
-        pieces = [Piece(names=tuple(named[i:i + size])) for i in range(0, len(named), size)]
-        return pieces + [Piece(uri) for uri in sorted(set(folders))]
+                elif self.glob is None or name_matches(name, self.glob):
+                    yield "file:" + child.path if child.is_local else child.uri  # as list_files names it
 
     def names(self, piece: Piece) -> pa.Array:
         if piece.names:
             return pa.array(piece.names, pa.string())
+        if piece.part >= 0:  # a row group of the driver's listing
+            return listed(piece.source, piece.part)
         if is_local(piece.source):  # a folder of an input folder: a link back up to that input is not followed
             parent = os.path.realpath(os.path.dirname(local_path(piece.source)))
             return pa.array(list_local_files([piece.source], self.glob, frozenset([parent])), pa.string())
@@ -79,7 +103,10 @@ class ImageFiles:
         return read_files(n for n in self.names(piece).to_pylist() if only is None or n in only)
 
     def planned_images(self, pieces: list[Piece]) -> int | None:
-        return None if any(not p.names for p in pieces) else sum(len(p.names) for p in pieces)
+        if any(p.part < 0 and not p.names for p in pieces):
+            return None  # a folder its worker lists
+        listings = sorted({p.source for p in pieces if p.part >= 0})
+        return sum(len(p.names) for p in pieces) + sum(footer.num_rows for footer in footers(listings))
 
 
 def open_source(inputs: list[str], *, glob: str | None = None, binary_col: str | None = None,

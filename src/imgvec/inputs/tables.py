@@ -2,12 +2,14 @@
 
 A table is planned by row group (the driver reads the footers, many at once); a worker reads its row
 group's names, image bytes and kept columns. A manifest (text, CSV or Parquet) lists image URIs; it is
-planned like a table (Parquet by row group, text by 64 MB slices, CSV and compressed text by file) and its
-images read like files; a path it names twice is embedded once.
+planned like a table (Parquet by row group, text and CSV by 64 MB slices; a compressed one is converted once,
+streaming, into a Parquet listing in the output) and its images read like files; a path it names twice is
+embedded once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imgvec.base.storage import list_files, open_input, open_location
-from imgvec.inputs.pieces import Piece, Sample, read_files
+from imgvec.inputs.pieces import Piece, Sample, listed, read_files, write_listing
 
 # The output's own columns: a kept column may not take one of these names.
 OWN_COLUMNS = ("path", "features", "error", "bytes", "sha256", "input")
@@ -114,7 +116,7 @@ class ParquetTable:
         return replace(self, binary_col=binary, path_col=path, naming=naming, status_col=status,
                        keep_columns=tuple(keep), kept=kept)
 
-    def pieces(self, spread=None) -> list[Piece]:
+    def pieces(self, spread=None, listing=None) -> list[Piece]:
         files = table_files(self.location)
         return [Piece(uri, group) for uri, metadata in zip(files, footers(files), strict=True)
                 for group in range(metadata.num_row_groups)]
@@ -205,6 +207,7 @@ def _img2dataset_image(schema: pa.Schema) -> str | None:
 # --- manifests ---------------------------------------------------------------------------------------
 
 TEXT_SLICE = 64 << 20  # bytes of a text manifest one task reads: about a million URIs
+TEXT_BLOCK = 16 << 20  # bytes of a compressed manifest decompressed at a time while it is converted
 COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # what pyarrow's compression="detect" reads, by the file's suffix
 
 
@@ -227,7 +230,7 @@ class Manifest:
 
     @property
     def compression(self) -> str:
-        """The suffix of a compressed text or CSV file (read through the decompressor, whole: no byte slices)."""
+        """The suffix of a compressed text or CSV file (read through its decompressor: no byte slices)."""
         return next((s for s in COMPRESSED if self.file.lower().endswith(s)), "")
 
     def checked(self) -> Manifest:
@@ -250,29 +253,34 @@ class Manifest:
                              f"(columns: {', '.join(columns)})")
         return self
 
-    def pieces(self, spread=None) -> list[Piece]:
+    def pieces(self, spread=None, listing=None) -> list[Piece]:
         """Parquet: a row group each; uncompressed text and CSV: a slice of TEXT_SLICE bytes each, whole lines (a
-        CSV's values hold no line breaks, as pyarrow reads them by default); compressed: one piece."""
+        CSV's values hold no line breaks, as pyarrow reads them by default); compressed (no byte slices): streamed
+        once into a listing file in the output (`listing`), a row group each."""
         if self.kind == "parquet":
             return [Piece(self.file, g) for g in range(footers([self.file])[0].num_row_groups)]
         if self.compression:
-            return [Piece(self.file, 0)]
+            info = open_location(self.file).info()  # the same file, unchanged, is converted once
+            key = hashlib.sha256(f"{self.file}|{self.path_col}|{info.size}|{info.mtime_ns}".encode()).hexdigest()
+            where = listing(f"manifest-{key[:16]}")
+            if where.is_file():
+                groups = footers([where.uri])[0].num_row_groups
+            else:
+                groups = write_listing(where, self._streamed())
+            return [Piece(where.uri, g) for g in range(groups)]
         size = open_location(self.file).info().size
         return [Piece(self.file, n) for n in range(max(1, -(-size // TEXT_SLICE)))]
 
     def names(self, piece: Piece) -> pa.Array:
-        if self.kind == "parquet":
+        if piece.source != self.file:  # a row group of the listing it was converted into
+            values = listed(piece.source, piece.part)
+        elif self.kind == "parquet":
             with open_input(self.file) as f, pq.ParquetFile(f) as parquet:
                 values = parquet.read_row_group(piece.part, columns=[self.path_col]).column(0)
-        elif self.kind == "csv" and self.compression:
-            with _stream(self.file) as stream:
-                values = self._read_csv(stream).column(self.path_col)
         elif self.kind == "csv":  # the slice's lines, under the header (the first slice starts with it)
             data = _text_slice(self.file, piece.part)
             values = self._read_csv(pa.BufferReader(data if piece.part == 0 else _first_line(self.file) + data))
             values = values.column(self.path_col)
-        elif self.compression:
-            values = pa.array(_all_lines(self.file), pa.string())
         else:
             values = pa.array(_lines(_text_slice(self.file, piece.part)), pa.string())
         values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
@@ -285,7 +293,26 @@ class Manifest:
         return read_files(n for n in names if only is None or n in only)
 
     def planned_images(self, pieces: list[Piece]) -> int | None:
-        return footers([self.file])[0].num_rows if self.kind == "parquet" else None
+        converted = pieces and pieces[0].source != self.file
+        return footers([pieces[0].source])[0].num_rows if self.kind == "parquet" or converted else None
+
+    def _streamed(self) -> Iterator[str]:
+        """The compressed file's values (URIs before the prefix), read through its decompressor a block at a
+        time."""
+        import pyarrow.csv as pacsv
+
+        with _stream(self.file) as stream:
+            if self.kind == "csv":
+                reader = pacsv.open_csv(stream, convert_options=pacsv.ConvertOptions(include_columns=[self.path_col]))
+                for batch in reader:
+                    yield from (v for v in batch.column(0).cast(pa.string()).to_pylist() if v)
+                return
+            rest = b""
+            while block := stream.read(TEXT_BLOCK):
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()
+                yield from _lines(b"\n".join(lines))
+            yield from _lines(rest)
 
     def _read_csv(self, source) -> pa.Table:
         import pyarrow.csv as pacsv
@@ -338,7 +365,7 @@ class Inventory:
                 files.append(f"s3://{report['destinationBucket'].rsplit(':', 1)[-1]}/{entry['key']}")
         return files
 
-    def pieces(self, spread=None) -> list[Piece]:
+    def pieces(self, spread=None, listing=None) -> list[Piece]:
         report = self.report()  # read once for the plan
         files = self.data_files(report)
         if report["fileFormat"].upper() == "CSV":
@@ -377,12 +404,6 @@ def _stream(uri: str) -> pa.NativeFile:
     """A manifest read from its start, through its decompressor when its suffix names one (COMPRESSED)."""
     location = open_location(uri)
     return location.fs.open_input_stream(location.path, compression="detect")
-
-
-def _all_lines(uri: str) -> list[str]:
-    """Every line of a compressed text file, read through its decompressor."""
-    with _stream(uri) as stream:
-        return _lines(stream.read())
 
 
 def _lines(data: bytes) -> list[str]:

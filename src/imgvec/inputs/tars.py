@@ -61,7 +61,7 @@ class TarShards:
     inputs: tuple[str, ...]
     columns = COLUMNS
 
-    def pieces(self, spread=None) -> list[Piece]:
+    def pieces(self, spread=None, listing=None) -> list[Piece]:
         tars = set()
         for text in expand_braces(self.inputs):
             if any(c in text for c in "*?[") or open_location(text).is_folder():
