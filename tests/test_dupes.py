@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -175,6 +176,25 @@ def test_clustered_dupes_at_scale_against_exact_on_generated_vectors(generated):
     assert result.returncode == 0, result.stderr
     clustered = json.loads(result.stdout)
     assert clustered["search"].startswith("clustered: 15 k-means clusters")
+    truth, found = grouped_files(exact), grouped_files(clustered)
+    assert len(truth) > 5_000 and found <= truth
+    assert len(truth & found) / len(truth) >= 0.95
+
+
+@pytest.mark.spark
+def test_more_clusters_than_a_bounded_sample_trains_are_made_in_two_levels_by_tasks(generated, capsys, monkeypatch):
+    """Past what TRAINING_BYTES trains on the driver (40 rows a centroid), the driver trains fewer, coarse clusters
+    and tasks cut each into finer ones on rows they draw themselves: as many clusters as asked for, and the files
+    found are the exact answer's, as with one level."""
+    from imgvec.base import defaults
+
+    output, _ = generated
+    exact = json.loads(imgvec_here(capsys, "dupes", output, "--threshold", "0.9", "--exact", "--json").stdout)
+    monkeypatch.setattr(defaults, "TRAINING_BYTES", 4 * 64 * 40 * 4)  # 4 centroids of 64-d
+    result = imgvec_here(capsys, "dupes", output, "--threshold", "0.9", "--json", *SPARK)  # 30,000: 15 clusters
+    assert result.returncode == 0, result.stderr
+    clustered = json.loads(result.stdout)
+    assert re.match(r"clustered: 1[3-7] k-means clusters in two levels \(4, each cut by a task\)", clustered["search"])
     truth, found = grouped_files(exact), grouped_files(clustered)
     assert len(truth) > 5_000 and found <= truth
     assert len(truth & found) / len(truth) >= 0.95

@@ -70,7 +70,15 @@ def assert_equal_to_local(rows, reference, prefix):
         assert row["error"] is None and max_relative_difference(row["features"], expected) <= 1e-4, row["path"]
 
 
-def test_a_bucket_to_a_bucket_on_local_spark_then_search_and_resume(store, bucket_fs, reference):
+@pytest.fixture
+def in_store(store, monkeypatch):
+    """This process finds the store as the command's would: the search commands run here (imgvec_here), without the
+    ~15 s of a new interpreter each."""
+    for name, value in store.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_bucket_to_a_bucket_on_local_spark_then_search_and_resume(store, bucket_fs, reference, in_store, capsys):
     env = {**os.environ, **store}
     for path in EXAMPLES.iterdir():
         put(bucket_fs, f"photos/set one/{path.name}", path.read_bytes())
@@ -81,12 +89,12 @@ def test_a_bucket_to_a_bucket_on_local_spark_then_search_and_resume(store, bucke
     assert "10 images in" in result.stdout
     assert_equal_to_local(read_output(bucket_fs, "vectors/run"), reference, "s3://photos/set one/")
 
-    similar = imgvec("similar", "s3://vectors/run", "s3://photos/set one/motorcycle_left.jpg", "-k", "2", "--json",
-                     env=env)
+    similar = imgvec_here(capsys, "similar", "s3://vectors/run", "s3://photos/set one/motorcycle_left.jpg", "-k", "2",
+                          "--json")
     assert similar.returncode == 0, similar.stderr
     assert len(json.loads(similar.stdout)[0]["matches"]) == 2
-    assert imgvec("dupes", "s3://vectors/run", "--threshold", "0.999", env=env).returncode == 0
-    info = json.loads(imgvec("info", "s3://vectors/run", "--json", env=env).stdout)
+    assert imgvec_here(capsys, "dupes", "s3://vectors/run", "--threshold", "0.999").returncode == 0
+    info = json.loads(imgvec_here(capsys, "info", "s3://vectors/run", "--json").stdout)
     assert (info["total"], info["parts"], info["model"]) == (10, 3, "resnet18")
 
     for name in ("chelsea.jpg", "rocket.jpg"):  # new images since the last run
@@ -99,7 +107,7 @@ def test_a_bucket_to_a_bucket_on_local_spark_then_search_and_resume(store, bucke
     assert len(paths) == 12 and len(set(paths)) == 12
 
 
-def test_a_flat_prefix_is_listed_a_page_at_a_time_into_the_plan(store, bucket_fs, tmp_path, monkeypatch):
+def test_a_flat_prefix_is_listed_a_page_at_a_time_into_the_plan(bucket_fs, in_store, tmp_path, monkeypatch):
     """S3 lists 1,000 keys a request: the driver streams those pages (boto3) into its listing file, never one list
     of the prefix; the same names, folders and hidden keys as pyarrow's whole listing."""
     from concurrent.futures import ThreadPoolExecutor
@@ -107,8 +115,6 @@ def test_a_flat_prefix_is_listed_a_page_at_a_time_into_the_plan(store, bucket_fs
     from imgvec.base.storage import open_location
     from imgvec.inputs import sources
 
-    for name, value in store.items():
-        monkeypatch.setenv(name, value)
     keys = [f"flat/photos/{i:05d}.jpg" for i in range(1_203)] + ["flat/photos/sub/x.jpg", "flat/photos/_hidden.jpg"]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda key: put(bucket_fs, key, b"x"), keys))
@@ -123,7 +129,7 @@ def test_a_flat_prefix_is_listed_a_page_at_a_time_into_the_plan(store, bucket_fs
 
 
 def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bucket_fs, reference, tmp_path,
-                                                                       resnet18_default):
+                                                                       resnet18_default, in_store, capsys):
     for path in EXAMPLES.iterdir():
         put(bucket_fs, f"cluster-in/{path.name}", path.read_bytes())
     env = {**os.environ, **store}
@@ -149,10 +155,10 @@ def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bu
     v = ImageVectorizer("resnet18")  # the 'default' (seeded) weights, which only the driver's cache holds
     expected = {p.name: v.extract_features(p.read_bytes()) for p in EXAMPLES.iterdir()}
     assert_equal_to_local(read_output(bucket_fs, "vectors/cluster"), expected, "s3a://cluster-in/")
-    similar = json.loads(imgvec("similar", "s3://vectors/cluster", "s3a://cluster-in/chelsea.jpg", "--json",
-                                env=env).stdout)[0]
+    similar = json.loads(imgvec_here(capsys, "similar", "s3://vectors/cluster", "s3a://cluster-in/chelsea.jpg",
+                                     "--json").stdout)[0]
     assert similar["search"].startswith("ivf-flat index of 10 vectors") and len(similar["matches"]) == 9
-    exact = json.loads(imgvec("dupes", "s3://vectors/cluster", "--threshold", "0.998", "--json", env=env).stdout)
+    exact = json.loads(imgvec_here(capsys, "dupes", "s3://vectors/cluster", "--threshold", "0.998", "--json").stdout)
     found = json.loads(clustered.stdout)
     assert found["search"].startswith("clustered") and exact["search"] == "exact"
     assert co_member_pairs(exact) and co_member_pairs(found) == co_member_pairs(exact)
@@ -167,7 +173,7 @@ def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bu
         name = row["caption"] if row["caption"] != "twin" else samples[0][2]
         assert row["error"] is None and max_relative_difference(row["features"], expected[name]) <= 1e-4
     page = tmp_path / "tars.html"  # thumbnails read back from the tars in the bucket
-    twins = imgvec("dupes", "s3://vectors/tars", "--threshold", "0.999", "--html", page, env=env)
+    twins = imgvec_here(capsys, "dupes", "s3://vectors/tars", "--threshold", "0.999", "--html", page)
     assert twins.returncode == 0, twins.stderr
     html = page.read_text()  # the twins' group (the stereo pair may be another at 0.999 with these weights)
     assert "class=missing" not in html and html.count("src='data:image/jpeg;base64,") >= 2

@@ -64,6 +64,8 @@ IDENTICAL = pa.schema([("id", pa.int64()), ("first", pa.int64()), ("outside", pa
 ASSIGNED = pa.schema([("cluster", pa.int64()), ("low", pa.int64()), ("high", pa.int64()), ("block", pa.int64()),
                       ("id", pa.int64()), ("features", pa.binary())])
 LINKS = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+DRAWN = pa.schema([("coarse", pa.int64()), ("weight", pa.float64()), ("features", pa.binary())])
+FINE = pa.schema([("coarse", pa.int64()), ("sub", pa.int64()), ("centroid", pa.binary()), ("expected", pa.float64())])
 ROWS = pa.schema([("id", pa.int64()), ("path", pa.string()), ("bytes", pa.int64()), ("input", pa.string()),
                   ("features", pa.binary())])
 _GROUP = [("kind", pa.string()), ("key", pa.int64()), ("sub", pa.int64()), ("size", pa.int64()),
@@ -113,8 +115,9 @@ def stored_duplicates(spark, features: Searchable, threshold: float, clusters: i
                                       IDENTICAL)
         # left out of the near search: copies, and OUTPUT's files identical to another output's (searched as it)
         copies = identical.filter((F.col("id") != F.col("first")) | F.col("outside")).select("id")
-        clustered = [features, *(old for old, index in zip(olds, indexes, strict=True) if index is None)]
-        centroids, how = _centroids(clustered, clusters, threshold, work.child("centroids.npz"))
+        clustered = [number for number, index in enumerate([None, *indexes]) if index is None]
+        centroids, how = _centroids(spark, [runs[n] for n in clustered], [sources[n] for n in clustered], clusters,
+                                    threshold, work)
         links, how = _links_frame(spark, runs, sources, indexes, centroids, threshold, copies, how)
         edges = store(spark, links.select(F.col("a").alias("u"), F.col("b").alias("v")), work.child("links"), EDGES,
                       report)
@@ -219,33 +222,66 @@ def _identical_frame(spark, runs: list[pa.Table], sources: list[Searchable]):
             .filter((F.col("n") > 1) & (F.col("first") < OTHER)).select(*IDENTICAL.names))
 
 
-def _centroids(sources: list[Searchable], clusters: int | None, threshold: float, where: Location) -> tuple[str, str]:
-    """k-means centroids trained on a sample of OUTPUT (sources[0]) bounded by TRAINING_BYTES, stored at `where`
-    with each cluster's blocks (for the rows of every source: OUTPUT, and the other outputs searched by these
-    clusters); (where, how the search went). Past the bound, fewer
-    clusters than CLUSTER_SIZE asks for: each is larger and cut into more blocks, compared exactly all the same."""
+def _centroids(spark, runs: list[pa.Table], sources: list[Searchable], clusters: int | None, threshold: float,
+               work: Location) -> tuple[str, str]:
+    """k-means centroids for the rows of `sources` (OUTPUT, then the other outputs searched by them), stored in
+    `work` with each cluster's blocks; (where, how the search went). One level, trained here on a sample of OUTPUT
+    bounded by TRAINING_BYTES; where CLUSTER_SIZE asks for more clusters than such a sample trains, two: each of
+    those coarse clusters is cut into finer ones in a task of its own (_fine)."""
     import faiss
 
-    features = sources[0]
-    clusters = clusters or max(1, round(features.count / defaults.CLUSTER_SIZE))
-    bound = defaults.TRAINING_BYTES // (4 * features.dim)
-    if SAMPLE_PER_CLUSTER * clusters > bound:
-        clusters = max(1, bound // SAMPLE_PER_CLUSTER)
-    _, sample = features.sample(SAMPLE_PER_CLUSTER * clusters)
-    clusters = min(clusters, len(sample))
-    kmeans = faiss.Kmeans(sample.shape[1], clusters, niter=20, seed=0, spherical=True)
+    features, margin = sources[0], 1.0 - threshold
+    wanted = clusters or max(1, round(features.count / defaults.CLUSTER_SIZE))
+    most = max(1, defaults.TRAINING_BYTES // (4 * features.dim) // SAMPLE_PER_CLUSTER)  # what the sample trains
+    coarse = min(wanted, most)
+    _, sample = features.sample(SAMPLE_PER_CLUSTER * coarse)
+    coarse = min(coarse, len(sample))
+    kmeans = faiss.Kmeans(sample.shape[1], coarse, niter=20, seed=0, spherical=True)
     kmeans.train(sample)
     centroids = kmeans.centroids.astype(np.float32)
-    expected, second = _expected(sample, centroids, 1.0 - threshold, features.count)
+    expected, second = _expected(sample, centroids, margin, features.count)
     for other in sources[1:]:  # a bounded sample of its own, for its share of each cluster
-        expected += _expected(other.sample(len(sample))[1], centroids, 1.0 - threshold, other.count)[0]
+        expected += _expected(other.sample(len(sample))[1], centroids, margin, other.count)[0]
+    where, finer, how = work.child("centroids.npz"), {}, f"{coarse} k-means clusters"
+    if wanted > most:  # each coarse cluster cut into finer ones, about in proportion to its rows
+        cuts = np.maximum(1, np.round(expected * wanted / max(expected.sum(), 1))).astype(np.int64)
+        _save(where, centroids=centroids, cuts=cuts, expected=expected)
+        offsets, expected, files = _fine(spark, runs, sources, where, margin, work.child("fine"))
+        finer = {"offsets": offsets, "fine": np.array(files), "folder": work.child("fine").uri}
+        how = f"{len(expected)} k-means clusters in two levels ({coarse}, each cut by a task)"
     blocks = _blocks(expected)
+    _save(where, centroids=centroids, blocks=blocks, **finer)
+    return where.uri, (f"clustered: {how}, {int(sum(blocks * (blocks + 1) // 2))} compared blocks, {second:.0%} of "
+                       f"vectors also in a second cluster")
+
+
+def _save(where: Location, **arrays) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, centroids=centroids, blocks=blocks)
+    np.savez(buffer, **arrays)
     where.write_bytes(buffer.getvalue())
-    how = (f"clustered: {clusters} k-means clusters, {int(sum(blocks * (blocks + 1) // 2))} compared blocks, "
-           f"{second:.0%} of vectors also in a second cluster")
-    return where.uri, how
+
+
+def _fine(spark, runs: list[pa.Table], sources: list[Searchable], coarse: Location, margin: float,
+          folder: Location) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The second level: tasks draw about SAMPLE_PER_CLUSTER rows per finer cluster of each coarse cluster from
+    every source (SampleTask), then a task per coarse cluster trains its finer ones (fine_task), stored in `folder`.
+    Returns where each coarse cluster's finer ones start in one numbering (a coarse cluster that drew no row is one
+    cluster, its centroid), the rows expected in each, and the stored files: sizes and names, never vectors."""
+    from imgvec.spark import compat
+
+    drawn = _union([_task_frame(spark, plan, SampleTask(source.location, coarse.uri))
+                    for source, plan in zip(sources, runs, strict=True)])
+    written = store(spark, compat.apply_in_arrow(drawn.groupBy("coarse"), fine_task(coarse.uri, margin), ddl(FINE)),
+                    folder, FINE)
+    found = list(read_stored(folder, written, FINE, ["coarse", "sub", "expected"]))
+    found = pa.concat_tables(found) if found else FINE.empty_table().select(["coarse", "sub", "expected"])
+    count = len(np.load(io.BytesIO(coarse.read_bytes()))["cuts"])
+    subs = np.maximum(1, np.bincount(found.column("coarse").to_numpy(), minlength=count))
+    offsets = np.concatenate([[0], np.cumsum(subs)]).astype(np.int64)
+    expected = np.zeros(offsets[-1])
+    expected[offsets[found.column("coarse").to_numpy()] + found.column("sub").to_numpy()] = found.column(
+        "expected").to_numpy()
+    return offsets, expected, written.column("file").to_pylist()
 
 
 def _links_frame(spark, runs: list[pa.Table], sources: list[Searchable], indexes: list, centroids: str,
@@ -378,30 +414,93 @@ class AssignTask(RowTask):
     source: int = 0  # its ids are nodes of this output (as_nodes)
 
     def run(self, rows):
-        import faiss
-
-        stored_centroids = np.load(io.BytesIO(open_location(self.centroids).read_bytes()))
-        quantizer = faiss.IndexFlatIP(stored_centroids["centroids"].shape[1])
-        quantizer.add(stored_centroids["centroids"])
-        blocks = stored_centroids["blocks"].astype(np.int64)
+        clusters = Clusters.load(self.centroids)
         dataset = FeatureDataset(self.output)
         for row in rows:
             for name, number in zip(row["parts"], row["numbers"], strict=True):
                 ids, vectors = part_vectors(dataset.where.child(name), number)
                 if len(ids):
-                    yield _assign(as_nodes(self.source, ids), normalise(vectors), quantizer, blocks, self.margin)
+                    yield _assign(as_nodes(self.source, ids), normalise(vectors), clusters, self.margin)
 
 
-def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.RecordBatch:
-    near = min(2, quantizer.ntotal)
-    similarities, clusters = quantizer.search(vectors, near)
-    rows, cluster = [np.arange(len(ids))], [clusters[:, 0]]
-    if near == 2:
-        second = np.flatnonzero(similarities[:, 1] >= similarities[:, 0] - margin)
-        rows.append(second)
-        cluster.append(clusters[second, 1])
-    rows, cluster = np.concatenate(rows), np.concatenate(cluster).astype(np.int64)
-    count = blocks[cluster]
+@dataclass
+class Clusters:
+    """What _centroids stored, as the tasks use it: the (coarse) centroids, and with two levels the finer centroids
+    of each coarse cluster, numbered one after another (offsets)."""
+
+    centroids: np.ndarray
+    blocks: np.ndarray | None  # None in the first level's file, which SampleTask reads
+    offsets: np.ndarray | None = None
+    fine: np.ndarray | None = None
+    _quantizer: object = None
+
+    @property
+    def quantizer(self):
+        import faiss
+
+        if self._quantizer is None:
+            self._quantizer = faiss.IndexFlatIP(self.centroids.shape[1])
+            self._quantizer.add(self.centroids)
+        return self._quantizer
+
+    @classmethod
+    def load(cls, uri: str) -> Clusters:
+        stored = np.load(io.BytesIO(open_location(uri).read_bytes()))
+        clusters = cls(stored["centroids"], stored["blocks"].astype(np.int64) if "blocks" in stored else None)
+        if "offsets" in stored:
+            clusters.offsets = stored["offsets"]
+            clusters.fine = np.repeat(clusters.centroids, np.diff(clusters.offsets), axis=0)  # one each: no draw
+            folder = open_location(str(stored["folder"]))
+            for name in stored["fine"]:
+                table = read_file(folder, str(name), FINE)
+                at = clusters.offsets[table.column("coarse").to_numpy()] + table.column("sub").to_numpy()
+                clusters.fine[at] = _matrix(table.column("centroid").combine_chunks())
+        return clusters
+
+    def of(self, vectors: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """(row, cluster) pairs: each row's nearest cluster, and its second where almost as near; with two
+        levels, the same among the finer clusters of each coarse one a row is in."""
+        rows, coarse = _pairs(*self.quantizer.search(vectors, min(2, len(self.centroids))), margin)
+        if self.offsets is None:
+            return rows, coarse
+        order = np.argsort(coarse, kind="stable")
+        rows, coarse = rows[order], coarse[order]
+        found, clusters = [], []
+        for start, end in _runs_of(coarse):
+            first, last = self.offsets[coarse[start]], self.offsets[coarse[start] + 1]
+            mine, fine = _pairs(*_best_two(vectors[rows[start:end]] @ self.fine[first:last].T), margin)
+            found.append(rows[start:end][mine])
+            clusters.append(first + fine)
+        return np.concatenate(found), np.concatenate(clusters)
+
+
+def _pairs(similarities: np.ndarray, nearest: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """(row, cluster) pairs from each row's nearest clusters, best first: the nearest, and the second where it is
+    within `margin` (a pair of rows at the threshold may straddle the border)."""
+    rows = np.arange(len(nearest))
+    if nearest.shape[1] == 1:
+        return rows, nearest[:, 0].astype(np.int64)
+    second = np.flatnonzero(similarities[:, 1] >= similarities[:, 0] - margin)
+    return np.concatenate([rows, second]), np.concatenate([nearest[:, 0], nearest[second, 1]]).astype(np.int64)
+
+
+def _best_two(similarities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's two largest similarities and their columns, best first (one where there is one column)."""
+    if similarities.shape[1] == 1:
+        return similarities, np.zeros(similarities.shape, np.int64)
+    top = np.argpartition(-similarities, 1, axis=1)[:, :2]  # the first is the best: argpartition puts it before
+    return np.take_along_axis(similarities, top, axis=1), top
+
+
+def _runs_of(values: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, end) of each run of equal values in a sorted array."""
+    edges = np.concatenate([[0], np.flatnonzero(np.diff(values)) + 1, [len(values)]])
+    return zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)
+
+
+def _assign(ids, vectors, clusters: Clusters, margin: float) -> pa.RecordBatch:
+    rows, cluster = clusters.of(vectors, margin)
+    count = clusters.blocks[cluster]
     block = ids[rows] % count  # row ids spread a big cluster evenly over its blocks
     # each row meets every block of its cluster once: one pair of blocks (low, high) per other block
     repeat = np.repeat(np.arange(len(rows)), count)
@@ -412,6 +511,67 @@ def _assign(ids, vectors, quantizer, blocks: np.ndarray, margin: float) -> pa.Re
     return pa.RecordBatch.from_arrays([
         pa.array(cluster[repeat]), pa.array(np.minimum(mine, other)), pa.array(np.maximum(mine, other)),
         pa.array(mine), pa.array(ids[rows[repeat]]), features], schema=ASSIGNED)
+
+
+@dataclass(frozen=True)
+class SampleTask(RowTask):
+    """A draw of each coarse cluster's rows for its finer clusters' training: about SAMPLE_PER_CLUSTER rows per
+    finer cluster (_centroids' cuts), chosen by a hash of the row id (the same draw every time), each weighed by the
+    rows it stands for."""
+
+    RESULT: ClassVar[pa.Schema] = DRAWN
+    output: str
+    coarse: str  # _centroids' first level: centroids, cuts, expected
+
+    def run(self, rows):
+        stored = np.load(io.BytesIO(open_location(self.coarse).read_bytes()))
+        quantizer = Clusters(stored["centroids"], None).quantizer
+        rate = np.minimum(1.0, SAMPLE_PER_CLUSTER * stored["cuts"] / np.maximum(stored["expected"], 1.0))
+        dataset = FeatureDataset(self.output)
+        for row in rows:
+            for name, number in zip(row["parts"], row["numbers"], strict=True):
+                ids, vectors = part_vectors(dataset.where.child(name), number)
+                if not len(ids):
+                    continue
+                vectors = normalise(vectors)
+                coarse = quantizer.search(vectors, 1)[1][:, 0]
+                drawn = np.flatnonzero(_uniform(ids) < rate[coarse])
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(coarse[drawn].astype(np.int64)), pa.array(1.0 / rate[coarse[drawn]]),
+                     _as_binary(vectors[drawn], np.arange(len(drawn)), len(drawn))], schema=DRAWN)
+
+
+def _uniform(ids: np.ndarray) -> np.ndarray:
+    """A number in [0, 1) for each id, evenly spread and the same every time (a multiplicative hash)."""
+    mixed = np.asarray(ids, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return (mixed >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+def fine_task(coarse: str, margin: float):
+    """A coarse cluster's drawn rows -> its finer centroids (k-means, as many as _centroids' cuts say, fewer when
+    fewer rows were drawn), with the rows expected in each. A plain function: see compare_task."""
+
+    def train(table: pa.Table) -> pa.Table:
+        import faiss
+
+        cluster = table.column("coarse")[0].as_py()
+        cuts = int(np.load(io.BytesIO(open_location(coarse).read_bytes()))["cuts"][cluster])
+        vectors = _matrix(table.column("features").combine_chunks())
+        weights = table.column("weight").to_numpy()
+        count = max(1, min(cuts, len(vectors)))
+        if count == 1:
+            centroids = normalise(vectors.mean(axis=0, keepdims=True))
+        else:
+            kmeans = faiss.Kmeans(vectors.shape[1], count, niter=20, seed=0, spherical=True)
+            kmeans.train(vectors)
+            centroids = kmeans.centroids.astype(np.float32)
+        rows, nearest = _pairs(*_best_two(vectors @ centroids.T), margin)
+        expected = np.bincount(nearest, weights=weights[rows], minlength=count)
+        return pa.table({"coarse": np.full(count, cluster, np.int64), "sub": np.arange(count, dtype=np.int64),
+                         "centroid": _as_binary(centroids, np.arange(count), count), "expected": expected},
+                        schema=FINE)
+
+    return train
 
 
 def compare_task(threshold: float):
@@ -544,18 +704,9 @@ def _blocks(expected: np.ndarray) -> np.ndarray:
 def _expected(sample: np.ndarray, centroids: np.ndarray, margin: float, count: int) -> tuple[np.ndarray, float]:
     """Per cluster, the rows of `count` expected in it (from the sample's assignment); and the share of vectors
     that also go to a second cluster."""
-    import faiss
-
-    quantizer = faiss.IndexFlatIP(centroids.shape[1])
-    quantizer.add(centroids)
-    near = min(2, len(centroids))
-    similarities, nearest = quantizer.search(sample, near)
-    expected = np.bincount(nearest[:, 0], minlength=len(centroids)).astype(np.float64)
-    second = np.zeros(len(sample), bool)
-    if near == 2:  # one cluster (--clusters 1) has no second
-        second = similarities[:, 1] >= similarities[:, 0] - margin
-        expected += np.bincount(nearest[second, 1], minlength=len(centroids))
-    return expected * (count / len(sample)), float(second.mean())
+    rows, nearest = _pairs(*Clusters(centroids, None).quantizer.search(sample, min(2, len(centroids))), margin)
+    expected = np.bincount(nearest, minlength=len(centroids)).astype(np.float64)
+    return expected * (count / len(sample)), (len(rows) - len(sample)) / len(sample)
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,10 @@ class _EachGroup:
             yield pa.RecordBatch.from_pylist(done, schema=self.schema)
 
 
-_DDL = {pa.int64(): "long", pa.int32(): "int", pa.float32(): "float", pa.bool_(): "boolean", pa.string(): "string",
-        pa.binary(): "binary", pa.list_(pa.string()): "array<string>", pa.list_(pa.int64()): "array<long>",
-        pa.list_(pa.float32()): "array<float>", pa.list_(pa.bool_()): "array<boolean>"}
+_DDL = {pa.int64(): "long", pa.int32(): "int", pa.float32(): "float", pa.float64(): "double", pa.bool_(): "boolean",
+        pa.string(): "string", pa.binary(): "binary", pa.list_(pa.string()): "array<string>",
+        pa.list_(pa.int64()): "array<long>", pa.list_(pa.float32()): "array<float>",
+        pa.list_(pa.bool_()): "array<boolean>"}
 
 
 def ddl(schema: pa.Schema) -> str:
