@@ -562,7 +562,8 @@ def fine_task(coarse: str, margin: float):
         if count == 1:
             centroids = normalise(vectors.mean(axis=0, keepdims=True))
         else:
-            kmeans = faiss.Kmeans(vectors.shape[1], count, niter=20, seed=0, spherical=True)
+            # a draw has about SAMPLE_PER_CLUSTER rows a centroid, sometimes fewer: not a warning on the user's screen
+            kmeans = faiss.Kmeans(vectors.shape[1], count, niter=20, seed=0, spherical=True, min_points_per_centroid=1)
             kmeans.train(vectors)
             centroids = kmeans.centroids.astype(np.float32)
         rows, nearest = _pairs(*_best_two(vectors @ centroids.T), margin)
