@@ -158,8 +158,9 @@ def s3_filesystem() -> pafs.S3FileSystem:
     if endpoint:
         url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=url.netloc, scheme=url.scheme)
-    if _s3_region():
-        options["region"] = _s3_region()
+    region = _s3_region()
+    if region:
+        options["region"] = region
     return pafs.S3FileSystem(**options)
 
 

@@ -18,8 +18,6 @@ from imgvec.base.text import one_line
 
 LISTED_MAX = 100_000  # names the driver's plan holds itself; past it they stream into a listing file (write_listing)
 LISTING_GROUP = 10_000  # names per row group of a listing file: a piece (task) each
-
-
 LISTING = pa.schema([("path", pa.string())])
 
 
