@@ -29,7 +29,7 @@ from helpers import (
     imgvec_here,
     vectors_output,
 )
-from imgvec.answers.dedup_spark import UNIT, _blocks, _expected
+from imgvec.answers.pairs import UNIT, _blocks, _expected
 from imgvec.kernels.similarity import normalise
 
 THRESHOLD = 0.8

@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgvec.answers.dedup_spark import AGAINST_K, SOURCE_SHIFT, as_nodes, check_writable, hashes_of, stored_duplicates
+from imgvec.answers.dedup_spark import check_writable, hashes_of, stored_duplicates
 from imgvec.answers.groups import Duplicates, Group, evidence, group_order, label_identical, label_near
+from imgvec.answers.pairs import AGAINST_K, SOURCE_SHIFT, as_nodes
 from imgvec.base import defaults
 from imgvec.base.paths import comparable
 from imgvec.base.progress import Progress
