@@ -23,7 +23,6 @@ similarity. Row ids are (part number << 32 | row), dataset.rows.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from imgvec.base import defaults
 from imgvec.base.partial import partial_name, remove_abandoned
 from imgvec.base.progress import Progress
 from imgvec.base.settings import RunOptions
-from imgvec.base.storage import Location
+from imgvec.base.storage import Location, read_npz, write_npz
 from imgvec.base.text import one_line
 from imgvec.dataset import names
 from imgvec.dataset.lock import now
@@ -119,7 +118,7 @@ class AddTask(RowTask):
         faiss.omp_set_num_threads(_task_cpus())
         folder = FeatureDataset(self.output).where.child(names.INDEX)
         trained = _read_faiss(folder.child(names.trained(self.build)))
-        queries = _read_npz(folder.child(names.queries(self.build)))
+        queries = read_npz(folder.child(names.queries(self.build)))
         for row in rows:
             yield self.add(self.first + row["id"], row["parts"], row["numbers"], faiss.clone_index(trained),
                            folder, queries)
@@ -193,7 +192,7 @@ def _build(features: Searchable, kind, memory, run: RunOptions) -> dict:
         index.train(sample[queries:])
     folder.make_folder()
     _write_faiss(index, folder.child(names.trained(build)))
-    _write_npz(folder.child(names.queries(build)), ids=sample_ids[:queries], vectors=sample[:queries])
+    write_npz(folder.child(names.queries(build)), ids=sample_ids[:queries], vectors=sample[:queries])
     description = {"format": FORMAT, "build": build, "type": kind, "factory": factory, "metric": "cosine",
                    "dim": dim, "count": 0, "trained_on": count, "model": features.metadata.get("model"),
                    "weights_sha256": features.metadata.get("weights_sha256"), "parts": [], "segments": [],
@@ -204,7 +203,7 @@ def _build(features: Searchable, kind, memory, run: RunOptions) -> dict:
 def _update(features: Searchable, description: dict, memory, run: RunOptions) -> dict:
     folder = features.dataset.where.child(names.INDEX)
     truth = Best(description["queries"], RECALL_AT)
-    held = _read_npz(folder.child(names.truth(description["build"], description["updates"])))
+    held = read_npz(folder.child(names.truth(description["build"], description["updates"])))
     truth.update(held["similarities"], held["ids"])
     return _add(features, description, truth, memory, run)
 
@@ -246,8 +245,8 @@ def _add(features: Searchable, description: dict, truth: Best, memory, run: RunO
                       then=_merged_on_spark)
     description.update(parts=features.parts, count=description["count"] + added, updated=now())
     description["updates"] += 1
-    _write_npz(folder.child(names.truth(build, description["updates"])), ids=truth.ids, similarities=truth.similarities)
-    query_ids = _read_npz(folder.child(names.queries(build)))["ids"]
+    write_npz(folder.child(names.truth(build, description["updates"])), ids=truth.ids, similarities=truth.similarities)
+    query_ids = read_npz(folder.child(names.queries(build)))["ids"]
     recalls = _recalls(found, query_ids, truth)
     value = next((v for v in values if recalls[v] >= defaults.RECALL_TARGET), values[-1])
     description.update(recall_at_10=round(recalls[value], 4), **({name: value} if name else {}))
@@ -301,7 +300,7 @@ class MeasureTask(RowTask):
 
         faiss.omp_set_num_threads(_task_cpus())
         folder = FeatureDataset(self.output).where.child(names.INDEX)
-        queries = np.ascontiguousarray(_read_npz(folder.child(names.queries(self.build)))["vectors"])
+        queries = np.ascontiguousarray(read_npz(folder.child(names.queries(self.build)))["vectors"])
         for row in rows:
             segment = _open_segment(folder.child(row["segment"]), len(queries[0]))
             for value in self.values:
@@ -551,12 +550,3 @@ def _task_cpus() -> int:
     return max(1, context.cpus()) if context else os.cpu_count() or 1
 
 
-def _write_npz(where: Location, **arrays) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    where.write_bytes(buffer.getvalue())
-
-
-def _read_npz(where: Location) -> dict:
-    with np.load(io.BytesIO(where.read_bytes())) as held:
-        return {name: held[name] for name in held.files}

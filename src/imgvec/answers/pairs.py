@@ -15,7 +15,6 @@ Rows of several outputs are nodes of one graph (as_nodes): OUTPUT's row ids, the
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -24,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgvec.base import defaults
-from imgvec.base.storage import Location, open_location
+from imgvec.base.storage import Location, open_location, read_npz, write_npz
 from imgvec.dataset.output import FeatureDataset
 from imgvec.dataset.rows import part_vectors
 from imgvec.dataset.searchable import Searchable
@@ -98,20 +97,14 @@ def centroids(spark, runs: list[pa.Table], sources: list[Searchable], clusters: 
     where, finer, how = work.child("centroids.npz"), {}, f"{coarse} k-means clusters"
     if wanted > most:  # each coarse cluster cut into finer ones, about in proportion to its rows
         cuts = np.maximum(1, np.round(expected * wanted / max(expected.sum(), 1))).astype(np.int64)
-        _save(where, centroids=centroids, cuts=cuts, expected=expected)
+        write_npz(where, centroids=centroids, cuts=cuts, expected=expected)
         offsets, expected, files = _fine(spark, runs, sources, where, margin, work.child("fine"))
         finer = {"offsets": offsets, "fine": np.array(files), "folder": work.child("fine").uri}
         how = f"{len(expected)} k-means clusters in two levels ({coarse}, each cut by a task)"
     blocks = _blocks(expected)
-    _save(where, centroids=centroids, blocks=blocks, **finer)
+    write_npz(where, centroids=centroids, blocks=blocks, **finer)
     return where.uri, (f"clustered: {how}, {int(sum(blocks * (blocks + 1) // 2))} compared blocks, {second:.0%} of "
                        f"vectors also in a second cluster")
-
-
-def _save(where: Location, **arrays) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    where.write_bytes(buffer.getvalue())
 
 
 def _fine(spark, runs: list[pa.Table], sources: list[Searchable], coarse: Location, margin: float,
@@ -128,7 +121,7 @@ def _fine(spark, runs: list[pa.Table], sources: list[Searchable], coarse: Locati
                     folder, FINE)
     found = list(read_stored(folder, written, FINE, ["coarse", "sub", "expected"]))
     found = pa.concat_tables(found) if found else FINE.empty_table().select(["coarse", "sub", "expected"])
-    count = len(np.load(io.BytesIO(coarse.read_bytes()))["cuts"])
+    count = len(read_npz(coarse)["cuts"])
     subs = np.maximum(1, np.bincount(found.column("coarse").to_numpy(), minlength=count))
     offsets = np.concatenate([[0], np.cumsum(subs)]).astype(np.int64)
     expected = np.zeros(offsets[-1])
@@ -218,7 +211,7 @@ class Clusters:
 
     @classmethod
     def load(cls, uri: str) -> Clusters:
-        stored = np.load(io.BytesIO(open_location(uri).read_bytes()))
+        stored = read_npz(open_location(uri))
         clusters = cls(stored["centroids"], stored["blocks"].astype(np.int64) if "blocks" in stored else None)
         if "offsets" in stored:
             clusters.offsets = stored["offsets"]
@@ -297,7 +290,7 @@ class SampleTask(RowTask):
     coarse: str  # centroids' first level: centroids, cuts, expected
 
     def run(self, rows):
-        stored = np.load(io.BytesIO(open_location(self.coarse).read_bytes()))
+        stored = read_npz(open_location(self.coarse))
         quantizer = Clusters(stored["centroids"], None).quantizer
         rate = np.minimum(1.0, SAMPLE_PER_CLUSTER * stored["cuts"] / np.maximum(stored["expected"], 1.0))
         dataset = FeatureDataset(self.output)
@@ -328,7 +321,7 @@ def fine_task(coarse: str, margin: float):
         import faiss
 
         cluster = table.column("coarse")[0].as_py()
-        cuts = int(np.load(io.BytesIO(open_location(coarse).read_bytes()))["cuts"][cluster])
+        cuts = int(read_npz(open_location(coarse))["cuts"][cluster])
         vectors = matrix_of(table.column("features").combine_chunks())
         weights = table.column("weight").to_numpy()
         count = max(1, min(cuts, len(vectors)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob as pyglob
+import io
 import os
 import re
 import uuid
@@ -180,6 +181,22 @@ def _s3_client():
 
     return boto3.client("s3", endpoint_url=_s3_endpoint(), region_name=_s3_region(),
                         config=Config(s3={"addressing_style": "path"}))
+
+
+def write_npz(where: Location, **arrays) -> None:
+    """NumPy arrays in one .npz file (a small table of centroids, held-out queries) at `where`, whole."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    where.write_bytes(buffer.getvalue())
+
+
+def read_npz(where: Location) -> dict:
+    import numpy as np
+
+    with np.load(io.BytesIO(where.read_bytes())) as held:
+        return {name: held[name] for name in held.files}
 
 
 def check_reachable(location: Location, what: str) -> None:
