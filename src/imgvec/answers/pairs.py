@@ -77,23 +77,32 @@ def matrix_of(features: pa.BinaryArray) -> np.ndarray:
 def centroids(spark, runs: list[pa.Table], sources: list[Searchable], clusters: int | None, threshold: float,
                work: Location) -> tuple[str, str]:
     """k-means centroids for the rows of `sources` (OUTPUT, then the other outputs searched by them), stored in
-    `work` with each cluster's blocks; (where, how the search went). One level, trained here on a sample of OUTPUT
-    bounded by TRAINING_BYTES; where CLUSTER_SIZE asks for more clusters than such a sample trains, two: each of
-    those coarse clusters is cut into finer ones in a task of its own (_fine)."""
+    `work` with each cluster's blocks; (where, how the search went). Clusters of about CLUSTER_SIZE rows of all the
+    sources (an OLD of 10^7 against a NEW of 10^5 makes 5,000 clusters, not 50 cut into blocks that each of OLD's
+    rows would go to). One level, trained here on a sample of every source as of its rows, bounded by
+    TRAINING_BYTES; where more clusters are wanted than such a sample trains, two: each of those coarse clusters
+    is cut into finer ones in a task of its own (_fine)."""
     import faiss
 
-    features, margin = sources[0], 1.0 - threshold
-    wanted = clusters or max(1, round(features.count / defaults.CLUSTER_SIZE))
-    most = max(1, defaults.TRAINING_BYTES // (4 * features.dim) // SAMPLE_PER_CLUSTER)  # what the sample trains
+    margin, total = 1.0 - threshold, sum(source.count for source in sources)
+    wanted = clusters or max(1, round(total / defaults.CLUSTER_SIZE))
+    most = max(1, defaults.TRAINING_BYTES // (4 * sources[0].dim) // SAMPLE_PER_CLUSTER)  # what the sample trains
     coarse = min(wanted, most)
-    _, sample = features.sample(SAMPLE_PER_CLUSTER * coarse)
+    sizes = [max(1, round(SAMPLE_PER_CLUSTER * coarse * source.count / total)) for source in sources]
+    sample, spans = np.empty((sum(sizes), sources[0].dim), np.float32), []
+    for source, size in zip(sources, sizes, strict=True):  # one array: each source's sample copied in once
+        start = spans[-1][1] if spans else 0
+        drawn = source.sample(size)[1]
+        sample[start : start + len(drawn)] = drawn
+        spans.append((start, start + len(drawn)))
+    sample = sample[: spans[-1][1]]
     coarse = min(coarse, len(sample))
     kmeans = faiss.Kmeans(sample.shape[1], coarse, niter=20, seed=0, spherical=True)
     kmeans.train(sample)
     centroids = kmeans.centroids.astype(np.float32)
-    expected, second = _expected(sample, centroids, margin, features.count)
-    for other in sources[1:]:  # a bounded sample of its own, for its share of each cluster
-        expected += _expected(other.sample(len(sample))[1], centroids, margin, other.count)[0]
+    found = [_expected(sample[a:b], centroids, margin, source.count)
+             for (a, b), source in zip(spans, sources, strict=True)]
+    expected, second = sum(e for e, _ in found), found[0][1]
     where, finer, how = work.child("centroids.npz"), {}, f"{coarse} k-means clusters"
     if wanted > most:  # each coarse cluster cut into finer ones, about in proportion to its rows
         cuts = np.maximum(1, np.round(expected * wanted / max(expected.sum(), 1))).astype(np.int64)
