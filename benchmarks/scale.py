@@ -183,14 +183,17 @@ def run_embed(kind: str, source: str, output: str, model: str, cores: int, resum
 
 
 COMMAND = """
-import contextlib, io, json, sys, time
+import contextlib, json, os, sys, tempfile, time
 from imgvec.cli.main import main
-said = io.StringIO()
 started = time.monotonic()
-with contextlib.redirect_stdout(said):
-    code = main(sys.argv[1:])
-print(json.dumps({"code": code, "seconds": time.monotonic() - started, "peak_rss_mb": peak_rss_mb(),
-                  "stdout": said.getvalue()[-100000:]}))
+with tempfile.TemporaryFile("w+") as said:  # printed into a file, as to a terminal: not held in this process
+    with contextlib.redirect_stdout(said):
+        code = main(sys.argv[1:])
+    seconds, peak = time.monotonic() - started, peak_rss_mb()
+    said.flush()
+    size = os.fstat(said.fileno()).st_size
+    tail = os.pread(said.fileno(), 100000, max(0, size - 100000)).decode(errors="replace")
+print(json.dumps({"code": code, "seconds": seconds, "peak_rss_mb": peak, "stdout": tail}))
 """
 
 
