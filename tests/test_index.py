@@ -71,7 +71,8 @@ def test_an_index_larger_than_memory_is_segmented_and_searched_one_mapped_segmen
     setting the build measured on Spark (its recall as the merged index's own)."""
     import faiss
 
-    from imgvec.answers.index import RECALL_AT, NeighbourIndex, _read_npz, _set_search_setting
+    from imgvec.answers.index import RECALL_AT, NeighbourIndex, _set_search_setting
+    from imgvec.base.storage import read_npz
 
     output = tmp_path / "vectors"
     vectors = clustered_vectors(3_000, 32, seed=4)
@@ -91,8 +92,8 @@ def test_an_index_larger_than_memory_is_segmented_and_searched_one_mapped_segmen
     expected_similarities, expected_ids = whole.search(queries, 5)
     np.testing.assert_array_equal(ids, expected_ids)
     np.testing.assert_allclose(similarities, expected_similarities, atol=1e-6)
-    held = _read_npz(folder / f"queries-{description['build']}.npz")
-    truth = _read_npz(folder / f"truth-{description['build']}-0.npz")["ids"]
+    held = read_npz(folder / f"queries-{description['build']}.npz")
+    truth = read_npz(folder / f"truth-{description['build']}-0.npz")["ids"]
     _, found = whole.search(held["vectors"], RECALL_AT + 1)
     hits = sum(len(set(f[f != own][:RECALL_AT].tolist()) & set(t[t >= 0].tolist()))
                for own, f, t in zip(held["ids"], found, truth, strict=True))

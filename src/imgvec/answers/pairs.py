@@ -90,11 +90,9 @@ def centroids(spark, runs: list[pa.Table], sources: list[Searchable], clusters: 
     coarse = min(wanted, most)
     sizes = [max(1, round(SAMPLE_PER_CLUSTER * coarse * source.count / total)) for source in sources]
     sample, spans = np.empty((sum(sizes), sources[0].dim), np.float32), []
-    for source, size in zip(sources, sizes, strict=True):  # one array: each source's sample copied in once
+    for source, size in zip(sources, sizes, strict=True):  # each source's sample read into one array
         start = spans[-1][1] if spans else 0
-        drawn = source.sample(size)[1]
-        sample[start : start + len(drawn)] = drawn
-        spans.append((start, start + len(drawn)))
+        spans.append((start, start + len(source.sample(size, into=sample[start:])[1])))
     sample = sample[: spans[-1][1]]
     coarse = min(coarse, len(sample))
     kmeans = faiss.Kmeans(sample.shape[1], coarse, niter=20, seed=0, spherical=True)

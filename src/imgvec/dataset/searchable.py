@@ -42,33 +42,31 @@ class Searchable:
     def lookup(self, paths, ranges: dict | None = None) -> dict:
         return lookup(self.dataset, paths, self.parts, ranges)
 
-    def sample(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, size: int, into: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Ids and normalised vectors of about `size` rows, from whole parts taken at random (seeded: the same
-        sample every time), shuffled: training sets for FAISS, and calibration's originals. The vectors are copied
-        once, into one array shuffled in place: a sample of 256 MB costs the driver about that (TRAINING_BYTES)."""
+        sample every time), shuffled: training sets for FAISS, and calibration's originals. Each part is copied into
+        one array as it is read (`into`, else a new one) and dropped: a sample of 256 MB (TRAINING_BYTES) costs the
+        driver that and one part, whatever the output's size."""
         from imgvec.kernels.similarity import normalise
 
         rng = np.random.default_rng(0)
-        ids, vectors, have = [], [], 0
+        matrix = np.empty((size, self.dim), np.float32) if into is None else into[:size]
+        ids, have = [], 0
         for number in rng.permutation(len(self.parts)):
             if have >= size:
                 break
             part_ids, part = self.vectors(int(number))
-            if len(part_ids):
-                ids.append(part_ids)
-                vectors.append(part)
-                have += len(part_ids)
-        ids, matrix = np.concatenate(ids), np.empty((have, self.dim), np.float32)
-        at = 0
-        while vectors:  # each part freed once copied
-            part = vectors.pop(0)
-            matrix[at : at + len(part)] = normalise(part)
-            at += len(part)
+            take = min(len(part_ids), size - have)
+            if take:
+                ids.append(part_ids[:take])
+                matrix[have : have + take] = normalise(part[:take])
+                have += take
+        ids, matrix = (np.concatenate(ids) if ids else np.empty(0, np.int64)), matrix[:have]
         state = rng.bit_generator.state  # the same draws shuffle the ids and the rows alike
         rng.shuffle(matrix)
         rng.bit_generator.state = state
         rng.shuffle(ids)
-        return ids[:size], matrix[:size]
+        return ids, matrix
 
 def open_searchable(location: str) -> Searchable:
     """OUTPUT to search; a ValueError (one line) when it cannot be reached, is not an output or holds no features."""
