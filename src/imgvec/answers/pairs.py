@@ -176,6 +176,16 @@ def links_frame(spark, runs: list[pa.Table], sources: list[Searchable], indexes:
     return union([links, *indexed]), how + "".join(f"; against {search}" for search in searches)
 
 
+def _each_part(output: str, rows) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, normalised vectors) of each part a task's rows name (parts_plan), those without features left out."""
+    dataset = FeatureDataset(output)
+    for row in rows:
+        for name, number in zip(row["parts"], row["numbers"], strict=True):
+            ids, vectors = part_vectors(dataset.where.child(name), number)
+            if len(ids):
+                yield ids, normalise(vectors)
+
+
 @dataclass(frozen=True)
 class AssignTask(RowTask):
     """Each vector of a task's parts -> its cluster (and a second one near the border) -> its blocks."""
@@ -188,12 +198,8 @@ class AssignTask(RowTask):
 
     def run(self, rows):
         clusters = Clusters.load(self.centroids)
-        dataset = FeatureDataset(self.output)
-        for row in rows:
-            for name, number in zip(row["parts"], row["numbers"], strict=True):
-                ids, vectors = part_vectors(dataset.where.child(name), number)
-                if len(ids):
-                    yield _assign(as_nodes(self.source, ids), normalise(vectors), clusters, self.margin)
+        for ids, vectors in _each_part(self.output, rows):
+            yield _assign(as_nodes(self.source, ids), vectors, clusters, self.margin)
 
 
 @dataclass
@@ -300,18 +306,12 @@ class SampleTask(RowTask):
         stored = read_npz(open_location(self.coarse))
         quantizer = Clusters(stored["centroids"], None).quantizer
         rate = np.minimum(1.0, SAMPLE_PER_CLUSTER * stored["cuts"] / np.maximum(stored["expected"], 1.0))
-        dataset = FeatureDataset(self.output)
-        for row in rows:
-            for name, number in zip(row["parts"], row["numbers"], strict=True):
-                ids, vectors = part_vectors(dataset.where.child(name), number)
-                if not len(ids):
-                    continue
-                vectors = normalise(vectors)
-                coarse = quantizer.search(vectors, 1)[1][:, 0]
-                drawn = np.flatnonzero(_uniform(ids) < rate[coarse])
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(coarse[drawn].astype(np.int64)), pa.array(1.0 / rate[coarse[drawn]]),
-                     as_binary(vectors[drawn], np.arange(len(drawn)), len(drawn))], schema=DRAWN)
+        for ids, vectors in _each_part(self.output, rows):
+            coarse = quantizer.search(vectors, 1)[1][:, 0]
+            drawn = np.flatnonzero(_uniform(ids) < rate[coarse])
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(coarse[drawn].astype(np.int64)), pa.array(1.0 / rate[coarse[drawn]]),
+                 as_binary(vectors[drawn], np.arange(len(drawn)), len(drawn))], schema=DRAWN)
 
 
 def _uniform(ids: np.ndarray) -> np.ndarray:
@@ -393,13 +393,8 @@ class QueryTask(RowTask):
         # checked against the output's parts on the driver: here without listing them (2x10^5 names at 10^8)
         index = NeighbourIndex.open(FeatureDataset(self.other), stale_ok=True)
         k = min(AGAINST_K, index.description["count"])
-        dataset = FeatureDataset(self.output)
-        for row in rows:
-            for name, number in zip(row["parts"], row["numbers"], strict=True):
-                ids, vectors = part_vectors(dataset.where.child(name), number)
-                if not len(ids):
-                    continue
-                similarities, found = index.search(normalise(vectors), k)
-                near, columns = np.nonzero((similarities >= self.threshold) & (found >= 0))
-                yield pa.record_batch([pa.array(ids[near]), pa.array(as_nodes(self.source, found[near, columns]))],
-                                      schema=LINKS)
+        for ids, vectors in _each_part(self.output, rows):
+            similarities, found = index.search(vectors, k)
+            near, columns = np.nonzero((similarities >= self.threshold) & (found >= 0))
+            yield pa.record_batch([pa.array(ids[near]), pa.array(as_nodes(self.source, found[near, columns]))],
+                                  schema=LINKS)
