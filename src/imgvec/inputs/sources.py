@@ -162,5 +162,6 @@ def _looks_like_parquet(text: str) -> bool:
     location = open_location(text)
     if not location.is_folder():
         return False
-    names = [e.base_name for e in location.entries() if not is_hidden(e.base_name)]
-    return bool(names) and all(n.endswith(".parquet") or "=" in n for n in names)
+    names = (name for name, _ in location.stream() if not is_hidden(name))  # a stream: it may hold 10^7 files
+    first = next(names, None)
+    return first is not None and all(n.endswith(".parquet") or "=" in n for n in chain([first], names))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from imgvec.base.storage import is_local, list_files, local_path, open_location
+from imgvec.base.storage import is_hidden, is_local, list_files, local_path, open_location
 from imgvec.base.text import one_line
 from imgvec.inputs.pieces import Piece, Sample, expand_braces, missing_or_unreadable
 
@@ -36,9 +36,15 @@ def looks_like_tars(inputs) -> bool:
     location = open_location(expanded[0])
     if not location.is_folder():
         return False
-    names = [e.base_name for e in location.entries() if e.base_name[0] not in "._"]
-    tars = [n for n in names if n.lower().endswith(TAR_SUFFIXES)]
-    return bool(tars) and all(n.lower().endswith((*TAR_SUFFIXES, ".parquet", ".json")) for n in names)
+    found = False
+    for name, _ in location.stream():  # a stream: a flat folder may hold 10^7 images, the first says no
+        name = name.lower()
+        if is_hidden(name):
+            continue
+        if not name.endswith((*TAR_SUFFIXES, ".parquet", ".json")):
+            return False
+        found = found or name.endswith(TAR_SUFFIXES)
+    return found
 
 
 def member_path(tar: str, member: str) -> str:
