@@ -42,11 +42,13 @@ def assert_no_jvm_lines(stderr: str) -> None:
 
 
 def imgvec_here(capsys, *args):
-    """The `imgvec` command's main() in this process: for commands that must stop before Spark starts."""
+    """The `imgvec` command's main() in this process, without a new interpreter and JVM (~15 s each): for what is
+    not about the command's process (its exit, its JVM's lines). Spark's workers get the environment this process's
+    JVM started with. capsys None (a module's fixture): what it printed is left to pytest's capture."""
     from imgvec.cli.main import main
 
     code = main([str(a) for a in args])
-    captured = capsys.readouterr()
+    captured = capsys.readouterr() if capsys is not None else types.SimpleNamespace(out="", err="")
     return types.SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 

@@ -32,7 +32,7 @@ def photos_output(tmp_path_factory):
     for path in EXAMPLES.iterdir():
         shutil.copy(path, folder / path.name)
     output = tmp_path_factory.mktemp("out") / "vectors"
-    result = imgvec("embed", folder, "-o", output, "--model", "efficientnet_lite0", "-q", *SPARK)
+    result = imgvec_here(None, "embed", folder, "-o", output, "--model", "efficientnet_lite0", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     return folder, output
 

@@ -174,19 +174,19 @@ def test_usage_and_configuration_errors_exit_2_in_one_line(embedded, photos, tmp
 
 
 @pytest.mark.spark
-def test_max_error_rate_exceeded_exits_3_after_writing_everything(photos, tmp_path):
-    result = imgvec("embed", photos, "-o", tmp_path / "o", "--model", "resnet18", "--weights", "random",
-                    "--max-error-rate", "0.01", "-q", *SPARK)
+def test_max_error_rate_exceeded_exits_3_after_writing_everything(photos, tmp_path, capsys):
+    result = imgvec_here(capsys, "embed", photos, "-o", tmp_path / "o", "--model", "resnet18", "--weights", "random",
+                         "--max-error-rate", "0.01", "-q", *SPARK)
     assert result.returncode == 3, result.stderr
     assert "above --max-error-rate" in result.stderr and "[" not in result.stderr.replace("[2]", "")
     assert pq.read_table(tmp_path / "o").num_rows == 12
 
 
-def test_overwrite_replaces(embedded, photos, tmp_path):
+def test_overwrite_replaces(embedded, photos, tmp_path, capsys):
     output = tmp_path / "o"
     shutil.copytree(embedded[0], output)
-    result = imgvec("embed", EXAMPLES / "rocket.jpg", "-o", output, "--overwrite", "--model", "resnet18",
-                    "--weights", "random", "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", EXAMPLES / "rocket.jpg", "-o", output, "--overwrite", "--model", "resnet18",
+                         "--weights", "random", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     table = pq.read_table(output)
     assert table.num_rows == 1 and len(table.column("features")[0]) == 512
@@ -239,17 +239,17 @@ def test_killed_run_resumes_with_every_input_exactly_once(tmp_path, example_byte
 
 
 @pytest.mark.spark
-def test_a_parquet_table_with_named_columns(tmp_path, example_bytes):
+def test_a_parquet_table_with_named_columns(tmp_path, example_bytes, capsys):
     table = pa.table({"name": list(example_bytes), "img": list(example_bytes.values())})
     pq.write_table(table, tmp_path / "images.parquet")
-    result = imgvec("embed", tmp_path / "images.parquet", "-o", tmp_path / "o", "--path-col", "name",
-                    "--binary-col", "img", "--model", "resnet18", "--weights", "random", "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", tmp_path / "images.parquet", "-o", tmp_path / "o", "--path-col", "name",
+                         "--binary-col", "img", "--model", "resnet18", "--weights", "random", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     out = pq.read_table(tmp_path / "o")
     assert sorted(out.column("path").to_pylist()) == sorted(example_bytes)
     assert out.column("error").null_count == len(example_bytes)
-    wrong = imgvec("embed", tmp_path / "images.parquet", "-o", tmp_path / "o2", "--binary-col", "nope",
-                   "--model", "resnet18", "--weights", "random", *SPARK)
+    wrong = imgvec_here(capsys, "embed", tmp_path / "images.parquet", "-o", tmp_path / "o2", "--binary-col", "nope",
+                        "--model", "resnet18", "--weights", "random", *SPARK)
     assert_usage_error(wrong, "input column 'nope' is not in the table")
 
 
@@ -324,7 +324,7 @@ def test_a_torchscript_model_records_its_dimension_and_every_command_works(tmp_p
     scripted = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(net.eval()), str(scripted))
     output = tmp_path / "vectors"
-    result = imgvec("embed", EXAMPLES, "-o", output, "--model", f"torchscript:{scripted}", "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", EXAMPLES, "-o", output, "--model", f"torchscript:{scripted}", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     metadata = json.loads((output / "_imgvec.json").read_text())
     assert metadata["dim"] == 512

@@ -63,7 +63,8 @@ def planted(tmp_path_factory):
         (folder / copy).write_bytes((EXAMPLES / "rocket.jpg").read_bytes())
     (folder / "coffee_copy.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
     output = tmp_path_factory.mktemp("out") / "vectors"
-    result = imgvec("embed", folder, "-o", output, "--model", "efficientnet_lite0", "--shard-size", "16", "-q", *SPARK)
+    result = imgvec_here(None, "embed", folder, "-o", output, "--model", "efficientnet_lite0", "--shard-size", "16",
+                         "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     return folder, output
 

@@ -32,6 +32,7 @@ from helpers import (
     huggingface_table,
     img2dataset_table,
     imgvec,
+    imgvec_here,
     max_relative_difference,
     webdataset_shards,
 )
@@ -283,14 +284,14 @@ def assert_like_the_files(rows, name_of) -> None:
 
 @pytest.mark.spark35
 @pytest.mark.spark
-def test_webdataset_tars_embed_one_row_per_sample_as_their_files_do(tmp_path):
+def test_webdataset_tars_embed_one_row_per_sample_as_their_files_do(tmp_path, capsys):
     samples = example_samples()
     broken = ("000000100", b"\xff\xd8\xff not a jpeg at all", "broken.jpg")
     twin = ("000000101", samples[0][1], samples[0][2])  # the same bytes again: dupes shows both, read from the tar
     tars = webdataset_shards(tmp_path / "shards", [*samples, broken, twin], per_tar=5)
     output = tmp_path / "out"
     shards = str(tmp_path / "shards" / "{00000..00002}.tar")
-    result = imgvec("embed", shards, "-o", output, *RANDOM, "--shard-size", "2", "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", shards, "-o", output, *RANDOM, "--shard-size", "2", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     assert "12 images in" in result.stdout and "failed 1 (corrupt 1)" in result.stdout, result.stdout
     rows = pq.read_table(output).to_pylist()
@@ -302,24 +303,24 @@ def test_webdataset_tars_embed_one_row_per_sample_as_their_files_do(tmp_path):
     assert_like_the_files(rows, lambda row: row["caption"])
     assert len(os.listdir(output)) == 1 + 7  # metadata, and parts of at most 2 samples: 5 + 5 + 2 in 3 + 3 + 1
 
-    resumed = imgvec("embed", shards, "-o", output, *RANDOM, "--resume", "-q", *SPARK)
+    resumed = imgvec_here(capsys, "embed", shards, "-o", output, *RANDOM, "--resume", "-q", *SPARK)
     assert resumed.returncode == 0, resumed.stderr
     assert "0 images in" in resumed.stdout and "12 already in the output" in resumed.stdout
 
     page = tmp_path / "dupes.html"
-    found = imgvec("dupes", output, "--threshold", "0.999", "--html", page, "--json")
+    found = imgvec_here(capsys, "dupes", output, "--threshold", "0.999", "--html", page, "--json")
     assert found.returncode == 0, found.stderr
     assert [sorted(m["path"] for m in g["members"]) for g in json.loads(found.stdout)["groups"]] == [
         sorted([f"file:{tars[0]}#000000000.jpg", f"file:{tars[2]}#000000101.jpg"])]
     html = page.read_text()
     assert html.count("src='data:image/jpeg;base64,") == 2 and "class=missing" not in html  # thumbnails decoded
-    assert_similar_page_reads_back(output, f"file:{tars[0]}#000000000.jpg", tmp_path / "similar.html")
+    assert_similar_page_reads_back(capsys, output, f"file:{tars[0]}#000000000.jpg", tmp_path / "similar.html")
 
 
-def assert_similar_page_reads_back(output, query: str, page) -> None:
+def assert_similar_page_reads_back(capsys, output, query: str, page) -> None:
     """similar --html shows the query and its matches from where the output says their images are (a tar's member,
     a table's row): every thumbnail decoded."""
-    found = imgvec("similar", output, query, "-k", "3", "--html", page, "--json")
+    found = imgvec_here(capsys, "similar", output, query, "-k", "3", "--html", page, "--json")
     assert found.returncode == 0, found.stderr
     assert len(json.loads(found.stdout)[0]["matches"]) == 3
     html = page.read_text()
@@ -328,7 +329,7 @@ def assert_similar_page_reads_back(output, query: str, page) -> None:
 
 @pytest.mark.spark35
 @pytest.mark.spark
-def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
+def test_tables_and_manifests_embed_as_their_files_do(tmp_path, capsys):
     samples = example_samples()
     huggingface_table(tmp_path / "hf.parquet", samples)
     img2dataset_table(tmp_path / "img2dataset.parquet", samples)
@@ -341,7 +342,7 @@ def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
     for name, args in {"hf": [tmp_path / "hf.parquet"], "img2dataset": [tmp_path / "img2dataset.parquet"],
                        "manifest": ["--manifest", manifest]}.items():
         outputs[name] = tmp_path / name
-        result = imgvec("embed", *args, "-o", outputs[name], *RANDOM, "--shard-size", "4", "-q", *SPARK)
+        result = imgvec_here(capsys, "embed", *args, "-o", outputs[name], *RANDOM, "--shard-size", "4", "-q", *SPARK)
         assert result.returncode == 0, result.stderr
         if name == "manifest":
             assert "2 repeated entries of the manifest skipped" in result.stdout, result.stdout
@@ -349,7 +350,7 @@ def test_tables_and_manifests_embed_as_their_files_do(tmp_path):
     assert sorted(r["path"] for r in hf) == sorted(c for _, _, c in samples)  # named by the struct's own paths
     assert all(r["input"].startswith(f"file:{tmp_path}/hf.parquet#row=") for r in hf)
     assert_like_the_files(hf, lambda row: row["path"])
-    assert_similar_page_reads_back(outputs["hf"], samples[0][2], tmp_path / "similar.html")
+    assert_similar_page_reads_back(capsys, outputs["hf"], samples[0][2], tmp_path / "similar.html")
     crawled = pq.read_table(outputs["img2dataset"]).to_pylist()
     assert sorted(r["path"] for r in crawled) == [f"{i:09d}" for i in range(len(samples) + 1)]  # named by key
     assert [r["error"] for r in crawled if r["error"]] == ["missing: not downloaded (failed_to_download)"]
@@ -393,7 +394,7 @@ def test_a_flat_folder_listed_into_a_file_embeds_as_a_named_plan_does(spark, ima
 
 
 @pytest.mark.spark
-def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path):
+def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path, capsys):
     """A gzipped CSV manifest is converted once into a Parquet listing (gzipped text: the test above); a path listed
     twice is embedded once, whether the repeats fall in one piece or in several (a Parquet manifest's row groups),
     and the summary says how many; a resumed run adds nothing and converts nothing again."""
@@ -408,7 +409,8 @@ def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path):
     pq.write_table(pa.table({"uri": listed}), tmp_path / "list.parquet", row_group_size=3)  # repeats across groups
     for manifest, more in (("list.parquet", ["--path-col", "uri"]), ("list.csv.gz", ["--path-col", "uri"])):
         output = tmp_path / manifest.replace(".", "-")
-        result = imgvec("embed", "--manifest", tmp_path / manifest, *more, "-o", output, *RANDOM, "-q", *SPARK)
+        result = imgvec_here(capsys, "embed", "--manifest", tmp_path / manifest, *more, "-o", output, *RANDOM, "-q",
+                             *SPARK)
         assert result.returncode == 0, result.stderr
         assert "5 images in" in result.stdout and "3 repeated entries of the manifest skipped" in result.stdout, (
             manifest, result.stdout)
@@ -417,8 +419,8 @@ def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path):
     converted = list((output / "_imgvec_inputs").iterdir())  # the CSV.gz, streamed into a Parquet listing
     assert len(converted) == 1 and pq.read_table(converted[0]).column("path").to_pylist() == listed
     written = converted[0].stat().st_mtime_ns
-    resumed = imgvec("embed", "--manifest", tmp_path / "list.csv.gz", "--path-col", "uri", "-o", output, *RANDOM,
-                     "--resume", "-q", *SPARK)
+    resumed = imgvec_here(capsys, "embed", "--manifest", tmp_path / "list.csv.gz", "--path-col", "uri", "-o", output,
+                          *RANDOM, "--resume", "-q", *SPARK)
     assert resumed.returncode == 0, resumed.stderr
     assert "0 images in" in resumed.stdout and "5 already in the output" in resumed.stdout, resumed.stdout
     assert pq.read_table(output).num_rows == 5

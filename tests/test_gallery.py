@@ -25,7 +25,7 @@ def gallery_collection(tmp_path_factory):
         ImageEnhance.Brightness(image).enhance(1.15).resize((w // 2, h // 2)).save(folder / f"{name}_small.jpg")
     shutil.copy(EXAMPLES / "rocket.jpg", folder / "rocket_copy.jpg")
     output = tmp_path_factory.mktemp("out") / "vectors"
-    result = imgvec("embed", folder, "-o", output, "--model", "efficientnet_lite0", "-q", *SPARK)
+    result = imgvec_here(None, "embed", folder, "-o", output, "--model", "efficientnet_lite0", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     (folder / "coffee_small.jpg").unlink()  # gone since: its card must say so
     return folder, output

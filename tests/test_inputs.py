@@ -21,7 +21,6 @@ from helpers import (
     example_samples,
     huggingface_table,
     img2dataset_table,
-    imgvec,
     imgvec_here,
     max_relative_difference,
     webdataset_shards,
@@ -317,15 +316,16 @@ def test_collection_names_through_read_images_and_process_images(spark, collecti
 
 
 @pytest.mark.spark
-def test_collection_names_through_the_command(collection, tmp_path):
+def test_collection_names_through_the_command(collection, tmp_path, capsys):
     root, expected = collection
-    result = imgvec("embed", root, "-o", tmp_path / "o", "--model", "resnet18", "--weights", "random", "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", root, "-o", tmp_path / "o", "--model", "resnet18", "--weights", "random",
+                         "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     table = pq.read_table(tmp_path / "o")
     assert sorted(table.column("path").to_pylist()) == expected
     assert table.column("error").null_count == len(expected)
-    resumed = imgvec("embed", root, "-o", tmp_path / "o", "--resume", "--model", "resnet18", "--weights", "random",
-                     "-q", *SPARK)
+    resumed = imgvec_here(capsys, "embed", root, "-o", tmp_path / "o", "--resume", "--model", "resnet18", "--weights",
+                          "random", "-q", *SPARK)
     assert resumed.returncode == 0 and f"{len(expected)} already in the output" in resumed.stdout
     assert pq.read_table(tmp_path / "o").num_rows == len(expected)
     assert os.path.isfile(str(root / NAMES[14]))  # the NFD name is still there, untouched

@@ -265,13 +265,13 @@ def test_an_output_begun_by_an_engine_and_resumed_by_another_keeps_errors_as_row
         (images / name).write_bytes(example_bytes[name])
     (images / "broken.jpg").write_bytes(example_bytes[PHOTOS[0].name][:300])
     output = tmp_path / "vectors"
-    result = imgvec("embed", images, "-o", output, "--model", "efficientnet_lite0", "--engine", "openvino",
-                    "--precision", "int8", "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", images, "-o", output, "--model", "efficientnet_lite0", "--engine", "openvino",
+                         "--precision", "int8", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     for name in names[6:]:
         (images / name).write_bytes(example_bytes[name])
-    result = imgvec("embed", images, "-o", output, "--model", "efficientnet_lite0", "--engine", "torch",
-                    "--resume", "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", images, "-o", output, "--model", "efficientnet_lite0", "--engine", "torch",
+                         "--resume", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     by_name = {os.path.basename(row["path"]): row for row in pq.read_table(output).to_pylist()}
     assert sorted(by_name) == sorted([*names, "broken.jpg"])
@@ -394,10 +394,11 @@ def features_of(output) -> dict:
 
 @pytest.mark.spark
 @pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])
-def test_a_timm_model_through_embed_equals_timms_own_pipeline(weights, tmp_path, name):
+def test_a_timm_model_through_embed_equals_timms_own_pipeline(weights, tmp_path, name, capsys):
     net, path = weights[name]
     output = tmp_path / "vectors"
-    result = imgvec("embed", EXAMPLES, "-o", output, "--model", f"timm:{name}", "--weights", path, "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", EXAMPLES, "-o", output, "--model", f"timm:{name}", "--weights", path, "-q",
+                         *SPARK)
     assert result.returncode == 0, result.stderr
     reference = timm.create_model(name, num_classes=0)
     reference.load_state_dict(net.state_dict(), strict=False)
@@ -416,7 +417,8 @@ def test_a_timm_model_through_embed_equals_timms_own_pipeline(weights, tmp_path,
 def test_a_clip_model_embeds_images_and_text_queries_as_open_clip_does(weights, tmp_path, capsys):
     net, path = weights["ViT-S-32"]
     output = tmp_path / "vectors"
-    result = imgvec("embed", EXAMPLES, "-o", output, "--model", "open_clip:ViT-S-32", "--weights", path, "-q", *SPARK)
+    result = imgvec_here(capsys, "embed", EXAMPLES, "-o", output, "--model", "open_clip:ViT-S-32", "--weights", path,
+                         "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     _, _, preprocess = open_clip.create_model_and_transforms("ViT-S-32", pretrained=None)
     with torch.no_grad():

@@ -17,6 +17,7 @@ from helpers import (
     EXAMPLES,
     SPARK,
     assert_usage_error,
+    classic_session,
     co_member_pairs,
     example_samples,
     imgvec,
@@ -130,28 +131,33 @@ def test_a_flat_prefix_is_listed_a_page_at_a_time_into_the_plan(bucket_fs, in_st
 
 def test_a_bucket_on_a_cluster_whose_workers_see_nothing_of_the_driver(store, bucket_fs, reference, tmp_path,
                                                                        resnet18_default, in_store, capsys):
+    """The commands run here, on one application of the cluster (as in a notebook: they take the session that is
+    active), so its executors start once; tests/test_cluster.py runs the command's own process on a cluster."""
     for path in EXAMPLES.iterdir():
         put(bucket_fs, f"cluster-in/{path.name}", path.read_bytes())
-    env = {**os.environ, **store}
     with standalone_cluster(str(tmp_path), workers=2, hidden=hidden_torch_cache(), worker_env=store) as master:
-        result = imgvec("embed", "s3a://cluster-in/", "-o", "s3://vectors/cluster", "--model", "resnet18",
-                        "--shard-size", "3", "-q", "--master", master, "--conf", "spark.cores.max=2",
-                        "--conf", "spark.executor.memory=1g", env=env)
-        assert result.returncode == 0, result.stderr
-        # the search commands on the same cluster, reading and writing the bucket
-        cluster = ["--master", master, "--conf", "spark.cores.max=2", "--conf", "spark.executor.memory=1g", "-q"]
-        built = imgvec("index", "s3://vectors/cluster", "--index-type", "ivf-flat", *cluster, env=env)
-        assert built.returncode == 0, built.stderr
-        clustered = imgvec("dupes", "s3://vectors/cluster", "--threshold", "0.998", "--clusters", "2", "--json",
-                           "--out", "s3://vectors/groups.parquet", *cluster, env=env)
-        assert clustered.returncode == 0, clustered.stderr
-        # WebDataset tars in the bucket, streamed by the cluster's workers
-        samples = example_samples()
-        for tar in webdataset_shards(tmp_path / "tars", [*samples, ("000000100", samples[0][1], "twin")], per_tar=6):
-            put(bucket_fs, f"cluster-tars/{tar.name}", tar.read_bytes())
-        tars = imgvec("embed", "s3://cluster-tars/{00000..00001}.tar", "-o", "s3://vectors/tars", "--model",
-                      "resnet18", "--shard-size", "4", *cluster, env=env)
-        assert tars.returncode == 0, tars.stderr
+        spark = classic_session(master, **{"spark.cores.max": "2", "spark.executor.memory": "1g"})
+        try:
+            cluster = ["--master", master, "-q"]
+            result = imgvec_here(capsys, "embed", "s3a://cluster-in/", "-o", "s3://vectors/cluster", "--model",
+                                 "resnet18", "--shard-size", "3", *cluster)
+            assert result.returncode == 0, result.stderr
+            # the search commands on the same cluster, reading and writing the bucket
+            built = imgvec_here(capsys, "index", "s3://vectors/cluster", "--index-type", "ivf-flat", *cluster)
+            assert built.returncode == 0, built.stderr
+            clustered = imgvec_here(capsys, "dupes", "s3://vectors/cluster", "--threshold", "0.998", "--clusters",
+                                    "2", "--json", "--out", "s3://vectors/groups.parquet", *cluster)
+            assert clustered.returncode == 0, clustered.stderr
+            # WebDataset tars in the bucket, streamed by the cluster's workers
+            samples = example_samples()
+            for tar in webdataset_shards(tmp_path / "tars", [*samples, ("000000100", samples[0][1], "twin")],
+                                         per_tar=6):
+                put(bucket_fs, f"cluster-tars/{tar.name}", tar.read_bytes())
+            tars = imgvec_here(capsys, "embed", "s3://cluster-tars/{00000..00001}.tar", "-o", "s3://vectors/tars",
+                               "--model", "resnet18", "--shard-size", "4", *cluster)
+            assert tars.returncode == 0, tars.stderr
+        finally:
+            spark.stop()
     v = ImageVectorizer("resnet18")  # the 'default' (seeded) weights, which only the driver's cache holds
     expected = {p.name: v.extract_features(p.read_bytes()) for p in EXAMPLES.iterdir()}
     assert_equal_to_local(read_output(bucket_fs, "vectors/cluster"), expected, "s3a://cluster-in/")

@@ -134,7 +134,7 @@ def copies_output(tmp_path_factory):
         for kind, copy in copies.items():
             copy.save(folder / f"{name}_copy_{kind}.jpg", quality=70)
     output = tmp_path_factory.mktemp("out") / "vectors"
-    result = imgvec("embed", folder, "-o", output, "--model", "efficientnet_lite0", "-q", *SPARK)
+    result = imgvec_here(None, "embed", folder, "-o", output, "--model", "efficientnet_lite0", "-q", *SPARK)
     assert result.returncode == 0, result.stderr
     return folder, output
 
