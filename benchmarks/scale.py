@@ -1,7 +1,8 @@
 """The driver at scale: `imgvec embed` over 10^5 to 10^7 inputs, where listing, planning and the driver's memory
 are what is measured, not the network; and the answers over 10^5 to 10^7 vectors.
 
-    python benchmarks/scale.py [--rows 100000 1000000 10000000] [--kinds table manifest files flat] [--cores 2]
+    python benchmarks/scale.py [--rows 100000 1000000 10000000] [--kinds table manifest files flat inventory]
+                               [--cores 2]
     python benchmarks/scale.py --answers index similar dupes [--rows ...] [--cores 2]
 
 Inputs (generated once, kept in a cache folder):
@@ -13,7 +14,9 @@ Inputs (generated once, kept in a cache folder):
   files     `rows` 8x8 PNGs in folders of 1,000 (real images; made slowly: keep it to 10^5), with the in-process
             rate of the same model on the same files as a baseline;
   flat      `rows` empty files in one folder (error rows at once): the driver's listing, streamed into the
-            output past 10^5 files.
+            output past 10^5 files;
+  inventory an S3 Inventory report of `rows` keys in CSV.gz files of 10^6 rows, under a prefix where nothing
+            exists: the driver's conversion of the CSV.gz files into a listing in the output.
 For each kind and size, in a fresh driver process (local Spark on --cores, a tiny TorchScript model): listing and
 planning seconds, the whole run's rows/s, the driver Python process's peak RSS, and the seconds of a `--resume`
 that finds nothing to do.
@@ -48,6 +51,7 @@ from parallel import summed_rate  # noqa: E402
 CACHE = os.path.join(tempfile.gettempdir(), "imgvec-scale")
 PER_FOLDER = 1000
 TABLE_FILE_ROWS, TABLE_GROUP_ROWS, MANIFEST_GROUP_ROWS = 100_000, 10_000, 100_000
+INVENTORY_FILE_ROWS = 1_000_000
 
 
 def make_table(rows: int) -> str:
@@ -85,6 +89,31 @@ def make_manifest(rows: int) -> str:
                        row_group_size=MANIFEST_GROUP_ROWS)
         os.replace(path + ".tmp", path)
     return path
+
+
+def make_inventory(rows: int) -> str:
+    """An S3 Inventory report (manifest.json and header-less CSV.gz files of INVENTORY_FILE_ROWS keys, as S3 writes
+    them) of `rows` keys; returns the manifest.json's path."""
+    import gzip
+
+    config = os.path.join(CACHE, f"inventory-{rows}", "photos", "daily")
+    manifest = os.path.join(config, "2026-12-07T00-00Z", "manifest.json")
+    if not os.path.exists(manifest):
+        os.makedirs(os.path.join(config, "data"), exist_ok=True)
+        files = []
+        for number, start in enumerate(range(0, rows, INVENTORY_FILE_ROWS)):
+            keys = range(start, min(rows, start + INVENTORY_FILE_ROWS))
+            text = "".join(f'"photos","{i // PER_FOLDER:05d}/{i:09d}.jpg","1234","2026-12-07T00:00:00.000Z"\n'
+                           for i in keys)
+            with open(os.path.join(config, "data", f"{number:05d}.csv.gz"), "wb") as f:
+                f.write(gzip.compress(text.encode(), 6))
+            files.append({"key": f"inventory/photos/daily/data/{number:05d}.csv.gz"})
+        os.makedirs(os.path.dirname(manifest), exist_ok=True)
+        with open(manifest + ".tmp", "w") as f:
+            json.dump({"sourceBucket": "photos", "destinationBucket": "arn:aws:s3:::inventory", "fileFormat": "CSV",
+                       "fileSchema": "Bucket, Key, Size, LastModifiedDate", "files": files}, f)
+        os.replace(manifest + ".tmp", manifest)
+    return manifest
 
 
 def make_flat(rows: int) -> str:
@@ -154,8 +183,9 @@ import json, sys, time
 from imgvec.batch.embed import embed
 kind, source, output, model, cores, resume = sys.argv[1:7]
 started = time.monotonic()
-inputs = dict(manifest=source, path_col="key", prefix="file:/nonexistent/") if kind == "manifest" else {}
-summary = embed([] if kind == "manifest" else [source], output, model="torchscript:" + model,
+inputs = {"manifest": dict(manifest=source, path_col="key", prefix="file:/nonexistent/"),
+          "inventory": dict(manifest=source, prefix="file:/nonexistent/")}.get(kind, {})
+summary = embed([] if inputs else [source], output, model="torchscript:" + model,
                 master=f"local[{cores}]", quiet=True, resume=resume == "resume", **inputs)
 print(json.dumps({"seconds": time.monotonic() - started, "job_seconds": summary.job_seconds,
                   "listing_seconds": summary.listing_seconds, "planning_seconds": summary.planning_seconds,
@@ -306,7 +336,7 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
-    parser.add_argument("--kinds", nargs="+", choices=("table", "manifest", "files", "flat"),
+    parser.add_argument("--kinds", nargs="+", choices=("table", "manifest", "files", "flat", "inventory"),
                         default=["table", "manifest"])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--sample", type=int, default=10_000, help="files for the in-process baseline")
@@ -323,7 +353,8 @@ def main() -> None:
     for kind in args.kinds:
         for rows in args.rows:
             started = time.monotonic()
-            make = {"table": make_table, "manifest": make_manifest, "files": make_images, "flat": make_flat}[kind]
+            make = {"table": make_table, "manifest": make_manifest, "files": make_images, "flat": make_flat,
+                    "inventory": make_inventory}[kind]
             source = make(rows)
             made = time.monotonic() - started
             work = tempfile.mkdtemp(prefix="imgvec-scale-run-")

@@ -425,3 +425,37 @@ def test_compressed_and_repeating_manifests_embed_each_path_once(tmp_path, capsy
     assert "0 images in" in resumed.stdout and "5 already in the output" in resumed.stdout, resumed.stdout
     assert pq.read_table(output).num_rows == 5
     assert list((output / "_imgvec_inputs").iterdir()) == converted and converted[0].stat().st_mtime_ns == written
+
+
+@pytest.mark.spark
+def test_an_s3_inventory_of_csv_gz_files_embeds_from_the_listing_they_become(tmp_path, capsys):
+    """An S3 Inventory's CSV.gz files are streamed once into OUTPUT/_imgvec_inputs/inventory-<key>.parquet, planned
+    by row group (here the objects of a copy of the bucket, by --prefix): every object once, features as its file's;
+    a resumed run adds nothing and converts nothing again."""
+    import gzip
+
+    config = tmp_path / "inventory" / "photos" / "daily"
+    (config / "data").mkdir(parents=True)
+    (config / "2026-12-07T00-00Z").mkdir()
+    names = sorted(p.name for p in EXAMPLES.iterdir())
+    rows = [f'"photos","{name}","1"' for name in names]
+    for number, part in enumerate((rows[:6], rows[6:])):
+        (config / "data" / f"{number}.csv.gz").write_bytes(gzip.compress(("\n".join(part) + "\n").encode()))
+    manifest = config / "2026-12-07T00-00Z" / "manifest.json"
+    manifest.write_text(json.dumps({"sourceBucket": "photos", "destinationBucket": "arn:aws:s3:::inventory",
+                                    "fileFormat": "CSV", "fileSchema": "Bucket, Key, Size",
+                                    "files": [{"key": f"inventory/photos/daily/data/{n}.csv.gz"} for n in (0, 1)]}))
+    output = tmp_path / "out"
+    args = ("embed", "--manifest", manifest, "--prefix", f"{EXAMPLES}/", "-o", output, *RANDOM, "-q", *SPARK)
+    result = imgvec_here(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(names)} images in" in result.stdout, result.stdout
+    table = pq.read_table(output).to_pylist()
+    assert sorted(r["path"] for r in table) == [f"{EXAMPLES}/{n}" for n in names]
+    assert_like_the_files(table, lambda row: row["path"].rsplit("/", 1)[1])
+    [converted] = (output / "_imgvec_inputs").iterdir()
+    assert converted.name.startswith("inventory-") and pq.read_table(converted).num_rows == len(names)
+    written = converted.stat().st_mtime_ns
+    resumed = imgvec_here(capsys, *args, "--resume")
+    assert resumed.returncode == 0 and f"{len(names)} already in the output" in resumed.stdout, resumed.stdout
+    assert pq.read_table(output).num_rows == len(names) and converted.stat().st_mtime_ns == written

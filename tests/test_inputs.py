@@ -26,8 +26,9 @@ from helpers import (
     webdataset_shards,
 )
 from imgvec import ImageVectorizer, read_images
-from imgvec.base.storage import list_local_files, open_location
+from imgvec.base.storage import list_local_files, local_path, open_location
 from imgvec.batch.embed import named_uniquely
+from imgvec.inputs import pieces as pieces_module
 from imgvec.inputs import sources, tables
 from imgvec.inputs.decode import decode_image
 from imgvec.inputs.pieces import LISTING_GROUP, Piece, expand_braces
@@ -188,7 +189,7 @@ def test_a_csv_manifest_is_read_in_slices_under_its_header_each_row_once(tmp_pat
     assert [n for p in pieces for n in source.names(p).to_pylist()] == [f"s3://b/{k}" for k in keys]
 
 
-def test_an_s3_inventory_report_is_read_as_s3_writes_it(tmp_path, example_bytes):
+def test_an_s3_inventory_report_is_read_as_s3_writes_it(tmp_path, example_bytes, monkeypatch):
     """manifest.json naming header-less CSV.gz files (URL-encoded keys) or Parquet files (plain keys) under
     DESTINATION-PREFIX/SOURCE-BUCKET/CONFIG/data/, wherever the report was copied; each object once, a "folder"
     object left out; --prefix reads the objects from a copy of the bucket."""
@@ -212,10 +213,20 @@ def test_an_s3_inventory_report_is_read_as_s3_writes_it(tmp_path, example_bytes)
     manifest = config / "2026-12-05T00-00Z" / "manifest.json"
     manifest.write_text(json.dumps(report))
     source = open_source([], manifest=str(manifest)).checked()
-    pieces = source.pieces()
+    pieces = source.pieces()  # without a listing (no output): a piece a file
     assert [p.source for p in pieces] == [f"{config}/data/1.csv.gz", f"{config}/data/2.csv.gz"]
     wanted = [f"s3://photos-bucket/{k}" for k in keys if not k.endswith("/")]
     assert [n for p in pieces for n in source.names(p).to_pylist()] == wanted
+    # embed's plan: the CSV.gz files streamed once into a listing, a piece per row group; the same report reuses it
+    monkeypatch.setattr(pieces_module, "LISTING_GROUP", 3)
+    listing = listing_in(tmp_path / "inputs")
+    (tmp_path / "inputs").mkdir()
+    planned = source.pieces(None, listing)
+    assert [(p.source.rsplit("/", 1)[1].split("-")[0], p.part) for p in planned] == [("inventory", 0), ("inventory", 1)]
+    assert [n for p in planned for n in source.names(p).to_pylist()] == wanted
+    assert source.planned_images(planned) == len(wanted)
+    written = os.stat(local_path(planned[0].source)).st_mtime_ns
+    assert source.pieces(None, listing) == planned and os.stat(local_path(planned[0].source)).st_mtime_ns == written
     # Parquet: keys as they are, a piece per row group.
     pq.write_table(pa.table({"bucket": ["photos-bucket"] * 4, "key": [k for k in keys if k != "photos/"]}),
                    config / "data" / "3.parquet", row_group_size=2)

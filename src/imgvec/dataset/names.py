@@ -84,7 +84,7 @@ def listing(key: str) -> str:
 
 def is_inputs_file(name: str) -> bool:
     """A file imgvec writes into an output's inputs folder."""
-    return re.fullmatch(r"(files|manifest-[0-9a-f]{16})\.parquet", name) is not None or is_temporary(name)
+    return re.fullmatch(r"(files|(manifest|inventory)-[0-9a-f]{16})\.parquet", name) is not None or is_temporary(name)
 
 
 def is_dupes_file(name: str) -> bool:

@@ -330,8 +330,9 @@ class Manifest:
 class Inventory:
     """An S3 Inventory report, taken as S3 writes it: its manifest.json names the data files (CSV.gz without a
     header, columns as its fileSchema says, keys URL-encoded; or Parquet, keys plain) under the destination bucket.
-    Each object is s3://BUCKET/KEY, or `prefix` + KEY where the images were copied elsewhere. A CSV.gz is one piece
-    (a compressed stream has no byte slices), a Parquet file a piece per row group."""
+    Each object is s3://BUCKET/KEY, or `prefix` + KEY where the images were copied elsewhere. A Parquet file is a
+    piece per row group; the CSV.gz files (a compressed stream has no byte slices) are streamed once into a listing
+    file in the output, a piece per row group, as a compressed manifest is (without a listing: a piece each)."""
 
     file: str
     prefix: str = ""
@@ -368,28 +369,46 @@ class Inventory:
     def pieces(self, spread=None, listing=None) -> list[Piece]:
         report = self.report()  # read once for the plan
         files = self.data_files(report)
-        if report["fileFormat"].upper() == "CSV":
-            return [Piece(f, 0) for f in files]
-        return [Piece(f, g) for f, meta in zip(files, footers(files), strict=True) for g in range(meta.num_row_groups)]
+        if report["fileFormat"].upper() == "PARQUET":
+            return [Piece(f, g) for f, meta in zip(files, footers(files), strict=True)
+                    for g in range(meta.num_row_groups)]
+        if listing is None:
+            return [Piece(f) for f in files]
+        info = open_location(self.file).info()  # the same report, unchanged, is converted once
+        key = hashlib.sha256(f"{self.file}|{self.prefix}|{info.size}|{info.mtime_ns}".encode()).hexdigest()
+        where = listing(f"inventory-{key[:16]}")
+        if where.is_file():
+            groups = footers([where.uri])[0].num_row_groups
+        else:
+            groups = write_listing(where, (n for f in files for n in self._csv_names(f, report)))
+        return [Piece(where.uri, g) for g in range(groups)]
 
     def names(self, piece: Piece) -> pa.Array:
         report = self.report()
-        if report["fileFormat"].upper() == "CSV":
-            import urllib.parse
-
-            import pyarrow.csv as pacsv
-
-            columns = [c.strip() for c in report["fileSchema"].split(",")]
-            with _stream(piece.source) as stream:
-                table = pacsv.read_csv(stream, read_options=pacsv.ReadOptions(column_names=columns),
-                                       convert_options=pacsv.ConvertOptions(include_columns=["Bucket", "Key"],
-                                                                            strings_can_be_null=False))
-            buckets, keys = table.column("Bucket").to_pylist(), table.column("Key").to_pylist()
-            keys = [urllib.parse.unquote_plus(k) for k in keys]
-        else:
+        if report["fileFormat"].upper() == "PARQUET":
             with open_input(piece.source) as f, pq.ParquetFile(f) as parquet:
                 table = parquet.read_row_group(piece.part, columns=["bucket", "key"])
-            buckets, keys = table.column("bucket").to_pylist(), table.column("key").to_pylist()
+            return self._objects(table.column("bucket").to_pylist(), table.column("key").to_pylist())
+        if piece.part >= 0:  # a row group of the listing the CSV.gz files were converted into
+            return listed(piece.source, piece.part)
+        return pa.array(list(self._csv_names(piece.source, report)), pa.string())
+
+    def _csv_names(self, uri: str, report: dict) -> Iterator[str]:
+        """A CSV.gz data file's objects, read through its decompressor a block at a time."""
+        import urllib.parse
+
+        import pyarrow.csv as pacsv
+
+        columns = [c.strip() for c in report["fileSchema"].split(",")]
+        with _stream(uri) as stream:
+            reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(column_names=columns),
+                                    convert_options=pacsv.ConvertOptions(include_columns=["Bucket", "Key"],
+                                                                         strings_can_be_null=False))
+            for batch in reader:
+                keys = [urllib.parse.unquote_plus(k) for k in batch.column("Key").to_pylist()]
+                yield from self._objects(batch.column("Bucket").to_pylist(), keys).to_pylist()
+
+    def _objects(self, buckets: list[str], keys: list[str]) -> pa.Array:
         return pa.array([self.prefix + k if self.prefix else f"s3://{b}/{k}" for b, k in zip(buckets, keys, strict=True)
                          if k and not k.endswith("/")], pa.string())  # a "folder" object names no image
 
@@ -397,7 +416,10 @@ class Inventory:
         return read_files(n for n in self.names(piece).to_pylist() if only is None or n in only)
 
     def planned_images(self, pieces: list[Piece]) -> int | None:
-        return None
+        """The listing's rows where the CSV.gz files were converted into one; else not known before the job."""
+        if not pieces or pieces[0].part < 0 or self.report()["fileFormat"].upper() == "PARQUET":
+            return None
+        return footers([pieces[0].source])[0].num_rows
 
 
 def _stream(uri: str) -> pa.NativeFile:
