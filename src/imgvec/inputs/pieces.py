@@ -6,6 +6,7 @@ worker reads for one output row. The sources (inputs.sources, tables, tars) plan
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
-from imgvec.base.storage import Location, open_input, read_file
+from imgvec.base.storage import Location, open_input, open_location, read_file
 from imgvec.base.text import one_line
 
 LISTED_MAX = 100_000  # names the driver's plan holds itself; past it they stream into a listing file (write_listing)
@@ -62,6 +63,23 @@ def write_listing(where: Location, names: Iterator[str]) -> int:
 
     where.write_with(write)
     return groups
+
+
+def converted_once(listing, kind: str, source: str, options: str, names) -> list[Piece]:
+    """A piece per row group of the listing file that `names()` (a stream of the input's names) is written into
+    once: `listing(KIND-KEY)`, KEY naming the input file (`source`, as it is now) and the `options` that read it,
+    so that a resumed run reuses the file and a changed input makes another."""
+    import pyarrow.parquet as pq
+
+    info = open_location(source).info()
+    key = hashlib.sha256(f"{source}|{options}|{info.size}|{info.mtime_ns}".encode()).hexdigest()
+    where = listing(f"{kind}-{key[:16]}")
+    if where.is_file():
+        with open_input(where.uri) as f, pq.ParquetFile(f) as parquet:
+            groups = parquet.metadata.num_row_groups
+    else:
+        groups = write_listing(where, names())
+    return [Piece(where.uri, g) for g in range(groups)]
 
 
 def listed(uri: str, group: int) -> pa.Array:

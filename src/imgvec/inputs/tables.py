@@ -9,7 +9,6 @@ embedded once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imgvec.base.storage import list_files, open_input, open_location
-from imgvec.inputs.pieces import Piece, Sample, listed, read_files, write_listing
+from imgvec.inputs.pieces import Piece, Sample, converted_once, listed, read_files
 
 # The output's own columns: a kept column may not take one of these names.
 OWN_COLUMNS = ("path", "features", "error", "bytes", "sha256", "input")
@@ -260,14 +259,7 @@ class Manifest:
         if self.kind == "parquet":
             return [Piece(self.file, g) for g in range(footers([self.file])[0].num_row_groups)]
         if self.compression:
-            info = open_location(self.file).info()  # the same file, unchanged, is converted once
-            key = hashlib.sha256(f"{self.file}|{self.path_col}|{info.size}|{info.mtime_ns}".encode()).hexdigest()
-            where = listing(f"manifest-{key[:16]}")
-            if where.is_file():
-                groups = footers([where.uri])[0].num_row_groups
-            else:
-                groups = write_listing(where, self._streamed())
-            return [Piece(where.uri, g) for g in range(groups)]
+            return converted_once(listing, "manifest", self.file, str(self.path_col), self._streamed)
         size = open_location(self.file).info().size
         return [Piece(self.file, n) for n in range(max(1, -(-size // TEXT_SLICE)))]
 
@@ -374,14 +366,8 @@ class Inventory:
                     for g in range(meta.num_row_groups)]
         if listing is None:
             return [Piece(f) for f in files]
-        info = open_location(self.file).info()  # the same report, unchanged, is converted once
-        key = hashlib.sha256(f"{self.file}|{self.prefix}|{info.size}|{info.mtime_ns}".encode()).hexdigest()
-        where = listing(f"inventory-{key[:16]}")
-        if where.is_file():
-            groups = footers([where.uri])[0].num_row_groups
-        else:
-            groups = write_listing(where, (n for f in files for n in self._csv_names(f, report)))
-        return [Piece(where.uri, g) for g in range(groups)]
+        return converted_once(listing, "inventory", self.file, self.prefix,
+                              lambda: (name for f in files for name in self._csv_names(f, report)))
 
     def names(self, piece: Piece) -> pa.Array:
         report = self.report()
