@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,8 +42,8 @@ class Piece:
 
 def write_listing(where: Location, names: Iterator[str]) -> int:
     """Stream `names` into a Parquet file at `where` (one column, `path`), LISTING_GROUP names per row group,
-    holding one group at a time: what a flat folder of 10^7 files or a compressed manifest becomes, to be planned by
-    row group. Returns the number of row groups."""
+    holding one group at a time: what a flat folder of 10^7 files, a compressed manifest or an inventory's CSV.gz
+    files become, to be planned by row group. Returns the number of row groups."""
     import pyarrow.parquet as pq
 
     groups = 0
@@ -65,7 +65,7 @@ def write_listing(where: Location, names: Iterator[str]) -> int:
     return groups
 
 
-def converted_once(listing, kind: str, source: str, options: str, names) -> list[Piece]:
+def converted_once(listing, kind: str, source: str, options: str, names: Callable[[], Iterator[str]]) -> list[Piece]:
     """A piece per row group of the listing file that `names()` (a stream of the input's names) is written into
     once: `listing(KIND-KEY)`, KEY naming the input file (`source`, as it is now) and the `options` that read it,
     so that a resumed run reuses the file and a changed input makes another."""
