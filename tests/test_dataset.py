@@ -110,7 +110,7 @@ def test_overwrite_deletes_what_dupes_stored_and_refuses_a_foreign_file_among_it
         (dupes / folder / "part-000000.parquet").write_bytes(b"stored")
     (dupes / "work-0123abcd" / "centroids.npz").write_bytes(b"stored")
     inputs.mkdir()
-    for name in ("files.parquet", "manifest-0123456789abcdef.parquet"):
+    for name in ("files.parquet", "manifest-0123456789abcdef.parquet", "inventory-0123456789abcdef.parquet"):
         (inputs / name).write_bytes(b"listed")
     for mine in (dupes / "members" / "mine.txt", inputs / "my-list.parquet"):
         mine.write_text("a note")
